@@ -1,0 +1,3 @@
+from tuoba.cli import main
+
+main()

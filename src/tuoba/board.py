@@ -1,0 +1,181 @@
+"""Boards: `boards/<name>/board.yaml` loaded into frozen dataclasses, validated with locations."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from tuoba.config import (
+    Doc,
+    Field,
+    PathPart,
+    integer,
+    load_yaml,
+    name,
+    name_list,
+    one_of,
+    parse_mapping,
+    size,
+    string,
+    string_list,
+)
+from tuoba.errors import InputError
+
+ARCHES = ("arm64", "armhf")
+# GPT partition type names -> sfdisk type GUIDs (Discoverable Partitions Specification).
+PARTITION_TYPES = {
+    "root-arm64": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+    "root-arm": "69DAD710-2CE4-4E3C-B16C-21A1D49ABED3",
+    "esp": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+    "linux": "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    source: str
+    package: str
+    features: tuple[str, ...]
+    cmdline: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    name: str
+    type: str
+    fs: str
+    size: int | None  # None: the rest of the disk
+    mountpoint: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+    table: str
+    size: int
+    partitions: tuple[Partition, ...]
+
+    @property
+    def root(self) -> Partition:
+        return next(p for p in self.partitions if p.mountpoint == "/")
+
+
+@dataclasses.dataclass(frozen=True)
+class QemuSpec:
+    machine: str
+    cpu: str
+    smp: int
+    memory: int  # MiB
+
+
+@dataclasses.dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    arch: str
+    soc: str
+    hostname: str
+    console: str
+    kernel: KernelSpec
+    image: ImageSpec
+    qemu: QemuSpec | None
+    directory: Path
+
+
+def _kernel(doc: Doc, path: tuple[PathPart, ...], value: Any) -> KernelSpec:
+    v = parse_mapping(
+        doc,
+        path,
+        value,
+        [
+            Field("source", one_of("distro"), help="where the kernel comes from"),
+            Field("package", string, "", help="distribution package for source=distro"),
+            Field("features", name_list, (), help="kernel feature fragments required"),
+            Field("cmdline", string_list, (), help="extra kernel command line words"),
+        ],
+    )
+    if v["source"] == "distro" and not v["package"]:
+        raise doc.error(path, "source 'distro' needs a 'package' (e.g. linux-image-arm64)")
+    return KernelSpec(**v)
+
+
+def _partition(doc: Doc, path: tuple[PathPart, ...], value: Any) -> Partition:
+    v = parse_mapping(
+        doc,
+        path,
+        value,
+        [
+            Field("name", name, help="partition label"),
+            Field("type", one_of(*PARTITION_TYPES), help="partition type"),
+            Field("fs", one_of("ext4", "vfat"), help="filesystem"),
+            Field("size", size, None, help="size; omitted on the last means the rest"),
+            Field("mountpoint", string, None, help="where it is mounted"),
+        ],
+    )
+    return Partition(**v)
+
+
+def _image(doc: Doc, path: tuple[PathPart, ...], value: Any) -> ImageSpec:
+    v = parse_mapping(
+        doc,
+        path,
+        value,
+        [
+            Field("table", one_of("gpt", "mbr"), help="partition table"),
+            Field("size", size, help="whole image size"),
+            Field("partitions", lambda d, p, x: x, help="partition list"),
+        ],
+    )
+    raw = v["partitions"]
+    ppath = (*path, "partitions")
+    if not isinstance(raw, list) or not raw:
+        raise doc.error(ppath, "expected a non-empty list of partitions")
+    parts = tuple(_partition(doc, (*ppath, i), p) for i, p in enumerate(raw))
+    for i, p in enumerate(parts[:-1]):
+        if p.size is None:
+            raise doc.error((*ppath, i), "only the last partition may omit its size")
+    if sum(1 for p in parts if p.mountpoint == "/") != 1:
+        raise doc.error(ppath, "exactly one partition must have mountpoint '/'")
+    return ImageSpec(v["table"], v["size"], parts)
+
+
+def _qemu(doc: Doc, path: tuple[PathPart, ...], value: Any) -> QemuSpec:
+    v = parse_mapping(
+        doc,
+        path,
+        value,
+        [
+            Field("machine", string, help="qemu -M"),
+            Field("cpu", string, help="qemu -cpu"),
+            Field("smp", integer, 2, help="virtual CPUs"),
+            Field("memory", integer, 1024, help="memory in MiB"),
+        ],
+    )
+    return QemuSpec(**v)
+
+
+BOARD_FIELDS = [
+    Field("description", string, help="one line about the board"),
+    Field("arch", one_of(*ARCHES), help="Debian architecture"),
+    Field("soc", string, help="system on chip"),
+    Field("hostname", name, help="the image's hostname"),
+    Field("console", string, help="serial console device"),
+    Field("kernel", _kernel, help="kernel source and features"),
+    Field("image", _image, help="disk layout"),
+    Field("qemu", lambda d, p, v: _qemu(d, p, v), None, help="how to emulate the board"),
+]
+
+
+def board_names(data_dir: Path) -> list[str]:
+    boards = data_dir / "boards"
+    return sorted(p.parent.name for p in boards.glob("*/board.yaml"))
+
+
+def load_board(data_dir: Path, board: str) -> tuple[Board, Doc]:
+    path = data_dir / "boards" / board / "board.yaml"
+    if not path.is_file():
+        known = ", ".join(board_names(data_dir)) or "none"
+        raise InputError(f"no board named '{board}'", hint=f"known boards: {known}")
+    doc = load_yaml(path, display=f"boards/{board}/board.yaml")
+    v = parse_mapping(doc, (), doc.data, BOARD_FIELDS)
+    return Board(name=board, directory=path.parent, **v), doc

@@ -1,0 +1,72 @@
+"""Driving a build: write the request, let SCons run the stale steps, report the result."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from tuoba import errors, image, run, ui
+from tuoba.plan import Plan, default_ssh_key
+from tuoba.steps import STEPS
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildResult:
+    image: Path
+    manifest: Path
+    ran: tuple[str, ...]
+    seconds: float
+
+
+def ensure_ssh_key(plan: Plan) -> None:
+    """Generate the per-output-dir key pair unless the user gave a key."""
+    if plan.request.ssh_key:
+        return
+    key = default_ssh_key(plan.out_dir)
+    if key.is_file() and key.with_suffix(".pub").is_file():
+        return
+    key.parent.mkdir(parents=True, exist_ok=True)
+    for f in (key, key.with_suffix(".pub")):
+        f.unlink(missing_ok=True)
+    run.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tuoba", "-f", str(key)])
+    ui.info(f"generated ssh key for root login: {key} (public: {key}.pub)")
+
+
+def build(plan: Plan, explain: bool = False) -> BuildResult:
+    start = time.monotonic()
+    ensure_ssh_key(plan)
+    plan.build_dir.mkdir(parents=True, exist_ok=True)
+    request = plan.build_dir / "request.json"
+    with image.atomic(request) as tmp:
+        tmp.write_text(plan.request.to_json())
+    ran_file = plan.build_dir / "ran.txt"
+    error_file = plan.build_dir / "error.json"
+    ran_file.write_text("")
+    error_file.unlink(missing_ok=True)
+    cmd = [
+        sys.executable, "-m", "SCons",
+        "-Q",
+        "-C", str(plan.data_dir),
+        "-f", "SConstruct",
+        f"request={request}",
+    ]  # fmt: skip
+    if explain:
+        cmd.append("--debug=explain")
+    proc = run.run(cmd, check=False)
+    ran = tuple(s for s in ran_file.read_text().split() if s in STEPS)
+    if proc.returncode != 0:
+        if error_file.exists():
+            err = json.loads(error_file.read_text())
+            kind = getattr(errors, err["kind"], errors.BuildError)
+            raise kind(err["message"], hint=err["hint"])
+        raise errors.BuildError(f"scons failed with exit code {proc.returncode}")
+    name = plan.image_name
+    return BuildResult(
+        image=plan.out_dir / f"{name}.img",
+        manifest=plan.out_dir / f"{name}.manifest.json",
+        ran=ran,
+        seconds=time.monotonic() - start,
+    )

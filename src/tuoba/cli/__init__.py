@@ -1,0 +1,130 @@
+"""The `tuoba` command line: thin commands over the core library."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tuoba import __version__, ui
+from tuoba.errors import TuobaError
+
+
+def find_data_dir() -> Path:
+    """The project tree holding boards/, recipes/, kernel/, overlays/.
+
+    Searched from the current directory upwards, then beside the installed package (an editable
+    install from a checkout)."""
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "boards").is_dir() and (d / "recipes").is_dir() and (d / "SConstruct").is_file():
+            return d
+    pkg_root = Path(__file__).resolve().parents[3]
+    return pkg_root
+
+
+@dataclasses.dataclass
+class App:
+    """Global state shared by all commands (on ctx.obj)."""
+
+    data_dir: Path
+    out_dir: Path
+    cache_dir: Path
+    debug: bool
+
+
+class TuobaGroup(click.Group):
+    """Maps tuoba errors to one sentence + hint and an exit code; tracebacks only with --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TuobaError as e:
+            app = ctx.obj if isinstance(ctx.obj, App) else None
+            if app is not None and app.debug:
+                raise
+            ui.console.print(f"[bold red]error:[/bold red] {e.message}", soft_wrap=True)
+            if e.hint:
+                ui.console.print(f"[cyan]hint:[/cyan] {e.hint}", soft_wrap=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            ui.console.print("[bold red]interrupted[/bold red]")
+            ctx.exit(130)
+
+
+def default_cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "tuoba"
+
+
+@click.group(cls=TuobaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tuoba")
+@click.option("--debug", is_flag=True, envvar="TUOBA_DEBUG", help="Show tracebacks on errors.")
+@click.option("-v", "--verbose", count=True, help="Show every command tuoba runs.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="TUOBA_OUT",
+    default=Path("out"),
+    show_default=True,
+    help="Where images and build records go. [env: TUOBA_OUT]",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="TUOBA_CACHE_DIR",
+    default=None,
+    help="Downloads, root filesystems and tools, shared by all builds. "
+    "[default: ~/.cache/tuoba] [env: TUOBA_CACHE_DIR]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    envvar="TUOBA_DATA_DIR",
+    default=None,
+    help="Project tree with boards/, recipes/, kernel/, overlays/. "
+    "[default: found from here] [env: TUOBA_DATA_DIR]",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    debug: bool,
+    verbose: int,
+    out_dir: Path,
+    cache_dir: Path | None,
+    data_dir: Path | None,
+) -> None:
+    """Compose TuobaOS images for ARM boards from board and recipe data.
+
+    \b
+    Typical use:
+      tuoba doctor --fix                 install the host tools a build needs
+      tuoba build --board qemu-aarch64   compose an image into out/
+      tuoba test --board qemu-aarch64    boot it in QEMU and run the guest checks
+      tuoba boot --board qemu-aarch64    boot it with the console on this terminal
+    """
+    ui.set_verbosity(verbose)
+    ctx.obj = App(
+        data_dir=(data_dir or find_data_dir()).resolve(),
+        out_dir=out_dir.resolve(),
+        cache_dir=(cache_dir or default_cache_dir()).resolve(),
+        debug=debug,
+    )
+
+
+def _register() -> None:
+    from tuoba.cli import boards, boot, build, doctor, recipes, test
+
+    for module in (build, test, boot, boards, recipes, doctor):
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="tuoba")

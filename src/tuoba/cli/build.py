@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tuoba import ui
+from tuoba.build import build
+from tuoba.cli import App
+from tuoba.cli.options import board_option, stage_option
+from tuoba.plan import DEFAULT_RECIPES, Request, resolve
+
+
+@click.command("build")
+@board_option
+@stage_option
+@click.option(
+    "-r",
+    "--recipe",
+    "recipes",
+    multiple=True,
+    help="Add a stack (see `tuoba recipes`); repeatable. 'base' is always included.",
+)
+@click.option(
+    "--ssh-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="TUOBA_SSH_KEY",
+    help="Public key for root's authorized_keys [default: generated in OUT/ssh/].",
+)
+@click.option("--offline", is_flag=True, envvar="TUOBA_OFFLINE", help="Never download.")
+@click.option(
+    "--mirror",
+    envvar="TUOBA_MIRROR",
+    help="Debian mirror URL [default: the host's apt sources]. [env: TUOBA_MIRROR]",
+)
+@click.option("--explain", is_flag=True, help="Say why each step runs.")
+@click.pass_obj
+def command(
+    app: App,
+    board: str,
+    stage: int,
+    recipes: tuple[str, ...],
+    ssh_key: Path | None,
+    offline: bool,
+    mirror: str | None,
+    explain: bool,
+) -> None:
+    """Compose an image for a board from its recipes.
+
+    Only the steps whose inputs changed run again (fetch, rootfs, kernel, overlay, image);
+    results go to OUT/tuoba-BOARD-sSTAGE-VERSION.img with .img.xz, .img.bmap, .manifest.json
+    and SHA256SUMS.
+
+    \b
+    Example:
+      tuoba build --board qemu-aarch64
+      tuoba build --board qemu-aarch64 --recipe base --explain
+    """
+    plan = resolve(
+        Request(
+            board=board,
+            recipes=(*DEFAULT_RECIPES, *recipes),
+            stage=stage,
+            data_dir=str(app.data_dir),
+            out_dir=str(app.out_dir),
+            cache_dir=str(app.cache_dir),
+            ssh_key=str(ssh_key.resolve()) if ssh_key else None,
+            offline=offline,
+            mirror=mirror,
+        )
+    )
+    ui.info(
+        f"building [bold]{plan.image_name}[/bold]: board {plan.board.name}, stage {plan.stage}, "
+        f"recipes {', '.join(r.name for r in plan.recipes)}"
+    )
+    result = build(plan, explain=explain)
+    ran = ", ".join(result.ran) if result.ran else "nothing (up to date)"
+    ui.info(f"steps run: {ran}")
+    ui.info(f"image: {result.image}")
+    ui.info(f"manifest: {result.manifest}")
+    ui.info(f"built in {result.seconds:.1f} s")

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tuoba import ui
+from tuoba.cli import App
+from tuoba.cli.options import board_option, default_image, image_option, stage_option
+from tuoba.guest import check_image
+from tuoba.plan import default_ssh_key
+
+
+@click.command("test")
+@board_option
+@stage_option
+@image_option
+@click.option(
+    "--junit",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a JUnit XML report here; the serial console log is kept beside it.",
+)
+@click.option(
+    "--ssh-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Private key for root [default: OUT/ssh/tuoba_ed25519].",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=240.0,
+    show_default=True,
+    help="Seconds to wait for the guest's ssh server.",
+)
+@click.option("-k", "keyword", help="Only run guest checks matching this pytest expression.")
+@click.pass_obj
+def command(
+    app: App,
+    board: str,
+    stage: int,
+    image: Path | None,
+    junit: Path | None,
+    ssh_key: Path | None,
+    timeout: float,
+    keyword: str | None,
+) -> None:
+    """Boot an image in QEMU and run the guest checks its recipes select.
+
+    QEMU gets the image as a throw-away snapshot, ssh forwarded on a free loopback port; it is
+    stopped at the end, also on failure or Ctrl-C.
+
+    \b
+    Example:
+      tuoba test --board qemu-aarch64 --junit report.xml
+    """
+    image = (image or default_image(app.out_dir, board, stage)).resolve()
+    if junit is not None:
+        junit = junit.resolve()
+        console = junit.with_name(junit.stem + ".console.log")
+    else:
+        console = app.out_dir / f"{image.stem}.console.log"
+    result = check_image(
+        image=image,
+        ssh_key=(ssh_key or default_ssh_key(app.out_dir)).resolve(),
+        data_dir=app.data_dir,
+        junit=junit,
+        console_log=console,
+        timeout=timeout,
+        extra_pytest_args=("-k", keyword) if keyword else (),
+    )
+    ui.info(f"[green]all guest checks passed[/green] (ssh up after {result.boot_seconds:.1f} s)")

@@ -1,0 +1,116 @@
+"""Checking a built image: boot it in QEMU, run the testinfra checks its recipes select."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tuoba import qemu, run, ui
+from tuoba.board import QemuSpec
+from tuoba.errors import GuestCheckError, InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    boot_seconds: float
+    junit: Path | None
+    console_log: Path
+
+
+def load_manifest(image: Path) -> dict[str, Any]:
+    manifest_file = image.with_name(image.name.removesuffix(".img") + ".manifest.json")
+    if not image.is_file():
+        raise InputError(f"no image at {image}", hint="build it first: tuoba build --board …")
+    if not manifest_file.is_file():
+        raise InputError(
+            f"{image} has no manifest beside it ({manifest_file.name})",
+            hint="images are tested with the manifest their build wrote; rebuild the image",
+        )
+    data: dict[str, Any] = json.loads(manifest_file.read_text())
+    return data
+
+
+def boot_spec(image: Path, manifest: dict[str, Any]) -> qemu.BootSpec:
+    boot = manifest["boot"]
+    if boot.get("qemu") is None:
+        raise InputError(
+            f"board '{manifest['board']}' has no QEMU machine to boot in",
+            hint="boards with a qemu section in board.yaml can be booted",
+        )
+    return qemu.BootSpec(
+        arch=manifest["arch"],
+        image=image,
+        kernel=image.parent / boot["kernel"],
+        initrd=image.parent / boot["initrd"] if boot.get("initrd") else None,
+        cmdline=boot["cmdline"],
+        qemu=QemuSpec(**boot["qemu"]),
+    )
+
+
+SSH_CONFIG = """\
+Host *
+  User root
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+  IdentitiesOnly yes
+  ConnectTimeout 20
+"""
+
+
+def check_image(
+    image: Path,
+    ssh_key: Path,
+    data_dir: Path,
+    junit: Path | None,
+    console_log: Path,
+    timeout: float,
+    extra_pytest_args: tuple[str, ...] = (),
+) -> CheckResult:
+    manifest = load_manifest(image)
+    spec = boot_spec(image, manifest)
+    if not ssh_key.is_file():
+        raise InputError(f"no ssh private key at {ssh_key}", hint="pass --ssh-key PRIVATE_KEY")
+    test_files = [data_dir / "tests" / "image" / f"test_{t}.py" for t in manifest["tests"]]
+    missing = [str(t) for t in test_files if not t.is_file()]
+    if missing:
+        raise InputError(f"guest check modules missing: {', '.join(missing)}")
+    if not test_files:
+        raise InputError(f"{image.name}: its recipes select no guest checks")
+
+    with tempfile.TemporaryDirectory(prefix="tuoba-test-") as tmp:
+        ssh_config = Path(tmp) / "ssh_config"
+        ssh_config.write_text(SSH_CONFIG)
+        with qemu.booted(spec, console_log, timeout=timeout) as guest:
+            cmd = [
+                sys.executable, "-m", "pytest",
+                *map(str, test_files),
+                f"--hosts=ssh://root@127.0.0.1:{guest.ssh_port}",
+                f"--ssh-config={ssh_config}",
+                f"--ssh-identity-file={ssh_key}",
+                "-p", "no:cacheprovider",
+                "--rootdir", str(data_dir / "tests" / "image"),
+                "-o", f"junit_suite_name=tuoba-{manifest['board']}-s{manifest['stage']}",
+                "-v",
+                *extra_pytest_args,
+            ]  # fmt: skip
+            if junit is not None:
+                cmd.append(f"--junitxml={junit}")
+            env = {
+                "TUOBA_MANIFEST": json.dumps(manifest),
+                "TUOBA_GUEST_PORT": str(guest.ssh_port),
+                "TUOBA_SSH_KEY": str(ssh_key),
+            }
+            proc = run.run(cmd, env=env, check=False, cwd=data_dir)
+            boot_seconds = guest.boot_seconds
+    ui.info(f"serial console log: {console_log}")
+    if proc.returncode != 0:
+        raise GuestCheckError(
+            f"guest checks failed for {image.name} (pytest exit code {proc.returncode})",
+            hint=f"see the report above{f' and {junit}' if junit else ''}; console: {console_log}",
+        )
+    return CheckResult(boot_seconds, junit, console_log)

@@ -1,0 +1,208 @@
+"""Disk images: partition table, filesystems, block map, compression, checksums, manifest.
+
+Everything is written under a temporary name and renamed when complete, so an interrupted
+build never leaves a finished-looking artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from tuoba import run
+from tuoba.board import PARTITION_TYPES, ImageSpec
+
+SECTOR = 512
+ALIGN = 1 << 20  # partitions start on 1 MiB boundaries
+BMAP_BLOCK = 4096
+# Fixed timestamp for filesystem metadata, so the same inputs give the same bytes.
+SOURCE_DATE_EPOCH = 1700000000
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacedPartition:
+    name: str
+    type_guid: str
+    fs: str
+    mountpoint: str | None
+    start: int  # bytes
+    size: int  # bytes
+    uuid: str  # partition UUID (GPT)
+    fs_uuid: str
+
+
+def stable_uuid(seed: str, what: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tuoba:{seed}:{what}"))
+
+
+def layout(spec: ImageSpec, seed: str) -> list[PlacedPartition]:
+    """Place partitions on 1 MiB boundaries; the last one without a size takes the rest."""
+    placed = []
+    offset = ALIGN
+    end = spec.size - ALIGN  # room for the backup GPT
+    for p in spec.partitions:
+        size = p.size if p.size is not None else end - offset
+        if size <= 0 or offset + size > end:
+            raise ValueError(f"partition '{p.name}' does not fit in {spec.size} bytes")
+        placed.append(
+            PlacedPartition(
+                name=p.name,
+                type_guid=PARTITION_TYPES[p.type],
+                fs=p.fs,
+                mountpoint=p.mountpoint,
+                start=offset,
+                size=size,
+                uuid=stable_uuid(seed, f"part:{p.name}"),
+                fs_uuid=stable_uuid(seed, f"fs:{p.name}"),
+            )
+        )
+        offset += -(-size // ALIGN) * ALIGN
+    return placed
+
+
+def sfdisk_script(table: str, parts: list[PlacedPartition], seed: str) -> str:
+    lines = [f"label: {'gpt' if table == 'gpt' else 'dos'}", "unit: sectors"]
+    if table == "gpt":
+        lines.append(f"label-id: {stable_uuid(seed, 'disk')}")
+    for p in parts:
+        fields = [f"start={p.start // SECTOR}", f"size={p.size // SECTOR}"]
+        if table == "gpt":
+            fields += [f"type={p.type_guid}", f"uuid={p.uuid}", f'name="{p.name}"']
+        else:
+            fields.append("type=83" if p.fs == "ext4" else "type=c")
+        lines.append(", ".join(fields))
+    return "\n".join(lines) + "\n"
+
+
+def make_ext4(tree: Path, dest: Path, size: int, label: str, fs_uuid: str, log: Path) -> None:
+    dest.unlink(missing_ok=True)
+    run.run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            label,
+            "-U",
+            fs_uuid,
+            "-E",
+            f"hash_seed={fs_uuid}",
+            "-d",
+            str(tree),
+            str(dest),
+            f"{size // 1024}k",
+        ],
+        env={"E2FSPROGS_FAKE_TIME": str(SOURCE_DATE_EPOCH)},
+        log=log,
+    )
+
+
+def copy_sparse(src: Path, dest: Path, offset: int) -> None:
+    """Copy src into dest at offset, skipping holes (images stay sparse)."""
+    with src.open("rb") as fi, dest.open("r+b") as fo:
+        for start, end in data_ranges(fi.fileno(), os.fstat(fi.fileno()).st_size):
+            fi.seek(start)
+            fo.seek(offset + start)
+            remaining = end - start
+            while remaining:
+                chunk = fi.read(min(remaining, 8 << 20))
+                fo.write(chunk)
+                remaining -= len(chunk)
+
+
+def data_ranges(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) byte ranges that hold data, from SEEK_DATA/SEEK_HOLE."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return
+            raise
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, end
+        pos = end
+
+
+def write_bmap(image: Path, dest: Path) -> None:
+    """A bmaptool-compatible (format 2.0) block map with a sha256 per mapped range."""
+    size = image.stat().st_size
+    blocks = -(-size // BMAP_BLOCK)
+    ranges = []
+    mapped = 0
+    with image.open("rb") as f:
+        for start, end in data_ranges(f.fileno(), size):
+            first, last = start // BMAP_BLOCK, (min(end, size) - 1) // BMAP_BLOCK
+            f.seek(first * BMAP_BLOCK)
+            h = hashlib.sha256()
+            remaining = (last - first + 1) * BMAP_BLOCK
+            while remaining > 0:
+                chunk = f.read(min(remaining, 8 << 20))
+                if not chunk:
+                    break
+                h.update(chunk)
+                remaining -= len(chunk)
+            ranges.append((first, last, h.hexdigest()))
+            mapped += last - first + 1
+    body = "\n".join(
+        f'        <Range chksum="{c}"> {a if a == b else f"{a}-{b}"} </Range>'
+        for a, b, c in ranges
+    )
+    head = (
+        '<?xml version="1.0" ?>\n<bmap version="2.0">\n'
+        f"    <ImageSize> {size} </ImageSize>\n"
+        f"    <BlockSize> {BMAP_BLOCK} </BlockSize>\n"
+        f"    <BlocksCount> {blocks} </BlocksCount>\n"
+        f"    <MappedBlocksCount> {mapped} </MappedBlocksCount>\n"
+        "    <ChecksumType> sha256 </ChecksumType>\n"
+    )
+    # bmaptool checks BmapFileChecksum: sha256 of the file with the checksum field zeroed.
+    placeholder = "0" * 64
+    text = (
+        head
+        + f"    <BmapFileChecksum> {placeholder} </BmapFileChecksum>\n"
+        + f"    <BlockMap>\n{body}\n    </BlockMap>\n</bmap>\n"
+    )
+    checksum = hashlib.sha256(text.encode()).hexdigest()
+    dest.write_text(text.replace(placeholder, checksum, 1))
+
+
+def compress_xz(src: Path, dest: Path) -> None:
+    with dest.open("wb") as out:
+        run.run(["xz", "-T0", "-3", "-c", str(src)], stdout_file=out)
+
+
+def sha256sums(directory: Path, files: list[Path]) -> None:
+    """Merge entries for `files` into directory/SHA256SUMS (other images' lines are kept)."""
+    from tuoba.sources import sha256_file
+
+    sums = directory / "SHA256SUMS"
+    entries: dict[str, str] = {}
+    if sums.exists():
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if name:
+                entries[name] = digest
+    for f in files:
+        entries[f.name] = sha256_file(f)
+    with atomic(sums) as tmp:
+        tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(entries.items())))
+
+
+@contextlib.contextmanager
+def atomic(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside dest; rename it over dest only if the block succeeds."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)

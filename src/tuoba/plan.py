@@ -1,0 +1,245 @@
+"""Resolving a build request (board + recipes + stage) into one frozen, validated Plan.
+
+Everything is checked here, before the first side effect: names, file formats, kernel features,
+overlays, guest checks. The Plan is what every build step reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from tuoba import __version__, apt
+from tuoba.board import Board, load_board
+from tuoba.config import Doc
+from tuoba.errors import InputError
+from tuoba.kernel import Feature, feature_names, load_feature
+from tuoba.recipe import Recipe, load_recipe
+
+DEFAULT_BOARD = "qemu-aarch64"
+DEFAULT_RECIPES = ("base",)
+SUPPORTED_STAGES = (1,)
+DEBIAN_RELEASE = "bookworm"
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What the user asked for; plain values, so it can be written to JSON for SCons."""
+
+    board: str
+    recipes: tuple[str, ...]
+    stage: int
+    data_dir: str
+    out_dir: str
+    cache_dir: str
+    ssh_key: str | None = None  # a public key file; None: generated per output dir
+    offline: bool = False
+    mirror: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Request:
+        raw = json.loads(text)
+        raw["recipes"] = tuple(raw["recipes"])
+        return cls(**raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Overlay:
+    name: str
+    path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    request: Request
+    board: Board
+    recipes: tuple[Recipe, ...]
+    features: tuple[Feature, ...]
+    packages: tuple[str, ...]
+    overlays: tuple[Overlay, ...]
+    services: tuple[str, ...]
+    tests: tuple[str, ...]
+    release: str
+    mirrors: tuple[str, ...]
+    security_mirrors: tuple[str, ...]
+    version: str
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.request.data_dir)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.request.out_dir)
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.request.cache_dir)
+
+    @property
+    def stage(self) -> int:
+        return self.request.stage
+
+    @property
+    def image_name(self) -> str:
+        return image_name(self.board.name, self.stage, self.version)
+
+    @property
+    def build_dir(self) -> Path:
+        return self.out_dir / ".build" / f"{self.board.name}-s{self.stage}"
+
+    @property
+    def ssh_key(self) -> Path:
+        """The public key put into root's authorized_keys."""
+        if self.request.ssh_key:
+            return Path(self.request.ssh_key)
+        return default_ssh_key(self.out_dir).with_suffix(".pub")
+
+    # Step inputs: what each step's output depends on (SCons signs these).
+    def rootfs_inputs(self) -> dict[str, Any]:
+        return {
+            "arch": self.board.arch,
+            "release": self.release,
+            "packages": sorted(self.packages),
+            "mirrors": self.mirrors,
+            "security_mirrors": self.security_mirrors,
+        }
+
+    def overlay_inputs(self) -> dict[str, Any]:
+        return {
+            "overlays": [(o.name, str(o.path)) for o in self.overlays],
+            "context": render_context(self, ssh_public_key="(key file signed separately)"),
+        }
+
+    def image_inputs(self) -> dict[str, Any]:
+        return {
+            "name": self.image_name,
+            "image": dataclasses.asdict(self.board.image),
+            "services": self.services,
+            "kernel": dataclasses.asdict(self.board.kernel),
+            "features": [f.name for f in self.features],
+            "recipes": [r.name for r in self.recipes],
+            "console": self.board.console,
+        }
+
+
+def image_name(board: str, stage: int, version: str = __version__) -> str:
+    return f"tuoba-{board}-s{stage}-{version}"
+
+
+def default_ssh_key(out_dir: Path) -> Path:
+    return out_dir / "ssh" / "tuoba_ed25519"
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def render_context(plan: Plan, ssh_public_key: str) -> dict[str, Any]:
+    """What overlay templates (*.j2) see."""
+    return {
+        "board": {
+            "name": plan.board.name,
+            "hostname": plan.board.hostname,
+            "arch": plan.board.arch,
+            "soc": plan.board.soc,
+            "console": plan.board.console,
+        },
+        "stage": plan.stage,
+        "recipes": [r.name for r in plan.recipes],
+        "version": plan.version,
+        "ssh_public_key": ssh_public_key,
+    }
+
+
+def _check_features(
+    data_dir: Path, names: tuple[str, ...], doc: Doc, path: tuple[str | int, ...]
+) -> list[Feature]:
+    known = feature_names(data_dir)
+    out = []
+    for i, n in enumerate(names):
+        if n not in known:
+            raise doc.error(
+                (*path, i), f"unknown feature '{n}'", hint=f"known: {', '.join(known) or 'none'}"
+            )
+        out.append(load_feature(data_dir, n))
+    return out
+
+
+def resolve(req: Request) -> Plan:
+    data_dir = Path(req.data_dir)
+    if req.stage not in SUPPORTED_STAGES:
+        hint = {
+            2: "stage 2 (LLVM + musl userland) is not built yet; use --stage 1",
+            3: "stage 3 (llvm-libc) is experimental and not built yet; use --stage 1",
+        }.get(req.stage, "stages are 1, 2 and 3")
+        raise InputError(f"stage {req.stage} is not supported", hint=hint)
+    board, board_doc = load_board(data_dir, req.board)
+    features: dict[str, Feature] = {
+        f.name: f
+        for f in _check_features(data_dir, board.kernel.features, board_doc, ("kernel", "features"))
+    }
+    recipes = []
+    seen: set[str] = set()
+    for name in req.recipes:
+        if name in seen:
+            continue
+        seen.add(name)
+        recipe, doc = load_recipe(data_dir, name)
+        recipes.append(recipe)
+        for f in _check_features(data_dir, recipe.kernel_features, doc, ("kernel_features",)):
+            features.setdefault(f.name, f)
+        for i, o in enumerate(recipe.overlays):
+            if not (data_dir / "overlays" / o).is_dir():
+                raise doc.error(("overlays", i), f"no overlay directory overlays/{o}/")
+        for i, t in enumerate(recipe.tests):
+            if not (data_dir / "tests" / "image" / f"test_{t}.py").is_file():
+                raise doc.error(("tests", i), f"no guest check module tests/image/test_{t}.py")
+
+    packages: list[str] = []
+    if board.kernel.source == "distro":
+        # The distro kernel needs an initramfs (virtio and ext4 are modules in Debian's kernel).
+        packages += [board.kernel.package, "initramfs-tools"]
+    for r in recipes:
+        packages += r.stage1.packages
+    overlays = [Overlay(f"board:{board.name}", board.directory / "overlay")]
+    overlays = [o for o in overlays if o.path.is_dir()]
+    for r in recipes:
+        overlays += [Overlay(o, data_dir / "overlays" / o) for o in r.overlays]
+
+    if req.mirror:
+        mirrors = [req.mirror.rstrip("/")]
+        security: list[str] = []
+    else:
+        mirrors = apt.debian_mirrors(DEBIAN_RELEASE)
+        security = apt.security_mirrors(DEBIAN_RELEASE)
+    if not mirrors:
+        raise InputError(
+            f"no Debian mirror for '{DEBIAN_RELEASE}' in the host's apt sources",
+            hint="add one to /etc/apt/sources.list.d/, or pass --mirror URL (TUOBA_MIRROR)",
+        )
+    if req.ssh_key and not Path(req.ssh_key).is_file():
+        raise InputError(
+            f"--ssh-key {req.ssh_key}: no such file", hint="give an ssh public key file (.pub)"
+        )
+
+    return Plan(
+        request=req,
+        board=board,
+        recipes=tuple(recipes),
+        features=tuple(features.values()),
+        packages=tuple(dict.fromkeys(packages)),
+        overlays=tuple(overlays),
+        services=tuple(dict.fromkeys(s for r in recipes for s in r.services)),
+        tests=tuple(dict.fromkeys(t for r in recipes for t in r.tests)),
+        release=DEBIAN_RELEASE,
+        mirrors=tuple(mirrors),
+        security_mirrors=tuple(security),
+        version=__version__,
+    )

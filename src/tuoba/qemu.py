@@ -1,0 +1,140 @@
+"""Booting an image in QEMU and reaching it over ssh on a forwarded loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from tuoba import run, ui
+from tuoba.board import QemuSpec
+from tuoba.errors import GuestCheckError, InputError
+
+QEMU_BINARY = {"arm64": "qemu-system-aarch64", "armhf": "qemu-system-arm"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BootSpec:
+    """Everything needed to boot a built image; read from its manifest."""
+
+    arch: str
+    image: Path
+    kernel: Path
+    initrd: Path | None
+    cmdline: str
+    qemu: QemuSpec
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def qemu_command(spec: BootSpec, ssh_port: int | None, serial: str, writable: bool) -> list[str]:
+    q = spec.qemu
+    cmd = [
+        QEMU_BINARY[spec.arch],
+        "-M", q.machine,
+        "-cpu", q.cpu,
+        "-smp", str(q.smp),
+        "-m", str(q.memory),
+        "-kernel", str(spec.kernel),
+        "-append", spec.cmdline,
+        "-drive", f"file={spec.image},if=virtio,format=raw,snapshot={'off' if writable else 'on'}",
+        "-device", "virtio-rng-pci",
+        "-no-reboot",
+    ]  # fmt: skip
+    if spec.initrd is not None:
+        cmd += ["-initrd", str(spec.initrd)]
+    net = "user,id=net0"
+    if ssh_port is not None:
+        net += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+    # romfile= : the PXE option ROM is not needed for direct kernel boot (and is not installed).
+    cmd += ["-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile="]
+    if serial == "stdio":
+        cmd += ["-nographic"]
+    else:
+        cmd += ["-display", "none", "-monitor", "none", "-serial", f"file:{serial}"]
+    return cmd
+
+
+def ssh_banner(port: int, timeout: float = 3.0) -> bool:
+    """True once an ssh server answers with its banner on the port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+@dataclasses.dataclass
+class Guest:
+    ssh_port: int
+    console_log: Path
+    process: subprocess.Popen[bytes]
+    boot_seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def booted(spec: BootSpec, console_log: Path, timeout: float = 180.0) -> Iterator[Guest]:
+    """Boot the image, wait for ssh, yield the guest; QEMU is always stopped afterwards,
+    also on failure, Ctrl-C or SIGTERM."""
+    for path in (spec.image, spec.kernel, *([spec.initrd] if spec.initrd else [])):
+        if not path.is_file():
+            raise InputError(f"cannot boot: {path} does not exist", hint="run 'tuoba build' first")
+    port = free_port()
+    console_log.parent.mkdir(parents=True, exist_ok=True)
+    console_log.write_text("")
+    proc = run.spawn(qemu_command(spec, port, str(console_log), writable=False))
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        start = time.monotonic()
+        deadline = start + timeout
+        while not ssh_banner(port):
+            if proc.poll() is not None:
+                raise GuestCheckError(
+                    f"QEMU exited with code {proc.returncode} before ssh came up",
+                    hint=_console_tail(console_log),
+                )
+            if time.monotonic() > deadline:
+                raise GuestCheckError(
+                    f"no ssh answer on 127.0.0.1:{port} within {timeout:.0f} s",
+                    hint=_console_tail(console_log),
+                )
+            time.sleep(0.5)
+        guest = Guest(port, console_log, proc, time.monotonic() - start)
+        ui.info(f"  guest answered ssh on 127.0.0.1:{port} after {guest.boot_seconds:.1f} s")
+        yield guest
+    finally:
+        run.stop(proc)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _console_tail(log: Path, lines: int = 20) -> str:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    tail = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+    return f"serial console ({log}), last lines:\n  " + "\n  ".join(tail)
+
+
+def interactive(spec: BootSpec, writable: bool) -> int:
+    """Boot with the serial console on this terminal (Ctrl-A X quits QEMU)."""
+    port = free_port()
+    ui.info(f"ssh: forwarded on 127.0.0.1:{port}; quit QEMU with Ctrl-A X")
+    proc = run.spawn(qemu_command(spec, port, "stdio", writable), stdin=None)
+    try:
+        return proc.wait()
+    finally:
+        run.stop(proc)

@@ -1,0 +1,175 @@
+"""Stage-1 root filesystem: Debian for the board's architecture, built by mkosi.
+
+The tree is cached outside the output directory, keyed by the digest of its inputs, so a fresh
+checkout (or a second output directory) reuses it instead of installing packages again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from tuoba import host, run
+from tuoba.plan import Plan, digest
+
+
+def skeleton_dir(plan: Plan) -> Path:
+    return plan.board.directory / "skeleton"
+
+
+def tree_files(root: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under root (for signatures)."""
+    from tuoba.sources import sha256_file
+
+    if not root.is_dir():
+        return {}
+    return {
+        str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def rootfs_digest(plan: Plan, mkosi_version: str) -> str:
+    return digest(
+        {
+            "inputs": plan.rootfs_inputs(),
+            "skeleton": tree_files(skeleton_dir(plan)),
+            "mkosi": mkosi_version,
+            "format": 1,  # bump when the post-processing below changes
+        }
+    )
+
+
+def mkosi_conf(plan: Plan, output_dir: Path, workspace: Path) -> str:
+    packages = "\n".join(f"         {p}" for p in sorted(plan.packages))
+    skeleton = skeleton_dir(plan)
+    skeleton_line = f"SkeletonTrees={skeleton}\n" if skeleton.is_dir() else ""
+    return (
+        textwrap.dedent(
+            f"""\
+            [Distribution]
+            Distribution=debian
+            Release={plan.release}
+            Architecture={plan.board.arch}
+            Mirror={plan.mirrors[0]}
+
+            [Output]
+            Format=directory
+            Output=tree
+            OutputDirectory={output_dir}
+
+            [Build]
+            WorkspaceDirectory={workspace}
+
+            [Content]
+            Bootable=no
+            WithDocs=no
+            Locale=C.UTF-8
+            Keymap=us
+            Timezone=UTC
+            """
+        )
+        + skeleton_line
+        + f"Packages={packages.lstrip()}\n"
+    )
+
+
+def apt_sources(plan: Plan) -> str:
+    """Our own apt sources for mkosi: mkosi's defaults add a debug suite not served here."""
+    stanzas = [
+        f"Types: deb\nURIs: {' '.join(plan.mirrors)}\n"
+        f"Suites: {plan.release} {plan.release}-updates\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    ]
+    if plan.security_mirrors:
+        stanzas.append(
+            f"Types: deb\nURIs: {' '.join(plan.security_mirrors)}\n"
+            f"Suites: {plan.release}-security\nComponents: main\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        )
+    return "\n".join(stanzas)
+
+
+def dpkg_packages(tree: Path) -> list[dict[str, str]]:
+    """Installed packages of a Debian tree, from /var/lib/dpkg/status."""
+    status = tree / "var/lib/dpkg/status"
+    pkgs = []
+    for stanza in status.read_text().split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
+        )
+        if fields.get("Status", "").endswith(" installed"):
+            pkgs.append(
+                {
+                    "name": fields["Package"],
+                    "version": fields["Version"],
+                    "arch": fields.get("Architecture", ""),
+                }
+            )
+    return sorted(pkgs, key=lambda p: p["name"])
+
+
+def build_rootfs(plan: Plan, log: Path) -> dict[str, Any]:
+    """Build (or reuse) the rootfs tree; returns its record (digest, tree, packages)."""
+    host.require_binfmt(plan.board.arch)
+    site = host.mkosi_dir(plan.data_dir, plan.cache_dir, offline=plan.request.offline)
+    _, mkosi_version = host.pinned_tool(plan.data_dir, "mkosi")
+    key = rootfs_digest(plan, mkosi_version)
+    final = plan.cache_dir / "rootfs" / key
+    record_file = final / "rootfs.json"
+    if record_file.is_file():
+        record: dict[str, Any] = json.loads(record_file.read_text())
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"reused cached rootfs {final}\n")
+        return record
+
+    work = plan.cache_dir / "rootfs" / f".work-{key}"
+    workspace = plan.cache_dir / "rootfs" / f".workspace-{key}"
+    for d in (work, workspace):
+        shutil.rmtree(d, ignore_errors=True)
+    (work / "mkosi.sandbox/etc/apt/sources.list.d").mkdir(parents=True)
+    (work / "out").mkdir()
+    workspace.mkdir()
+    (work / "mkosi.conf").write_text(mkosi_conf(plan, work / "out", workspace))
+    (work / "mkosi.sandbox/etc/apt/sources.list.d/mkosi.sources").write_text(apt_sources(plan))
+    if log.exists():
+        log.unlink()
+    pkg_cache = plan.cache_dir / "mkosi" / "packages"
+    pkg_cache.mkdir(parents=True, exist_ok=True)
+    run.run(
+        [
+            sys.executable,
+            "-m",
+            "mkosi",
+            "--directory",
+            str(work),
+            "--package-cache-dir",
+            str(pkg_cache),
+            "--force",
+            "build",
+        ],
+        env={"PYTHONPATH": str(site)},
+        log=log,
+    )
+    tree = work / "out" / "tree"
+    # Build-time host keys would be identical in every image; they are made on first boot.
+    for key_file in (tree / "etc/ssh").glob("ssh_host_*"):
+        key_file.unlink()
+    record = {
+        "digest": key,
+        "tree": str(final / "tree"),
+        "packages": dpkg_packages(tree),
+        "mkosi": mkosi_version,
+    }
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(final, ignore_errors=True)
+    final.mkdir()
+    tree.rename(final / "tree")
+    # Written last: its presence marks the cache entry as complete.
+    (final / "rootfs.json").write_text(json.dumps(record, indent=2))
+    for d in (work, workspace):
+        shutil.rmtree(d, ignore_errors=True)
+    return record

@@ -1,0 +1,165 @@
+"""The one gateway for external commands. Nothing else in tuoba calls subprocess.
+
+Every command is logged with its exact command line; a failure raises with that line and the
+tail of the command's output, so the user sees what ran and why it failed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from tuoba import ui
+from tuoba.errors import BuildError, HostToolError, TuobaError
+
+Cmd = Sequence[str | os.PathLike[str]]
+
+# Which Debian package provides each host tool: used in "missing tool" errors and by doctor.
+TOOL_PACKAGES: dict[str, str] = {
+    "qemu-system-aarch64": "qemu-system-arm",
+    "qemu-aarch64-static": "qemu-user-static",
+    "update-binfmts": "binfmt-support",
+    "sfdisk": "fdisk",
+    "mkfs.ext4": "e2fsprogs",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "xz": "xz-utils",
+    "zstd": "zstd",
+    "ssh-keygen": "openssh-client",
+    "ssh": "openssh-client",
+    "apt-get": "apt",
+    "dpkg-deb": "dpkg",
+    "systemctl": "systemd",
+    "clang": "clang",
+    "ld.lld": "lld",
+    "cpio": "cpio",
+    "losetup": "mount",
+    "lsblk": "util-linux",
+    "blockdev": "util-linux",
+}
+
+
+def _fmt(cmd: Cmd) -> str:
+    return shlex.join(os.fspath(c) for c in cmd)
+
+
+def require(tool: str) -> str:
+    """Return the path of a host tool or fail naming the package that provides it."""
+    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    if path is None:
+        package = TOOL_PACKAGES.get(tool, tool)
+        raise HostToolError(
+            f"host tool '{tool}' is missing (Debian package '{package}')",
+            hint="run 'tuoba doctor --fix' to install the host tools",
+        )
+    return path
+
+
+def run(
+    cmd: Cmd,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    capture: bool = False,
+    log: Path | None = None,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float | None = None,
+    stdout_file: IO[bytes] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion.
+
+    capture: return stdout (stderr goes to the log or our stderr).
+    log: append stdout+stderr to this file instead of the terminal.
+    stdout_file: binary stdout goes to this open file (e.g. a compressor's output).
+    """
+    ui.debug(f"+ {_fmt(cmd)}")
+    require(os.fspath(cmd[0]))
+    full_env = {**os.environ, **env} if env is not None else None
+    out: int | IO[str] | IO[bytes] | None
+    log_fh: IO[str] | None = None
+    if log is not None and not capture:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log_fh = log.open("a")
+        log_fh.write(f"\n+ {_fmt(cmd)}\n")
+        log_fh.flush()
+        out = log_fh
+    elif stdout_file is not None:
+        out = stdout_file
+    else:
+        out = subprocess.PIPE if capture else None
+    try:
+        proc = subprocess.run(
+            [os.fspath(c) for c in cmd],
+            env=full_env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT if log_fh is not None else None,
+            text=stdout_file is None,
+            input=input,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise BuildError(f"command timed out after {timeout:.0f} s: {_fmt(cmd)}") from e
+    finally:
+        if log_fh is not None:
+            log_fh.close()
+    if check and proc.returncode != 0:
+        raise BuildError(
+            f"command failed with exit code {proc.returncode}: {_fmt(cmd)}",
+            hint=_tail_hint(log),
+        )
+    return proc
+
+
+def _tail_hint(log: Path | None) -> str | None:
+    if log is None or not log.exists():
+        return None
+    lines = log.read_text(errors="replace").splitlines()[-15:]
+    return f"last lines of {log}:\n  " + "\n  ".join(lines)
+
+
+def spawn(
+    cmd: Cmd,
+    *,
+    stdout: IO[str] | IO[bytes] | int | None = None,
+    stdin: int | None = subprocess.DEVNULL,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a long-running command (QEMU) and return its handle; the caller stops it."""
+    ui.debug(f"+ {_fmt(cmd)} &")
+    require(os.fspath(cmd[0]))
+    full_env = {**os.environ, **env} if env is not None else None
+    return subprocess.Popen(
+        [os.fspath(c) for c in cmd],
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not None else None,
+        stdin=stdin,
+        env=full_env,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """Stop a spawned process: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def output(cmd: Cmd, **kwargs: object) -> str:
+    """Run a command and return its stdout, stripped."""
+    return run(cmd, capture=True, **kwargs).stdout.strip()  # type: ignore[arg-type]
+
+
+__all__ = ["TuobaError", "output", "require", "run", "spawn", "stop"]

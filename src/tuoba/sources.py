@@ -1,0 +1,128 @@
+"""Downloaded inputs: url + sha256 + mirrors, fetched into a content-addressed cache.
+
+A source is used only after its bytes match the pinned sha256. `offline` uses the cache or
+fails naming what is missing. URLs of the form `debian:<path>` are resolved against the Debian
+archive mirrors of the host's apt configuration (no registry host is written in the project).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import requests
+
+from tuoba import ui
+from tuoba.errors import BuildError, InputError
+
+CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    name: str
+    url: str
+    sha256: str
+    mirrors: tuple[str, ...] = ()
+    origin: str = ""  # where the pinned hash comes from, for people reading the data
+
+    def candidates(self, debian_mirrors: Sequence[str]) -> list[str]:
+        urls = []
+        for u in (self.url, *self.mirrors):
+            if u.startswith("debian:"):
+                urls += [f"{m}/{u.removeprefix('debian:').lstrip('/')}" for m in debian_mirrors]
+            else:
+                urls.append(u)
+        return urls
+
+
+def cache_path(cache_dir: Path, sha256: str) -> Path:
+    return cache_dir / "sources" / "sha256" / sha256[:2] / sha256
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(
+    source: Source,
+    cache_dir: Path,
+    *,
+    debian_mirrors: Sequence[str] = (),
+    offline: bool = False,
+    timeout: float = 30.0,
+) -> Path:
+    """Return the cached, verified file for `source`, downloading it if needed."""
+    dest = cache_path(cache_dir, source.sha256)
+    if dest.is_file():
+        return dest
+    if offline:
+        raise BuildError(
+            f"source '{source.name}' (sha256 {source.sha256[:12]}…) is not in the cache "
+            f"and --offline forbids downloading it",
+            hint=f"run once without --offline, or put the file at {dest}",
+        )
+    urls = source.candidates(debian_mirrors)
+    if not urls:
+        raise InputError(
+            f"source '{source.name}' has no usable URL",
+            hint="a 'debian:' URL needs a Debian mirror in the host's apt sources or --mirror",
+        )
+    failures: list[str] = []
+    for url in urls:
+        try:
+            _download(url, dest, source, timeout)
+            return dest
+        except _Mismatch as e:
+            raise BuildError(
+                f"source '{source.name}' from {url} has sha256 {e.got}, expected {source.sha256}",
+                hint="the mirror serves different bytes than pinned; refusing to use them",
+            ) from None
+        except (requests.RequestException, OSError) as e:
+            failures.append(f"{url}: {_short(e)}")
+            ui.debug(f"fetch {source.name}: {url} failed: {e}")
+    raise BuildError(
+        f"could not download source '{source.name}' from any of {len(urls)} URL(s)",
+        hint="tried:\n  " + "\n  ".join(failures),
+    )
+
+
+class _Mismatch(Exception):
+    def __init__(self, got: str) -> None:
+        self.got = got
+
+
+def _short(e: Exception) -> str:
+    if isinstance(e, requests.HTTPError) and e.response is not None:
+        return f"HTTP {e.response.status_code}"
+    return type(e).__name__
+
+
+def _download(url: str, dest: Path, source: Source, timeout: float) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with requests.get(url, stream=True, timeout=timeout) as r:
+        r.raise_for_status()
+        total = int(r.headers.get("content-length") or 0) or None
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+        tmp = Path(tmp_name)
+        try:
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as f, ui.download_progress() as progress:
+                task = progress.add_task(source.name, total=total)
+                for chunk in r.iter_content(CHUNK):
+                    f.write(chunk)
+                    h.update(chunk)
+                    progress.advance(task, len(chunk))
+            if h.hexdigest() != source.sha256:
+                raise _Mismatch(h.hexdigest())
+            tmp.replace(dest)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,227 @@
+"""The build steps. SConstruct declares one target per step; each target's action is one of
+these functions. Only step functions write to disk.
+
+    fetch -> rootfs -> kernel -> overlay -> image
+
+Each step writes a small JSON record as its SCons target, last, so an interrupted step leaves
+no target and runs again on the next build.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tuoba import host, image, overlay, rootfs, run, sources, ui
+from tuoba.errors import BuildError, TuobaError
+from tuoba.kernel import assert_config, parse_config
+from tuoba.plan import Plan, Request, digest, render_context, resolve
+
+STEPS = ("fetch", "rootfs", "kernel", "overlay", "image")
+
+
+def load_plan(request_file: str) -> Plan:
+    return resolve(Request.from_json(Path(request_file).read_text()))
+
+
+def record_path(plan: Plan, step: str) -> Path:
+    return plan.build_dir / f"{step}.json"
+
+
+def read_record(plan: Plan, step: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(record_path(plan, step).read_text())
+    return data
+
+
+def write_record(plan: Plan, step: str, data: dict[str, Any]) -> None:
+    with image.atomic(record_path(plan, step)) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def log_path(plan: Plan, step: str) -> Path:
+    return plan.build_dir / "logs" / f"{step}.log"
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+
+def fetch(plan: Plan) -> None:
+    src, _ = host.pinned_tool(plan.data_dir, "mkosi")
+    path = sources.fetch(
+        src, plan.cache_dir, debian_mirrors=plan.mirrors, offline=plan.request.offline
+    )
+    host.mkosi_dir(plan.data_dir, plan.cache_dir, offline=plan.request.offline)
+    write_record(plan, "fetch", {"sources": {src.name: {"sha256": src.sha256, "path": str(path)}}})
+
+
+def build_rootfs(plan: Plan) -> None:
+    record = rootfs.build_rootfs(plan, log_path(plan, "rootfs"))
+    write_record(plan, "rootfs", record)
+
+
+def kernel(plan: Plan) -> None:
+    """Distro kernel: take it from the rootfs and prove its config has every requested option."""
+    tree = Path(read_record(plan, "rootfs")["tree"])
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    if len(kernels) != 1:
+        raise BuildError(
+            f"expected one kernel in the rootfs /boot, found {len(kernels)}",
+            hint=f"board kernel package: {plan.board.kernel.package}",
+        )
+    version = kernels[0].name.removeprefix("vmlinuz-")
+    config_file = tree / "boot" / f"config-{version}"
+    initrd = tree / "boot" / f"initrd.img-{version}"
+    config_text = config_file.read_text()
+    config = parse_config(config_text)
+    assert_config(config, plan.features, f"{plan.board.kernel.package} {version}")
+    out_kernel = plan.out_dir / f"{plan.image_name}.vmlinuz"
+    out_initrd = plan.out_dir / f"{plan.image_name}.initrd"
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    for src, dest in ((kernels[0], out_kernel), (initrd, out_initrd)):
+        with image.atomic(dest) as tmp:
+            shutil.copyfile(src, tmp)
+    write_record(
+        plan,
+        "kernel",
+        {
+            "source": plan.board.kernel.source,
+            "package": plan.board.kernel.package,
+            "version": version,
+            "compiler": config.get("CONFIG_CC_VERSION_TEXT", "").strip('"'),
+            "config_sha256": sources.sha256_file(config_file),
+            "features": {f.name: [o.name for o in f.options] for f in plan.features},
+            "kernel": out_kernel.name,
+            "initrd": out_initrd.name,
+            "kernel_sha256": sources.sha256_file(out_kernel),
+            "initrd_sha256": sources.sha256_file(out_initrd),
+        },
+    )
+
+
+def render(plan: Plan) -> None:
+    key = plan.ssh_key.read_text().strip()
+    dest = plan.build_dir / "overlay"
+    files = overlay.render_overlays(plan.overlays, render_context(plan, key), dest)
+    write_record(
+        plan, "overlay", {"files": {f: sources.sha256_file(dest / f) for f in sorted(files)}}
+    )
+
+
+def build_image(plan: Plan) -> None:
+    rootfs_rec = read_record(plan, "rootfs")
+    kernel_rec = read_record(plan, "kernel")
+    log = log_path(plan, "image")
+    log.unlink(missing_ok=True)
+    out = plan.out_dir
+    name = plan.image_name
+    img, xz, bmap = out / f"{name}.img", out / f"{name}.img.xz", out / f"{name}.img.bmap"
+    manifest_file = out / f"{name}.manifest.json"
+    for old in (manifest_file, img, xz, bmap):  # no stale set may look finished
+        old.unlink(missing_ok=True)
+
+    seed = digest({"image": plan.image_inputs(), "rootfs": rootfs_rec["digest"]})
+    parts = image.layout(plan.board.image, seed)
+    root = next(p for p in parts if p.mountpoint == "/")
+
+    with ui.step("Staging the root tree (rootfs + overlays + services)"):
+        staging = plan.build_dir / "staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        run.run(["cp", "-al", rootfs_rec["tree"], str(staging)], log=log)
+        overlay.apply_overlay(plan.build_dir / "overlay", staging)
+        if plan.services:
+            run.run(["systemctl", f"--root={staging}", "enable", *plan.services], log=log)
+
+    with ui.step(f"Writing {img.name} ({plan.board.image.size >> 20} MiB, {plan.board.image.table})"):
+        root_fs = plan.build_dir / "root.ext4"
+        image.make_ext4(staging, root_fs, root.size, root.name, root.fs_uuid, log)
+        shutil.rmtree(staging)
+        with image.atomic(img) as tmp:
+            with tmp.open("wb") as f:
+                f.truncate(plan.board.image.size)
+            run.run(
+                ["sfdisk", "--no-reread", "--no-tell-kernel", str(tmp)],
+                input=image.sfdisk_script(plan.board.image.table, parts, seed),
+                log=log,
+            )
+            image.copy_sparse(root_fs, tmp, root.start)
+            root_fs.unlink()
+            with image.atomic(bmap) as tmp_bmap:
+                image.write_bmap(tmp, tmp_bmap)
+            with image.atomic(xz) as tmp_xz:
+                image.compress_xz(tmp, tmp_xz)
+
+    cmdline = " ".join(
+        [f"root=PARTUUID={root.uuid}", f"console={plan.board.console}", *plan.board.kernel.cmdline]
+    )
+    manifest = {
+        "name": name,
+        "version": plan.version,
+        "board": plan.board.name,
+        "arch": plan.board.arch,
+        "stage": plan.stage,
+        "recipes": [r.name for r in plan.recipes],
+        "tests": list(plan.tests),
+        "hostname": plan.board.hostname,
+        "inputs_digest": seed,
+        "kernel": kernel_rec,
+        "boot": {
+            "kernel": kernel_rec["kernel"],
+            "initrd": kernel_rec["initrd"],
+            "cmdline": cmdline,
+            "qemu": None if plan.board.qemu is None else vars(plan.board.qemu),
+        },
+        "partitions": [vars(p) for p in parts],
+        "sources": read_record(plan, "fetch")["sources"],
+        "rootfs": {"digest": rootfs_rec["digest"], "mkosi": rootfs_rec["mkosi"]},
+        "packages": rootfs_rec["packages"],
+        "files": {
+            f.name: sources.sha256_file(f)
+            for f in (img, xz, bmap, out / kernel_rec["kernel"], out / kernel_rec["initrd"])
+        },
+    }
+    with image.atomic(manifest_file) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    image.sha256sums(out, [img, xz, bmap, manifest_file, out / kernel_rec["kernel"],
+                           out / kernel_rec["initrd"]])  # fmt: skip
+    write_record(plan, "image", {"image": str(img), "manifest": str(manifest_file)})
+
+
+STEP_FUNCTIONS: dict[str, tuple[str, Callable[[Plan], None]]] = {
+    "fetch": ("Fetching sources", fetch),
+    "rootfs": ("Building the root filesystem (mkosi, Debian {release} {arch})", build_rootfs),
+    "kernel": ("Preparing the kernel and checking its config", kernel),
+    "overlay": ("Rendering overlays", render),
+    "image": ("Composing the disk image", build_image),
+}
+
+
+def run_step(plan: Plan, step: str) -> int:
+    """Run one step for SCons; errors are written for `tuoba build` to report, not raised."""
+    title, fn = STEP_FUNCTIONS[step]
+    error_file = plan.build_dir / "error.json"
+    with (plan.build_dir / "ran.txt").open("a") as f:
+        f.write(step + "\n")
+    try:
+        with ui.step(title.format(release=plan.release, arch=plan.board.arch)):
+            fn(plan)
+    except TuobaError as e:
+        error_file.write_text(
+            json.dumps({"kind": type(e).__name__, "message": e.message, "hint": e.hint})
+        )
+        return 1
+    except BaseException as e:
+        error_file.write_text(
+            json.dumps(
+                {
+                    "kind": "BuildError",
+                    "message": f"step '{step}' failed: {type(e).__name__}: {e}",
+                    "hint": "".join(traceback.format_exception(e)),
+                }
+            )
+        )
+        return 1
+    return 0
