@@ -45,7 +45,9 @@ def _fmt_part(p: PathPart) -> str:
     return f"[{p}]" if isinstance(p, int) else p
 
 
-def _walk(node: yaml.Node, path: tuple[PathPart, ...], lines: dict[tuple[PathPart, ...], int]) -> None:
+def _walk(
+    node: yaml.Node, path: tuple[PathPart, ...], lines: dict[tuple[PathPart, ...], int]
+) -> None:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:

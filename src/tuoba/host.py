@@ -133,6 +133,10 @@ def mkosi_dir(data_dir: Path, cache_dir: Path, offline: bool = False) -> Path:
     return site
 
 
+def _unpack_mkosi(data_dir: Path, cache_dir: Path) -> None:
+    mkosi_dir(data_dir, cache_dir)
+
+
 def mkosi_check(data_dir: Path, cache_dir: Path) -> Check:
     _, version = pinned_tool(data_dir, "mkosi")
     found = list((cache_dir / "tools").glob(f"mkosi-{version}-*/usr/lib/python3/dist-packages"))
@@ -142,7 +146,7 @@ def mkosi_check(data_dir: Path, cache_dir: Path) -> Check:
         "mkosi",
         False,
         f"pinned mkosi {version} not unpacked yet",
-        lambda: None if mkosi_dir(data_dir, cache_dir) else None,
+        lambda: _unpack_mkosi(data_dir, cache_dir),
     )
 
 

@@ -152,8 +152,7 @@ def write_bmap(image: Path, dest: Path) -> None:
             ranges.append((first, last, h.hexdigest()))
             mapped += last - first + 1
     body = "\n".join(
-        f'        <Range chksum="{c}"> {a if a == b else f"{a}-{b}"} </Range>'
-        for a, b, c in ranges
+        f'        <Range chksum="{c}"> {a if a == b else f"{a}-{b}"} </Range>' for a, b, c in ranges
     )
     head = (
         '<?xml version="1.0" ?>\n<bmap version="2.0">\n'

@@ -14,7 +14,9 @@ from tuoba.plan import Overlay
 TEMPLATE_SUFFIX = ".j2"
 
 
-def render_overlays(overlays: tuple[Overlay, ...], context: dict[str, Any], dest: Path) -> list[str]:
+def render_overlays(
+    overlays: tuple[Overlay, ...], context: dict[str, Any], dest: Path
+) -> list[str]:
     """Render all overlays into `dest` (later overlays win); returns the files written."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)

@@ -135,7 +135,8 @@ def build_image(plan: Plan) -> None:
         if plan.services:
             run.run(["systemctl", f"--root={staging}", "enable", *plan.services], log=log)
 
-    with ui.step(f"Writing {img.name} ({plan.board.image.size >> 20} MiB, {plan.board.image.table})"):
+    spec = plan.board.image
+    with ui.step(f"Writing {img.name} ({spec.size >> 20} MiB, {spec.table})"):
         root_fs = plan.build_dir / "root.ext4"
         image.make_ext4(staging, root_fs, root.size, root.name, root.fs_uuid, log)
         shutil.rmtree(staging)

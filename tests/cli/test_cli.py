@@ -1,0 +1,96 @@
+"""The command tree, through CliRunner (no build is run here; see tests/integration)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tuoba import run
+from tuoba.cli import cli
+
+
+def invoke(project: Path, *args: str) -> tuple[int, str]:
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        ["--data-dir", str(project), "--out", str(project / "out"), *args],
+        catch_exceptions=False,
+    )
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("command", ["build", "test", "boot", "boards", "recipes", "doctor"])
+def test_every_command_has_help(project: Path, command: str) -> None:
+    code, out = invoke(project, command, "--help")
+    assert code == 0
+    assert "Usage: " in out
+
+
+def test_boards_lists_one_line_each(project: Path) -> None:
+    code, out = invoke(project, "boards")
+    assert code == 0
+    assert out.startswith("qemu-aarch64")
+    assert "arm64" in out and "qemu virt" in out
+
+
+def test_recipes_lists_one_line_each(project: Path) -> None:
+    code, out = invoke(project, "recipes")
+    assert code == 0
+    assert out.startswith("base ")
+
+
+def test_build_unknown_board_exits_2_with_known_boards(project: Path) -> None:
+    code, out = invoke(project, "build", "--board", "rpi5")
+    assert code == 2
+    assert "error: no board named 'rpi5'" in out
+    assert "known boards: qemu-aarch64" in out
+    assert "Traceback" not in out
+    assert not (project / "out").exists()  # validated before any side effect
+
+
+def test_build_malformed_recipe_reports_file_line(project: Path) -> None:
+    (project / "recipes/base.yaml").write_text("description: [\n")
+    code, out = invoke(project, "build")
+    assert code == 2
+    assert "recipes/base.yaml:2: malformed YAML" in out
+
+
+def test_build_stage_3_not_supported(project: Path) -> None:
+    code, out = invoke(project, "build", "--stage", "3")
+    assert code == 2
+    assert "stage 3 is not supported" in out
+
+
+def test_debug_shows_traceback(project: Path) -> None:
+    runner = CliRunner()
+    with pytest.raises(Exception, match="no board named"):
+        runner.invoke(
+            cli, ["--debug", "--data-dir", str(project), "build", "-b", "x"],
+            catch_exceptions=False,
+        )  # fmt: skip
+
+
+def test_missing_host_tool_names_package_and_fix(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(run.shutil, "which", lambda tool, path=None: None)
+    code, out = invoke(project, "build", "--ssh-key", str(project / "SConstruct"))
+    assert code == 3
+    assert "host tool" in out
+    assert "tuoba doctor --fix" in out
+
+
+def test_test_without_image_says_build_first(project: Path) -> None:
+    code, out = invoke(project, "test")
+    assert code == 2
+    assert "no image at" in out
+    assert "tuoba build" in out
+
+
+def test_missing_ssh_key_file(project: Path) -> None:
+    code, out = invoke(project, "build", "--ssh-key", str(project / "nope.pub"))
+    assert code == 2
+    assert "nope.pub: no such file" in out

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuoba.board import load_board
+from tuoba.config import load_yaml
+from tuoba.errors import InputError
+from tuoba.plan import Request, resolve
+
+
+def request(project: Path, **kw: object) -> Request:
+    base = dict(
+        board="qemu-aarch64",
+        recipes=("base",),
+        stage=1,
+        data_dir=str(project),
+        out_dir=str(project / "out"),
+        cache_dir=str(project / "cache"),
+        mirror="http://127.0.0.1:9/debian",
+    )
+    base.update(kw)
+    return Request(**base)  # type: ignore[arg-type]
+
+
+def test_default_board_resolves(project: Path) -> None:
+    plan = resolve(request(project))
+    assert plan.board.arch == "arm64"
+    assert "openssh-server" in plan.packages
+    assert "linux-image-arm64" in plan.packages
+    assert [f.name for f in plan.features] == ["bpf"]
+    assert plan.image_name == f"tuoba-qemu-aarch64-s1-{plan.version}"
+    assert plan.board.image.root.fs == "ext4"
+
+
+def test_unknown_board_lists_known(project: Path) -> None:
+    with pytest.raises(InputError) as e:
+        resolve(request(project, board="rpi5"))
+    assert e.value.message == "no board named 'rpi5'"
+    assert "qemu-aarch64" in (e.value.hint or "")
+    assert e.value.exit_code == 2
+
+
+def test_unknown_recipe_lists_known(project: Path) -> None:
+    with pytest.raises(InputError, match="no recipe named 'k8s'") as e:
+        resolve(request(project, recipes=("base", "k8s")))
+    assert "base" in (e.value.hint or "")
+
+
+def test_unknown_feature_names_file_line_and_path(project: Path) -> None:
+    board = project / "boards/qemu-aarch64/board.yaml"
+    board.write_text(board.read_text().replace("features: [bpf]", "features: [bpf, kvmm]"))
+    with pytest.raises(InputError) as e:
+        resolve(request(project))
+    line = next(
+        i for i, ln in enumerate(board.read_text().splitlines(), 1) if "features: [bpf" in ln
+    )
+    assert e.value.message == (
+        f"boards/qemu-aarch64/board.yaml:{line} -> kernel -> features[1]: unknown feature 'kvmm'"
+    )
+    assert "bpf" in (e.value.hint or "")
+
+
+def test_malformed_yaml_names_file_and_line(project: Path) -> None:
+    recipe = project / "recipes/base.yaml"
+    recipe.write_text("description: x\nstage1:\n  packages: [a, b\n  oops: 1\n")
+    with pytest.raises(InputError, match=r"^recipes/base\.yaml:4: malformed YAML"):
+        resolve(request(project))
+
+
+def test_wrong_type_names_the_item(project: Path) -> None:
+    recipe = project / "recipes/base.yaml"
+    recipe.write_text("description: x\nstage1:\n  packages:\n    - a\n    - {b: 1}\n")
+    with pytest.raises(InputError) as e:
+        resolve(request(project))
+    assert e.value.message == (
+        "recipes/base.yaml:5 -> stage1 -> packages[1]: expected a string, got a mapping"
+    )
+
+
+def test_unknown_key_is_an_error_with_known_keys(project: Path) -> None:
+    recipe = project / "recipes/base.yaml"
+    recipe.write_text(recipe.read_text() + "pakages: [x]\n")
+    with pytest.raises(InputError, match="unknown key 'pakages'") as e:
+        resolve(request(project))
+    assert "stage1" in (e.value.hint or "")
+
+
+def test_missing_overlay_dir_is_reported_at_its_place(project: Path) -> None:
+    recipe = project / "recipes/base.yaml"
+    recipe.write_text(recipe.read_text().replace("overlays: [base]", "overlays: [base, nope]"))
+    with pytest.raises(InputError, match=r"recipes/base\.yaml:\d+ -> overlays\[1\]: no overlay"):
+        resolve(request(project))
+
+
+@pytest.mark.parametrize("stage", [2, 3, 7])
+def test_unsupported_stage_is_a_clear_error(project: Path, stage: int) -> None:
+    with pytest.raises(InputError, match=f"stage {stage} is not supported"):
+        resolve(request(project, stage=stage))
+
+
+def test_size_units(tmp_path: Path) -> None:
+    f = tmp_path / "b.yaml"
+    f.write_text("x: 1\n")
+    doc = load_yaml(f)
+    from tuoba.config import size
+
+    assert size(doc, ("x",), "2G") == 2 << 30
+    assert size(doc, ("x",), "512M") == 512 << 20
+    assert size(doc, ("x",), "64MiB") == 64 << 20
+    with pytest.raises(InputError, match="expected a size"):
+        size(doc, ("x",), "big")
+
+
+def test_only_last_partition_may_omit_size(project: Path) -> None:
+    board = project / "boards/qemu-aarch64/board.yaml"
+    text = board.read_text().replace(
+        "  partitions:\n",
+        "  partitions:\n    - name: boot\n      type: esp\n      fs: vfat\n",
+    )
+    board.write_text(text)
+    with pytest.raises(InputError, match=r"partitions\[0\]: only the last partition"):
+        load_board(project, "qemu-aarch64")
+
+
+def test_no_mirror_anywhere_is_an_error(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tuoba.apt.debian_mirrors", lambda release: [])
+    with pytest.raises(InputError, match="no Debian mirror"):
+        resolve(request(project, mirror=None))

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tuoba.board import ImageSpec, Partition
+from tuoba.image import atomic, layout, sfdisk_script, sha256sums, write_bmap
+
+
+def spec() -> ImageSpec:
+    return ImageSpec(
+        "gpt",
+        64 << 20,
+        (
+            Partition("boot", "esp", "vfat", 16 << 20, "/boot"),
+            Partition("root", "root-arm64", "ext4", None, "/"),
+        ),
+    )
+
+
+def test_layout_aligns_and_fills() -> None:
+    a, b = layout(spec(), "seed")
+    assert a.start == 1 << 20 and a.size == 16 << 20
+    assert b.start == 17 << 20
+    assert b.start + b.size == (64 << 20) - (1 << 20)
+    assert layout(spec(), "seed") == [a, b]  # stable UUIDs for the same seed
+    assert layout(spec(), "other")[1].uuid != b.uuid
+
+
+def test_sfdisk_writes_that_table(tmp_path: Path) -> None:
+    img = tmp_path / "disk.img"
+    with img.open("wb") as f:
+        f.truncate(64 << 20)
+    parts = layout(spec(), "seed")
+    subprocess.run(
+        ["sfdisk", "-q", str(img)], input=sfdisk_script("gpt", parts, "seed"), text=True, check=True
+    )
+    dump = subprocess.run(["sfdisk", "-d", str(img)], capture_output=True, text=True).stdout
+    assert f"uuid={parts[1].uuid.upper()}" in dump
+    assert "type=B921B045-1DF0-41C3-AF44-4C6F280D3FAE" in dump
+
+
+def test_bmap_maps_only_data_and_checksums(tmp_path: Path) -> None:
+    img = tmp_path / "x.img"
+    with img.open("wb") as f:
+        f.truncate(1 << 20)
+        f.seek(8192)
+        f.write(b"a" * 5000)  # blocks 2-3
+    bmap = tmp_path / "x.bmap"
+    write_bmap(img, bmap)
+    text = bmap.read_text()
+    assert "<MappedBlocksCount> 2 </MappedBlocksCount>" in text
+    m = re.search(r'<Range chksum="([0-9a-f]+)"> 2-3 </Range>', text)
+    assert m is not None
+    data = img.read_bytes()[8192 : 4 * 4096]
+    assert m.group(1) == hashlib.sha256(data).hexdigest()
+    stated = re.search(r"<BmapFileChecksum> ([0-9a-f]+) </BmapFileChecksum>", text)
+    assert stated is not None
+    zeroed = text.replace(stated.group(1), "0" * 64)
+    assert hashlib.sha256(zeroed.encode()).hexdigest() == stated.group(1)
+
+
+def test_atomic_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    dest = tmp_path / "out.img"
+    with pytest.raises(RuntimeError), atomic(dest) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sha256sums_merges(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("b")
+    sha256sums(tmp_path, [tmp_path / "a"])
+    sha256sums(tmp_path, [tmp_path / "b"])
+    lines = (tmp_path / "SHA256SUMS").read_text().splitlines()
+    assert lines == [
+        f"{hashlib.sha256(b'a').hexdigest()}  a",
+        f"{hashlib.sha256(b'b').hexdigest()}  b",
+    ]

@@ -1,0 +1,97 @@
+"""Fetching against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from tuoba.errors import BuildError
+from tuoba.sources import Source, cache_path, fetch
+
+PAYLOAD = b"tuoba source payload\n" * 1000
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    hits: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        Handler.hits.append(self.path)
+        if self.path.startswith("/good/"):
+            body = PAYLOAD
+        elif self.path.startswith("/evil/"):
+            body = PAYLOAD + b"x"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    Handler.hits = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_verified_into_cache(server: str, tmp_path: Path) -> None:
+    path = fetch(Source("s", f"{server}/good/s.tar", SHA), tmp_path)
+    assert path == cache_path(tmp_path, SHA)
+    assert path.read_bytes() == PAYLOAD
+    # second fetch comes from the cache
+    fetch(Source("s", f"{server}/good/s.tar", SHA), tmp_path)
+    assert Handler.hits == ["/good/s.tar"]
+
+
+def test_mirror_fallback(server: str, tmp_path: Path) -> None:
+    src = Source("s", f"{server}/missing/s.tar", SHA, mirrors=(f"{server}/good/s.tar",))
+    assert fetch(src, tmp_path).read_bytes() == PAYLOAD
+    assert Handler.hits == ["/missing/s.tar", "/good/s.tar"]
+
+
+def test_debian_url_resolves_against_host_mirrors(server: str, tmp_path: Path) -> None:
+    src = Source("s", "debian:pool/main/s/s.deb", SHA)
+    fetch(src, tmp_path, debian_mirrors=[f"{server}/missing", f"{server}/good"])
+    assert Handler.hits == ["/missing/pool/main/s/s.deb", "/good/pool/main/s/s.deb"]
+
+
+def test_checksum_mismatch_is_refused_and_nothing_cached(server: str, tmp_path: Path) -> None:
+    with pytest.raises(BuildError) as e:
+        fetch(Source("s", f"{server}/evil/s.tar", SHA), tmp_path)
+    assert SHA in e.value.message
+    assert hashlib.sha256(PAYLOAD + b"x").hexdigest() in e.value.message
+    assert not cache_path(tmp_path, SHA).exists()
+    assert not list(cache_path(tmp_path, SHA).parent.glob("*"))
+
+
+def test_all_urls_failing_lists_them(server: str, tmp_path: Path) -> None:
+    src = Source("s", f"{server}/missing/a", SHA, mirrors=("http://127.0.0.1:9/b",))
+    with pytest.raises(BuildError, match="could not download source 's'") as e:
+        fetch(src, tmp_path, timeout=2)
+    assert "HTTP 404" in (e.value.hint or "")
+    assert "127.0.0.1:9/b" in (e.value.hint or "")
+
+
+def test_offline_uses_cache_or_names_what_is_missing(server: str, tmp_path: Path) -> None:
+    src = Source("thing.tar", f"{server}/good/s.tar", SHA)
+    with pytest.raises(BuildError, match=r"'thing.tar' .* not in the cache"):
+        fetch(src, tmp_path, offline=True)
+    assert Handler.hits == []
+    fetch(src, tmp_path)
+    assert fetch(src, tmp_path, offline=True).read_bytes() == PAYLOAD
