@@ -104,7 +104,7 @@ def tool_checks() -> list[Check]:
 def pinned_tool(data_dir: Path, name: str) -> tuple[sources.Source, str]:
     raw = yaml.safe_load((data_dir / "host" / "tools.yaml").read_text())[name]
     src = sources.Source(
-        name=f"{name}_{raw['version']}.deb",
+        name=raw["url"].rsplit("/", 1)[-1],
         url=raw["url"],
         sha256=raw["sha256"],
         mirrors=tuple(raw.get("mirrors", ())),

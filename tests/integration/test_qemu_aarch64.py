@@ -1,0 +1,185 @@
+"""The whole pipeline for real: build qemu-aarch64 with mkosi, boot it in QEMU, run the guest
+checks, then prove incremental rebuilds and recovery from an interrupted build.
+
+Uses the shared cache (~/.cache/tuoba or TUOBA_CACHE_DIR): a cold run builds the rootfs with
+mkosi (a few minutes); later runs reuse it. The project data is a private copy, so editing an
+overlay here never touches the checkout. Tests run in file order and build on each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_project
+
+pytestmark = pytest.mark.integration
+
+BOARD = "qemu-aarch64"
+
+# Every guest check of the base recipe, as JUnit names them; all must be reported as passed.
+H = "ssh://127.0.0.1"
+EXPECTED_CHECKS = {
+    f"test_expected_kernel_running[{H}]",
+    f"test_root_is_ext4_read_write[{H}]",
+    f"test_service_running[{H}-ssh]",
+    f"test_ssh_host_key_made_on_first_boot[{H}]",
+    "test_password_login_refused[]",
+    "test_password_login_refused[root]",
+    "test_password_login_refused[tuoba]",
+    f"test_root_has_no_password[{H}]",
+    f"test_kernel_option_set[{H}-CONFIG_BPF_SYSCALL]",
+    f"test_no_failed_units[{H}]",
+    f"test_hostname_from_board[{H}]",
+}
+
+
+class Project:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.out = root / "out"
+
+    def cmd(self, *args: str) -> list[str]:
+        return [
+            sys.executable, "-m", "tuoba",
+            "--data-dir", str(self.root),
+            "--out", str(self.out),
+            *args,
+        ]  # fmt: skip
+
+    def tuoba(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self.cmd(*args), capture_output=True, text=True, check=False)
+        if check and proc.returncode != 0:
+            pytest.fail(f"tuoba {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def artifact(self, suffix: str) -> Path:
+        from tuoba.plan import image_name
+
+        return self.out / f"{image_name(BOARD, 1)}{suffix}"
+
+    def manifest(self) -> dict[str, object]:
+        data: dict[str, object] = json.loads(self.artifact(".manifest.json").read_text())
+        return data
+
+
+def steps_run(stderr: str) -> str:
+    line = next(ln for ln in stderr.splitlines() if ln.startswith("steps run:"))
+    return line.removeprefix("steps run:").strip()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    project = Project(copy_project(tmp_path_factory.mktemp("qemu") / "project"))
+    project.tuoba("build", "--board", BOARD)
+    return project
+
+
+def test_artifacts_and_checksums(built: Project) -> None:
+    for suffix in (".img", ".img.xz", ".img.bmap", ".manifest.json", ".vmlinuz", ".initrd"):
+        assert built.artifact(suffix).is_file(), suffix
+    sums = dict(
+        reversed(line.split("  ")) for line in (built.out / "SHA256SUMS").read_text().splitlines()
+    )
+    for name, digest in sums.items():
+        assert hashlib.sha256((built.out / name).read_bytes()).hexdigest() == digest, name
+    assert built.artifact(".img.xz").name in sums
+    xz = subprocess.run(["xz", "-t", str(built.artifact(".img.xz"))], check=False)
+    assert xz.returncode == 0
+
+
+def test_manifest_records_what_went_in(built: Project) -> None:
+    m = built.manifest()
+    assert m["board"] == BOARD and m["stage"] == 1 and m["recipes"] == ["base"]
+    packages = {p["name"]: p["version"] for p in m["packages"]}  # type: ignore[attr-defined]
+    assert packages["openssh-server"]
+    assert packages["systemd"]
+    kernel = m["kernel"]
+    assert kernel["version"].endswith("-arm64")  # type: ignore[index]
+    assert len(kernel["config_sha256"]) == 64  # type: ignore[index]
+    assert len(str(m["inputs_digest"])) == 64
+    assert "mkosi_25.3-7_all.deb" in m["sources"]  # type: ignore[operator]
+
+
+def test_partition_table(built: Project) -> None:
+    dump = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", str(built.artifact(".img"))],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["partitiontable"]
+    assert dump["label"] == "gpt"
+    (root,) = dump["partitions"]
+    assert root["type"] == "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"
+    cmdline = built.manifest()["boot"]["cmdline"]  # type: ignore[index]
+    assert f"root=PARTUUID={root['uuid'].lower()}" in cmdline
+
+
+def test_guest_checks_pass_in_qemu(built: Project) -> None:
+    junit = built.out / "report.xml"
+    proc = built.tuoba("test", "--board", BOARD, "--junit", str(junit), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert set(cases) == EXPECTED_CHECKS
+    for name, case in cases.items():
+        assert len(case) == 0, f"{name} did not pass: {ET.tostring(case, encoding='unicode')}"
+    console = (built.out / "report.console.log").read_text(errors="replace")
+    assert "tuoba-qemu login:" in console  # the serial console reached the login prompt
+
+
+def test_no_change_rebuild_does_nothing(built: Project) -> None:
+    proc = built.tuoba("build", "--board", BOARD)
+    assert steps_run(proc.stderr) == "nothing (up to date)"
+
+
+def test_overlay_edit_reruns_only_overlay_and_image(built: Project) -> None:
+    motd = built.root / "overlays/base/etc/motd"
+    motd.write_text("TuobaOS test build\n")
+    before = built.manifest()["rootfs"]
+    proc = built.tuoba("build", "--board", BOARD, "--explain")
+    assert steps_run(proc.stderr) == "overlay, image"
+    assert "because" in proc.stdout + proc.stderr  # --explain says why
+    assert built.manifest()["rootfs"] == before
+
+
+def test_interrupted_build_leaves_no_finished_image_and_next_build_finishes(
+    built: Project,
+) -> None:
+    (built.root / "overlays/base/etc/motd").write_text("interrupted build\n")
+    proc = subprocess.Popen(
+        built.cmd("build", "--board", BOARD),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:
+        if "Writing" in line or time.monotonic() > deadline:
+            break
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    proc.wait(60)
+    assert proc.returncode != 0
+    assert not built.artifact(".img").exists()
+    assert not built.artifact(".manifest.json").exists()
+    # Only hidden temporary files may remain (a killed process cannot clean up)...
+    assert all(p.name.startswith(".") for p in built.out.glob("*.tmp"))
+
+    again = built.tuoba("build", "--board", BOARD)
+    assert "image" in steps_run(again.stderr)
+    assert built.artifact(".manifest.json").is_file()
+    assert built.artifact(".img").is_file()
+    assert not list(built.out.glob(".*.tmp"))  # ...and the next build clears them
