@@ -43,6 +43,8 @@ HOST_TOOLS = (
     "dpkg-deb",
     "systemctl",
     "cpio",
+    "clang",
+    "ld.lld",
 )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuoba import host, run
+from tuoba.errors import BuildError
 from tuoba.plan import Plan, digest
 
 
@@ -126,6 +127,12 @@ def build_rootfs(plan: Plan, log: Path) -> dict[str, Any]:
         log.write_text(f"reused cached rootfs {final}\n")
         return record
 
+    if plan.request.offline:
+        raise BuildError(
+            f"no cached root filesystem for these inputs ({key[:12]}…) and --offline forbids "
+            "installing packages",
+            hint="run the build once without --offline to fill the cache",
+        )
     work = plan.cache_dir / "rootfs" / f".work-{key}"
     workspace = plan.cache_dir / "rootfs" / f".workspace-{key}"
     for d in (work, workspace):

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Benchmark the qemu-aarch64 pipeline; prints a table and writes JSON.
+
+    .venv/bin/python bench/bench.py                 # cold build with an empty cache
+    .venv/bin/python bench/bench.py --warm-cache    # reuse ~/.cache/tuoba (rootfs cached)
+
+Measures: cold build, no-change rebuild, one-overlay-change rebuild, boot-to-ssh (QEMU TCG),
+image size (raw apparent, raw allocated, xz).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+from tests.conftest import copy_project  # noqa: E402
+from tuoba.guest import boot_spec, load_manifest  # noqa: E402
+from tuoba.plan import image_name  # noqa: E402
+from tuoba.qemu import booted  # noqa: E402
+
+BOARD = "qemu-aarch64"
+
+
+def timed_build(project: Path, out: Path, cache: Path) -> tuple[float, str]:
+    cmd = [
+        sys.executable, "-m", "tuoba",
+        "--data-dir", str(project), "--out", str(out), "--cache-dir", str(cache),
+        "build", "--board", BOARD,
+    ]  # fmt: skip
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        sys.exit(f"build failed:\n{proc.stderr}")
+    ran = next(ln for ln in proc.stderr.splitlines() if ln.startswith("steps run:"))
+    return seconds, ran.removeprefix("steps run:").strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warm-cache", action="store_true", help="use ~/.cache/tuoba")
+    parser.add_argument("--boots", type=int, default=3, help="boot-to-ssh samples")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+
+    results: dict[str, object] = {
+        "board": BOARD,
+        "host": {"cpus": __import__("os").cpu_count(), "machine": platform.machine()},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with tempfile.TemporaryDirectory(prefix="tuoba-bench-") as tmp:
+        tmpdir = Path(tmp)
+        project = copy_project(tmpdir / "project")
+        out = tmpdir / "out"
+        cache = Path.home() / ".cache" / "tuoba" if args.warm_cache else tmpdir / "cache"
+
+        label = "warm-cache build" if args.warm_cache else "cold build (empty cache)"
+        secs, ran = timed_build(project, out, cache)
+        results["first_build_s"] = round(secs, 1)
+        results["first_build_kind"] = label
+        print(f"{label:<34} {secs:8.1f} s   ({ran})")
+
+        secs, ran = timed_build(project, out, cache)
+        results["no_change_rebuild_s"] = round(secs, 2)
+        print(f"{'no-change rebuild':<34} {secs:8.2f} s   ({ran})")
+
+        (project / "overlays/base/etc/motd").write_text("bench overlay change\n")
+        secs, ran = timed_build(project, out, cache)
+        results["overlay_rebuild_s"] = round(secs, 1)
+        print(f"{'one-overlay-file rebuild':<34} {secs:8.1f} s   ({ran})")
+
+        img = out / f"{image_name(BOARD, 1)}.img"
+        spec = boot_spec(img, load_manifest(img))
+        samples = []
+        for i in range(args.boots):
+            with booted(spec, tmpdir / f"console-{i}.log") as guest:
+                samples.append(guest.boot_seconds)
+        results["boot_to_ssh_s"] = [round(s, 1) for s in samples]
+        results["boot_to_ssh_median_s"] = round(statistics.median(samples), 1)
+        print(
+            f"{'boot to ssh (QEMU TCG, median)':<34} {statistics.median(samples):8.1f} s   "
+            f"(samples: {', '.join(f'{s:.1f}' for s in samples)})"
+        )
+
+        st = img.stat()
+        xz = img.with_name(img.name + ".xz").stat().st_size
+        results["image_raw_bytes"] = st.st_size
+        results["image_raw_allocated_bytes"] = st.st_blocks * 512
+        results["image_xz_bytes"] = xz
+        mib = 1 << 20
+        print(
+            f"{'image size':<34} raw {st.st_size / mib:.0f} MiB "
+            f"({st.st_blocks * 512 / mib:.0f} MiB allocated), xz {xz / mib:.1f} MiB"
+        )
+        if not args.warm_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
