@@ -34,9 +34,11 @@ PARTITION_TYPES = {
 
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
-    source: str
+    source: str  # distro: the distribution's package; tuoba: built here by LLVM
     package: str
+    flavour: str  # boards with the same flavour share one out-of-tree build directory
     features: tuple[str, ...]
+    dtbs: tuple[str, ...]
     cmdline: tuple[str, ...]
 
 
@@ -79,6 +81,7 @@ class Board:
     kernel: KernelSpec
     image: ImageSpec
     qemu: QemuSpec | None
+    recipes: tuple[str, ...]  # always built into this board's images, after base
     directory: Path
 
 
@@ -88,9 +91,11 @@ def _kernel(doc: Doc, path: tuple[PathPart, ...], value: Any) -> KernelSpec:
         path,
         value,
         [
-            Field("source", one_of("distro"), help="where the kernel comes from"),
+            Field("source", one_of("distro", "tuoba"), help="where the kernel comes from"),
             Field("package", string, "", help="distribution package for source=distro"),
+            Field("flavour", name, "", help="shared build directory name [default: arch]"),
             Field("features", name_list, (), help="kernel feature fragments required"),
+            Field("dtbs", string_list, (), help="device trees to build, e.g. broadcom/x"),
             Field("cmdline", string_list, (), help="extra kernel command line words"),
         ],
     )
@@ -163,6 +168,7 @@ BOARD_FIELDS = [
     Field("kernel", _kernel, help="kernel source and features"),
     Field("image", _image, help="disk layout"),
     Field("qemu", lambda d, p, v: _qemu(d, p, v), None, help="how to emulate the board"),
+    Field("recipes", name_list, (), help="recipes every image of this board has"),
 ]
 
 

@@ -34,12 +34,17 @@ def feature_names(data_dir: Path) -> list[str]:
 
 def load_feature(data_dir: Path, feature: str) -> Feature:
     path = data_dir / "kernel" / "features" / f"{feature}.config"
-    display = f"kernel/features/{feature}.config"
     if not path.is_file():
         raise InputError(
             f"unknown kernel feature '{feature}'",
             hint=f"known features: {', '.join(feature_names(data_dir)) or 'none'}",
         )
+    return load_fragment(path, feature, f"kernel/features/{feature}.config")
+
+
+def load_fragment(path: Path, name: str, display: str) -> Feature:
+    """A fragment file: `CONFIG_X=y|m|n|"value"|number` or `# CONFIG_X is not set` lines."""
+    feature = display
     options = []
     for n, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.strip()
@@ -57,7 +62,7 @@ def load_feature(data_dir: Path, feature: str) -> Feature:
                 hint='write CONFIG_NAME=y, =m, =n, ="value" or a number',
             )
         options.append(Option(m.group(1), m.group(2), feature, n))
-    return Feature(feature, tuple(options), path)
+    return Feature(name, tuple(options), path)
 
 
 def parse_config(text: str) -> dict[str, str]:
@@ -87,8 +92,7 @@ def assert_config(config: dict[str, str], features: Iterable[Feature], where: st
     missing = missing_options(config, features)
     if missing:
         listing = ", ".join(
-            f"{o.name}={o.value} (kernel/features/{o.feature}.config:{o.line}, "
-            f"have {config.get(o.name, 'unset')})"
+            f"{o.name}={o.value} ({o.feature}:{o.line}, have {config.get(o.name, 'unset')})"
             for o in missing
         )
         raise BuildError(

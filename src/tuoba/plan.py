@@ -16,7 +16,7 @@ from tuoba import __version__, apt
 from tuoba.board import Board, load_board
 from tuoba.config import Doc
 from tuoba.errors import InputError
-from tuoba.kernel import Feature, feature_names, load_feature
+from tuoba.kernel import Feature, feature_names, load_feature, load_fragment
 from tuoba.recipe import Recipe, load_recipe
 
 DEFAULT_BOARD = "qemu-aarch64"
@@ -61,6 +61,7 @@ class Plan:
     board: Board
     recipes: tuple[Recipe, ...]
     features: tuple[Feature, ...]
+    fragments: tuple[Feature, ...]  # everything the kernel config gets, in order
     packages: tuple[str, ...]
     overlays: tuple[Overlay, ...]
     services: tuple[str, ...]
@@ -123,6 +124,7 @@ class Plan:
             "image": dataclasses.asdict(self.board.image),
             "services": self.services,
             "kernel": dataclasses.asdict(self.board.kernel),
+            "fragments": [[o.name, o.value] for f in self.fragments for o in f.options],
             "features": [f.name for f in self.features],
             "recipes": [r.name for r in self.recipes],
             "console": self.board.console,
@@ -187,7 +189,10 @@ def resolve(req: Request) -> Plan:
     }
     recipes = []
     seen: set[str] = set()
-    for name in req.recipes:
+    wanted = [*req.recipes[:1], *board.recipes, *req.recipes[1:]]
+    for name in wanted:
+        if name in board.recipes and not (data_dir / "recipes" / f"{name}.yaml").is_file():
+            raise board_doc.error(("recipes", board.recipes.index(name)), f"no recipe '{name}'")
         if name in seen:
             continue
         seen.add(name)
@@ -201,6 +206,17 @@ def resolve(req: Request) -> Plan:
         for i, t in enumerate(recipe.tests):
             if not (data_dir / "tests" / "image" / f"test_{t}.py").is_file():
                 raise doc.error(("tests", i), f"no guest check module tests/image/test_{t}.py")
+
+    fragments = list(features.values())
+    if board.kernel.source == "tuoba":
+        base = load_fragment(data_dir / "kernel" / "base.config", "base", "kernel/base.config")
+        board_file = board.directory / "kernel.config"
+        board_frag = (
+            [load_fragment(board_file, f"board:{board.name}", f"boards/{board.name}/kernel.config")]
+            if board_file.is_file()
+            else []
+        )
+        fragments = [base, *board_frag, *fragments]
 
     packages: list[str] = []
     if board.kernel.source == "distro":
@@ -234,10 +250,19 @@ def resolve(req: Request) -> Plan:
         board=board,
         recipes=tuple(recipes),
         features=tuple(features.values()),
+        fragments=tuple(fragments),
         packages=tuple(dict.fromkeys(packages)),
         overlays=tuple(overlays),
         services=tuple(dict.fromkeys(s for r in recipes for s in r.services)),
-        tests=tuple(dict.fromkeys(t for r in recipes for t in r.tests)),
+        tests=tuple(
+            dict.fromkeys(
+                [
+                    *(t for r in recipes for t in r.tests),
+                    # the clang-built kernel proves its features in the guest
+                    *(["kernel"] if board.kernel.source == "tuoba" else []),
+                ]
+            )
+        ),
         release=DEBIAN_RELEASE,
         mirrors=tuple(mirrors),
         security_mirrors=tuple(security),

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuoba import host, image, overlay, rootfs, run, sources, ui
+from tuoba import host, image, kbuild, overlay, rootfs, run, sources, ui
 from tuoba.errors import BuildError, TuobaError
 from tuoba.kernel import assert_config, parse_config
 from tuoba.plan import Plan, Request, digest, render_context, resolve
@@ -49,13 +49,22 @@ def log_path(plan: Plan, step: str) -> Path:
 # --- steps -------------------------------------------------------------------------------------
 
 
+def plan_sources(plan: Plan) -> list[sources.Source]:
+    srcs = [host.pinned_tool(plan.data_dir, "mkosi")[0]]
+    if plan.board.kernel.source == "tuoba":
+        srcs.append(kbuild.load_source(plan.data_dir).source)
+    return srcs
+
+
 def fetch(plan: Plan) -> None:
-    src, _ = host.pinned_tool(plan.data_dir, "mkosi")
-    path = sources.fetch(
-        src, plan.cache_dir, debian_mirrors=plan.mirrors, offline=plan.request.offline
-    )
+    fetched = {}
+    for src in plan_sources(plan):
+        path = sources.fetch(
+            src, plan.cache_dir, debian_mirrors=plan.mirrors, offline=plan.request.offline
+        )
+        fetched[src.name] = {"sha256": src.sha256, "path": str(path), "origin": src.origin}
     host.mkosi_dir(plan.data_dir, plan.cache_dir, offline=plan.request.offline)
-    write_record(plan, "fetch", {"sources": {src.name: {"sha256": src.sha256, "path": str(path)}}})
+    write_record(plan, "fetch", {"sources": fetched})
 
 
 def build_rootfs(plan: Plan) -> None:
@@ -64,6 +73,45 @@ def build_rootfs(plan: Plan) -> None:
 
 
 def kernel(plan: Plan) -> None:
+    KERNEL_SOURCES[plan.board.kernel.source](plan)
+
+
+def kernel_tuoba(plan: Plan) -> None:
+    """The TuobaOS kernel: built here by clang/LLVM from the pinned source."""
+    ks = kbuild.load_source(plan.data_dir)
+    tarball = Path(read_record(plan, "fetch")["sources"][ks.source.name]["path"])
+    src = kbuild.unpack_source(ks, tarball, plan.cache_dir)
+    rec = kbuild.build_kernel(
+        src=src,
+        cache_dir=plan.cache_dir,
+        arch=plan.board.arch,
+        flavour=plan.board.kernel.flavour or plan.board.arch,
+        fragments=[(f.name, list(f.options)) for f in plan.fragments],
+        dtbs=plan.board.kernel.dtbs,
+        log=log_path(plan, "kernel"),
+    )
+    built = Path(rec["dir"])
+    out_kernel = plan.out_dir / f"{plan.image_name}.{rec['image']}"
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    with image.atomic(out_kernel) as tmp:
+        shutil.copyfile(built / rec["image"], tmp)
+    write_record(
+        plan,
+        "kernel",
+        {
+            **rec,
+            "source_tarball": ks.source.name,
+            "requested": {o.name: o.value for f in plan.fragments for o in f.options},
+            "features": {f.name: [o.name for o in f.options] for f in plan.features},
+            "kernel": out_kernel.name,
+            "initrd": None,
+            "kernel_sha256": sources.sha256_file(out_kernel),
+            "modules": str(built / "modules" / "lib" / "modules" / rec["version"]),
+        },
+    )
+
+
+def kernel_distro(plan: Plan) -> None:
     """Distro kernel: take it from the rootfs and prove its config has every requested option."""
     tree = Path(read_record(plan, "rootfs")["tree"])
     kernels = sorted((tree / "boot").glob("vmlinuz-*"))
@@ -102,6 +150,12 @@ def kernel(plan: Plan) -> None:
     )
 
 
+KERNEL_SOURCES: dict[str, Callable[[Plan], None]] = {
+    "distro": kernel_distro,
+    "tuoba": kernel_tuoba,
+}
+
+
 def render(plan: Plan) -> None:
     key = plan.ssh_key.read_text().strip()
     dest = plan.build_dir / "overlay"
@@ -131,6 +185,12 @@ def build_image(plan: Plan) -> None:
         staging = plan.build_dir / "staging"
         shutil.rmtree(staging, ignore_errors=True)
         run.run(["cp", "-al", rootfs_rec["tree"], str(staging)], log=log)
+        if kernel_rec.get("modules"):
+            shutil.copytree(
+                kernel_rec["modules"],
+                staging / "usr/lib/modules" / kernel_rec["version"],
+                symlinks=True,
+            )
         overlay.apply_overlay(plan.build_dir / "overlay", staging)
         if plan.services:
             run.run(["systemctl", f"--root={staging}", "enable", *plan.services], log=log)
@@ -155,6 +215,7 @@ def build_image(plan: Plan) -> None:
             with image.atomic(xz) as tmp_xz:
                 image.compress_xz(tmp, tmp_xz)
 
+    boot_files = [out / kernel_rec[k] for k in ("kernel", "initrd") if kernel_rec.get(k)]
     cmdline = " ".join(
         [f"root=PARTUUID={root.uuid}", f"console={plan.board.console}", *plan.board.kernel.cmdline]
     )
@@ -179,15 +240,11 @@ def build_image(plan: Plan) -> None:
         "sources": read_record(plan, "fetch")["sources"],
         "rootfs": {"digest": rootfs_rec["digest"], "mkosi": rootfs_rec["mkosi"]},
         "packages": rootfs_rec["packages"],
-        "files": {
-            f.name: sources.sha256_file(f)
-            for f in (img, xz, bmap, out / kernel_rec["kernel"], out / kernel_rec["initrd"])
-        },
+        "files": {f.name: sources.sha256_file(f) for f in (img, xz, bmap, *boot_files)},
     }
     with image.atomic(manifest_file) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    image.sha256sums(out, [img, xz, bmap, manifest_file, out / kernel_rec["kernel"],
-                           out / kernel_rec["initrd"]])  # fmt: skip
+    image.sha256sums(out, [img, xz, bmap, manifest_file, *boot_files])
     write_record(plan, "image", {"image": str(img), "manifest": str(manifest_file)})
 
 

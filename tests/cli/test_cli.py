@@ -35,6 +35,15 @@ def test_boards_lists_one_line_each(project: Path) -> None:
     assert "arm64" in out and "qemu virt" in out
 
 
+def test_kernel_config_names_the_fragment_of_each_option(project: Path) -> None:
+    code, out = invoke(project, "kernel", "config", "--board", "qemu-aarch64")
+    assert code == 0
+    lines = {ln.split()[0]: ln.split()[-1] for ln in out.splitlines() if ln.startswith("CONFIG_")}
+    assert lines["CONFIG_BPF_SYSCALL=y"].startswith("kernel/features/bpf.config:")
+    assert lines["CONFIG_SERIAL_AMBA_PL011=y"].startswith("boards/qemu-aarch64/kernel.config:")
+    assert lines["CONFIG_MODULES=y"].startswith("kernel/base.config:")
+
+
 def test_recipes_lists_one_line_each(project: Path) -> None:
     code, out = invoke(project, "recipes")
     assert code == 0

@@ -28,8 +28,12 @@ def test_default_board_resolves(project: Path) -> None:
     plan = resolve(request(project))
     assert plan.board.arch == "arm64"
     assert "openssh-server" in plan.packages
-    assert "linux-image-arm64" in plan.packages
-    assert [f.name for f in plan.features] == ["bpf"]
+    assert "bpftrace" in plan.packages  # the board's default recipes come in
+    assert "linux-image-arm64" not in plan.packages  # the kernel is built here
+    assert [r.name for r in plan.recipes] == ["base", "bpf"]
+    assert [f.name for f in plan.features][:2] == ["bpf", "kvm"]
+    assert [f.name for f in plan.fragments][:2] == ["base", "board:qemu-aarch64"]
+    assert "kernel" in plan.tests and "bpf" in plan.tests
     assert plan.image_name == f"tuoba-qemu-aarch64-s1-{plan.version}"
     assert plan.board.image.root.fs == "ext4"
 
@@ -50,16 +54,27 @@ def test_unknown_recipe_lists_known(project: Path) -> None:
 
 def test_unknown_feature_names_file_line_and_path(project: Path) -> None:
     board = project / "boards/qemu-aarch64/board.yaml"
-    board.write_text(board.read_text().replace("features: [bpf]", "features: [bpf, kvmm]"))
+    board.write_text(board.read_text().replace("features: [bpf, kvm,", "features: [bpf, kvmm,"))
     with pytest.raises(InputError) as e:
         resolve(request(project))
     line = next(
-        i for i, ln in enumerate(board.read_text().splitlines(), 1) if "features: [bpf" in ln
+        i for i, ln in enumerate(board.read_text().splitlines(), 1) if "features: [bpf, kvmm" in ln
     )
     assert e.value.message == (
         f"boards/qemu-aarch64/board.yaml:{line} -> kernel -> features[1]: unknown feature 'kvmm'"
     )
     assert "bpf" in (e.value.hint or "")
+
+
+def test_distro_kernel_board_installs_the_package(project: Path) -> None:
+    board = project / "boards/qemu-aarch64/board.yaml"
+    board.write_text(
+        board.read_text().replace("source: tuoba", "source: distro\n  package: linux-image-arm64")
+    )
+    plan = resolve(request(project))
+    assert "linux-image-arm64" in plan.packages
+    assert "kernel" not in plan.tests
+    assert [f.name for f in plan.fragments] == [f.name for f in plan.features]
 
 
 def test_malformed_yaml_names_file_and_line(project: Path) -> None:

@@ -39,6 +39,38 @@ def test_missing_option_is_named_with_its_fragment(project: Path) -> None:
         assert_config(config, [feature], "test kernel")
 
 
+def test_fragments_merge_and_conflicts_name_both(project: Path) -> None:
+    from tuoba.kbuild import merged_fragment
+    from tuoba.kernel import Option
+
+    a = [Option("CONFIG_A", "y", "a.config", 1), Option("CONFIG_B", "n", "a.config", 2)]
+    b = [Option("CONFIG_A", "y", "b.config", 5), Option("CONFIG_C", '"x"', "b.config", 6)]
+    text, chosen = merged_fragment([("a", a), ("b", b)])
+    assert text == 'CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C="x"\n'
+    assert set(chosen) == {"CONFIG_A", "CONFIG_B", "CONFIG_C"}
+    c = [Option("CONFIG_B", "y", "c.config", 9)]
+    with pytest.raises(BuildError, match=r"CONFIG_B is n in a.config \(line 2\) but y in c.config"):
+        merged_fragment([("a", a), ("c", c)])
+
+
+def test_too_old_clang_names_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuoba import kbuild
+    from tuoba.errors import HostToolError
+
+    monkeypatch.setattr(kbuild.run, "output", lambda cmd: "clang version 10.0.1 (x)")
+    with pytest.raises(HostToolError, match=r"clang 10 found .* needs clang >= 14"):
+        kbuild.clang_version()
+
+
+def test_every_shipped_fragment_parses(project: Path) -> None:
+    from tuoba.kernel import feature_names
+
+    names = feature_names(project)
+    assert {"bpf", "kvm", "virtio", "containers", "debug", "net", "storage"} <= set(names)
+    for name in names:
+        assert load_feature(project, name).options
+
+
 def test_unknown_feature(project: Path) -> None:
     with pytest.raises(InputError, match="unknown kernel feature 'kvmm'"):
         load_feature(project, "kvmm")

@@ -1,0 +1,314 @@
+"""Building the TuobaOS kernel with LLVM: source, configuration, build, config assertion.
+
+Layout in the cache:
+  kernel/src/<version>-<sha12>/         the unpacked, verified source (read-only use)
+  kernel/build/<arch>-<flavour>/        out-of-tree build dir, reused so a fragment change
+                                        rebuilds incrementally
+  kernel/out/<config digest>/           finished outputs (Image, modules, dtbs, .config,
+                                        System.map, kernel.json); a no-change build reuses it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuoba import run, sources, ui
+from tuoba.errors import BuildError, HostToolError
+from tuoba.kernel import Feature, Option, missing_options, parse_config
+
+KARCH = {"arm64": "arm64", "armhf": "arm"}
+CLANG_TARGET = {"arm64": "aarch64-linux-gnu", "armhf": "arm-linux-gnueabi"}
+IMAGE_TARGET = {"arm64": "Image", "armhf": "zImage"}
+MIN_CLANG = 14  # Linux 6.1 supports clang >= 11; 14 is what this project is tested with
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSource:
+    version: str
+    source: sources.Source
+    strip_prefix: str
+
+
+def load_source(data_dir: Path) -> KernelSource:
+    raw = yaml.safe_load((data_dir / "kernel" / "sources.yaml").read_text())
+    t = raw["tarball"]
+    return KernelSource(
+        version=str(raw["version"]),
+        source=sources.Source(
+            name=t["url"].rsplit("/", 1)[-1],
+            url=t["url"],
+            sha256=t["sha256"],
+            mirrors=tuple(t.get("mirrors", ())),
+            origin=t.get("origin", ""),
+        ),
+        strip_prefix=t["strip_prefix"],
+    )
+
+
+def clang_version() -> tuple[int, str]:
+    """(major, full version line) of the host clang; fails if missing or too old."""
+    text = run.output(["clang", "--version"]).splitlines()[0]
+    m = re.search(r"clang version (\d+)\.", text)
+    major = int(m.group(1)) if m else 0
+    if major < MIN_CLANG:
+        raise HostToolError(
+            f"clang {major or '?'} found ('{text}'), the kernel build needs clang >= {MIN_CLANG}",
+            hint="install a newer clang (Debian: clang, lld, llvm) or run 'tuoba doctor --fix'",
+        )
+    return major, text
+
+
+def unpack_source(ks: KernelSource, tarball: Path, cache_dir: Path) -> Path:
+    dest = cache_dir / "kernel" / "src" / f"{ks.version}-{ks.source.sha256[:12]}"
+    if (dest / "Makefile").is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with ui.step(f"Unpacking Linux {ks.version}"):
+        run.run(["tar", "-xf", str(tarball), "-C", str(tmp), "--strip-components=1"])
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def merged_fragment(fragments: list[tuple[str, list[Option]]]) -> tuple[str, dict[str, Option]]:
+    """One KCONFIG_ALLCONFIG text from ordered fragments; two fragments that set one option to
+    different values are an error naming both."""
+    chosen: dict[str, Option] = {}
+    for _, options in fragments:
+        for opt in options:
+            prev = chosen.get(opt.name)
+            if prev is not None and prev.value != opt.value:
+                raise BuildError(
+                    f"{opt.name} is {prev.value} in {prev.feature} (line {prev.line}) but "
+                    f"{opt.value} in {opt.feature} (line {opt.line})",
+                    hint="make the fragments agree, or drop one of them",
+                )
+            chosen[opt.name] = opt
+    lines = [
+        f"# {o.name} is not set" if o.value == "n" else f"{o.name}={o.value}"
+        for o in chosen.values()
+    ]
+    return "\n".join(lines) + "\n", chosen
+
+
+def explain_missing(src: Path, build: Path, arch: str, missing: list[Option]) -> str:
+    """Why Kconfig dropped each option: its unmet dependency, evaluated by kconfiglib."""
+    try:
+        import kconfiglib
+    except ImportError:
+        return ""
+    env = {
+        "srctree": str(src),
+        "ARCH": KARCH[arch],
+        "SRCARCH": KARCH[arch],
+        "CC": "clang",
+        "LD": "ld.lld",
+        "HOSTCC": "clang",
+        "KERNELVERSION": "6",
+        "LLVM": "1",
+        "CLANG_FLAGS": f"--target={CLANG_TARGET[arch]} -fintegrated-as",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    cwd = os.getcwd()
+    try:
+        os.chdir(src)
+        kconf = _modern_kconfig(kconfiglib)("Kconfig", warn=False)
+        kconf.load_config(str(build / ".config"), replace=True)
+        out = []
+        for opt in missing:
+            sym = kconf.syms.get(opt.name.removeprefix("CONFIG_"))
+            if sym is None or not sym.nodes:
+                out.append(f"{opt.name}: no such option in this kernel")
+                continue
+            dep = sym.direct_dep
+            if kconfiglib.expr_value(dep) == 0:
+                unmet = sorted(
+                    f"{s.name}={s.str_value or 'n'}"
+                    for s in kconfiglib.expr_items(dep)
+                    if isinstance(s, kconfiglib.Symbol) and s.tri_value == 0 and s.name
+                )
+                out.append(
+                    f"{opt.name}: depends on {kconfiglib.expr_str(dep)}; unmet: {', '.join(unmet)}"
+                )
+            else:
+                out.append(f"{opt.name}: dependencies met; check 'choice' or 'select' conflicts")
+        return "\n  ".join(out)
+    except Exception as e:  # kconfiglib cannot parse every kernel's Kconfig; say so, keep going
+        return f"(kconfiglib could not evaluate the dependencies: {e})"
+    finally:
+        os.chdir(cwd)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _modern_kconfig(kconfiglib: Any) -> Any:
+    """kconfiglib 14 predates the bare `modules` keyword (Linux 5.13 replaced `option modules`
+    with it); translate it while reading."""
+
+    class Kconfig(kconfiglib.Kconfig):  # type: ignore[misc]
+        def _open(self, filename: str, mode: str) -> Any:
+            f = super()._open(filename, mode)
+            if mode != "r":
+                return f
+            with f:
+                text = f.read()
+            return io.StringIO(re.sub(r"(?m)^(\s+)modules\s*$", r"\1option modules", text))
+
+    return Kconfig
+
+
+def _progress(log: Path, stop: threading.Event, label: str) -> None:
+    """Show how many files the build has compiled so far (the build log grows as it runs)."""
+    with ui.console.status(label) as status:
+        while not stop.wait(2.0):
+            try:
+                text = log.read_text(errors="replace")
+            except OSError:
+                continue
+            n = sum(1 for ln in text.splitlines() if ln.lstrip().startswith(("CC ", "LD ", "AR ")))
+            last = text.rstrip().rsplit("\n", 1)[-1].strip()[:60]
+            status.update(f"{label}: {n} objects built — {last}")
+
+
+def make(src: Path, build: Path, arch: str, targets: list[str], log: Path, **extra: str) -> None:
+    env = {
+        "KBUILD_BUILD_USER": "tuoba",
+        "KBUILD_BUILD_HOST": "tuoba",
+        "KBUILD_BUILD_TIMESTAMP": "Thu Jan  1 00:00:00 UTC 2026",
+    }
+    cc = ["CC=ccache clang"] if shutil.which("ccache") else []
+    cmd = [
+        "make",
+        "-C",
+        str(src),
+        f"O={build}",
+        f"ARCH={KARCH[arch]}",
+        "LLVM=1",
+        *cc,
+        f"-j{(os.cpu_count() or 1) + 1}",
+        *[f"{k}={v}" for k, v in extra.items()],
+        *targets,
+    ]
+    run.run(cmd, env=env, log=log)
+
+
+def build_kernel(
+    *,
+    src: Path,
+    cache_dir: Path,
+    arch: str,
+    flavour: str,
+    fragments: list[tuple[str, list[Option]]],
+    dtbs: tuple[str, ...],
+    log: Path,
+) -> dict[str, Any]:
+    """Configure, assert, build and collect the kernel; returns its record."""
+    _, clang = clang_version()
+    text, requested = merged_fragment(fragments)
+    key = sources_digest({"src": str(src.name), "arch": arch, "config": text, "clang": clang,
+                          "dtbs": dtbs})  # fmt: skip
+    out = cache_dir / "kernel" / "out" / key
+    record_file = out / "kernel.json"
+    if record_file.is_file():
+        ui.info(f"  reusing kernel built for these inputs: {out}")
+        rec: dict[str, Any] = json.loads(record_file.read_text())
+        return rec
+
+    build = cache_dir / "kernel" / "build" / f"{arch}-{flavour}"
+    build.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    allconfig = build / "tuoba.allconfig"
+    allconfig.write_text(text)
+    make(src, build, arch, ["allnoconfig"], log, KCONFIG_ALLCONFIG=str(allconfig))
+
+    final = parse_config((build / ".config").read_text())
+    missing = missing_options(final, [_as_feature(requested)])
+    if missing:
+        why = explain_missing(src, build, arch, missing)
+        listing = ", ".join(
+            f"{o.name}={o.value} ({o.feature}:{o.line}, got {final.get(o.name, 'unset')})"
+            for o in missing
+        )
+        raise BuildError(
+            f"Kconfig dropped {len(missing)} requested option(s): {listing}",
+            hint=(why + "\n" if why else "")
+            + "add the missing dependency to the fragment, or drop the option",
+        )
+
+    image_target = IMAGE_TARGET[arch]
+    targets = [image_target, "modules", *(f"{d}.dtb" for d in dtbs)]
+    stop = threading.Event()
+    t = threading.Thread(target=_progress, args=(log, stop, "Compiling the kernel"), daemon=True)
+    start = time.monotonic()
+    t.start()
+    try:
+        make(src, build, arch, targets, log)
+    finally:
+        stop.set()
+        t.join()
+    seconds = time.monotonic() - start
+
+    release = run.output(
+        ["make", "-s", "-C", str(src), f"O={build}", f"ARCH={KARCH[arch]}", "LLVM=1",
+         "kernelrelease"]
+    )  # fmt: skip
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "modules").mkdir(parents=True)
+    make(src, build, arch, ["modules_install"], log,
+         INSTALL_MOD_PATH=str(tmp / "modules"), INSTALL_MOD_STRIP="1")  # fmt: skip
+    for stale in (tmp / "modules" / "lib" / "modules" / release).glob("build"):
+        stale.unlink()  # a link back into the build dir; meaningless in the image
+    shutil.copyfile(build / "arch" / KARCH[arch] / "boot" / image_target, tmp / image_target)
+    shutil.copyfile(build / ".config", tmp / "config")
+    shutil.copyfile(build / "System.map", tmp / "System.map")
+    dtb_dir = tmp / "dtbs"
+    dtb_dir.mkdir()
+    for d in dtbs:
+        shutil.copyfile(build / "arch" / KARCH[arch] / "boot" / "dts" / f"{d}.dtb",
+                        dtb_dir / f"{Path(d).name}.dtb")  # fmt: skip
+    config = parse_config((build / ".config").read_text())
+    rec = {
+        "source": "tuoba",
+        "version": release,
+        "compiler": config.get("CONFIG_CC_VERSION_TEXT", "").strip('"'),
+        "linker": config.get("CONFIG_LD_VERSION", ""),
+        "config_sha256": sources.sha256_file(tmp / "config"),
+        "config_digest": key,
+        "image": image_target,
+        "dtbs": [f"{Path(d).name}.dtb" for d in dtbs],
+        "build_seconds": round(seconds, 1),
+        "dir": str(out),
+    }
+    (tmp / "kernel.json").write_text(json.dumps(rec, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return rec
+
+
+def sources_digest(value: Any) -> str:
+    from tuoba.plan import digest
+
+    return digest(value)
+
+
+def _as_feature(requested: dict[str, Option]) -> Feature:
+    return Feature("requested", tuple(requested.values()), Path("."))
