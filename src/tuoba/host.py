@@ -45,7 +45,17 @@ HOST_TOOLS = (
     "cpio",
     "clang",
     "ld.lld",
+    "llvm-objcopy",
+    "pahole",
+    "flex",
+    "bison",
+    "bc",
+    "make",
+    "ccache",
+    "tar",
 )
+# Headers the kernel build's host programs compile against: {header: Debian package}.
+HOST_HEADERS = {"/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
 
 
 def apt_install(packages: list[str]) -> None:
@@ -96,6 +106,11 @@ def tool_checks() -> list[Check]:
         if path is None:
             missing_pkgs.append(pkg)
         checks.append(Check(tool, path is not None, path or f"missing (package {pkg})"))
+    for header, pkg in HOST_HEADERS.items():
+        ok = Path(header).is_file()
+        if not ok:
+            missing_pkgs.append(pkg)
+        checks.append(Check(pkg, ok, header if ok else f"missing {header} (package {pkg})"))
     fix_all = (lambda: apt_install(sorted(set(missing_pkgs)))) if missing_pkgs else None
     return [dataclasses.replace(c, fix=None if c.ok else fix_all) for c in checks]
 

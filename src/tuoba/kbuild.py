@@ -30,6 +30,8 @@ from tuoba.kernel import Feature, Option, missing_options, parse_config
 KARCH = {"arm64": "arm64", "armhf": "arm"}
 CLANG_TARGET = {"arm64": "aarch64-linux-gnu", "armhf": "arm-linux-gnueabi"}
 IMAGE_TARGET = {"arm64": "Image", "armhf": "zImage"}
+# pahole: without it Kconfig silently drops DEBUG_INFO_BTF; the others build host programs.
+BUILD_TOOLS = ("make", "clang", "ld.lld", "llvm-objcopy", "pahole", "flex", "bison", "bc")
 MIN_CLANG = 14  # Linux 6.1 supports clang >= 11; 14 is what this project is tested with
 
 
@@ -220,6 +222,8 @@ def build_kernel(
     log: Path,
 ) -> dict[str, Any]:
     """Configure, assert, build and collect the kernel; returns its record."""
+    for tool in BUILD_TOOLS:
+        run.require(tool)
     _, clang = clang_version()
     text, requested = merged_fragment(fragments)
     key = sources_digest({"src": str(src.name), "arch": arch, "config": text, "clang": clang,

@@ -28,7 +28,7 @@ BOARD = "qemu-aarch64"
 
 # Every guest check of the base recipe, as JUnit names them; all must be reported as passed.
 H = "ssh://127.0.0.1"
-EXPECTED_CHECKS = {
+BASE_CHECKS = {
     f"test_expected_kernel_running[{H}]",
     f"test_root_is_ext4_read_write[{H}]",
     f"test_service_running[{H}-ssh]",
@@ -41,6 +41,22 @@ EXPECTED_CHECKS = {
     f"test_no_failed_units[{H}]",
     f"test_hostname_from_board[{H}]",
 }
+KERNEL_CHECKS = {
+    f"test_kernel_built_by_clang[{H}]",
+    f"test_bpf_jit_enabled[{H}]",
+    f"test_btf_present[{H}]",
+    f"test_kvm_device_present[{H}]",
+    f"test_modules_load[{H}]",
+}
+BPF_CHECKS = {f"test_kprobe_fires[{H}]"}
+
+
+def expected_checks(manifest: dict[str, object]) -> set[str]:
+    """Every check the image's recipes and kernel select, as JUnit names them."""
+    requested = manifest["kernel"]["requested"]  # type: ignore[index]
+    options = {f"test_option_in_running_kernel[{H}-{name}]" for name in requested}
+    assert len(options) > 200  # the HCI fragments, not an empty list
+    return BASE_CHECKS | KERNEL_CHECKS | BPF_CHECKS | options
 
 
 class Project:
@@ -85,7 +101,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Project:
 
 
 def test_artifacts_and_checksums(built: Project) -> None:
-    for suffix in (".img", ".img.xz", ".img.bmap", ".manifest.json", ".vmlinuz", ".initrd"):
+    for suffix in (".img", ".img.xz", ".img.bmap", ".manifest.json", ".Image"):
         assert built.artifact(suffix).is_file(), suffix
     sums = dict(
         reversed(line.split("  ")) for line in (built.out / "SHA256SUMS").read_text().splitlines()
@@ -99,13 +115,15 @@ def test_artifacts_and_checksums(built: Project) -> None:
 
 def test_manifest_records_what_went_in(built: Project) -> None:
     m = built.manifest()
-    assert m["board"] == BOARD and m["stage"] == 1 and m["recipes"] == ["base"]
+    assert m["board"] == BOARD and m["stage"] == 1 and m["recipes"] == ["base", "bpf"]
     packages = {p["name"]: p["version"] for p in m["packages"]}  # type: ignore[attr-defined]
     assert packages["openssh-server"]
     assert packages["systemd"]
     kernel = m["kernel"]
-    assert kernel["version"].endswith("-arm64")  # type: ignore[index]
+    assert kernel["version"] == "6.1.170-tuoba"  # type: ignore[index]
+    assert kernel["compiler"].startswith("Debian clang version")  # type: ignore[index]
     assert len(kernel["config_sha256"]) == 64  # type: ignore[index]
+    assert "linux_6.1.170.orig.tar.xz" in m["sources"]  # type: ignore[operator]
     assert len(str(m["inputs_digest"])) == 64
     assert "mkosi_25.3-7_all.deb" in m["sources"]  # type: ignore[operator]
 
@@ -131,7 +149,7 @@ def test_guest_checks_pass_in_qemu(built: Project) -> None:
     proc = built.tuoba("test", "--board", BOARD, "--junit", str(junit), check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
-    assert set(cases) == EXPECTED_CHECKS
+    assert set(cases) == expected_checks(built.manifest())
     for name, case in cases.items():
         assert len(case) == 0, f"{name} did not pass: {ET.tostring(case, encoding='unicode')}"
     console = (built.out / "report.console.log").read_text(errors="replace")
@@ -183,3 +201,22 @@ def test_interrupted_build_leaves_no_finished_image_and_next_build_finishes(
     assert built.artifact(".manifest.json").is_file()
     assert built.artifact(".img").is_file()
     assert not list(built.out.glob(".*.tmp"))  # ...and the next build clears them
+
+
+def test_dropped_kernel_option_fails_naming_its_unmet_dependency(built: Project) -> None:
+    fragment = built.root / "kernel/features/virtio.config"
+    original = fragment.read_text()
+    fragment.write_text(original + "CONFIG_DRM_VIRTIO_GPU=m\n")
+    try:
+        proc = built.tuoba("build", "--board", BOARD, check=False)
+    finally:
+        fragment.write_text(original)
+    assert proc.returncode == 4, proc.stderr
+    assert "Kconfig dropped 1 requested option(s): CONFIG_DRM_VIRTIO_GPU=m" in proc.stderr
+    assert "kernel/features/virtio.config:" in proc.stderr
+    assert "unmet: DRM=n" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # the previous image is still the finished one; restoring the fragment needs no rebuild
+    again = built.tuoba("build", "--board", BOARD)
+    assert "kernel" in steps_run(again.stderr)  # re-checked, and reused from the cache
+    assert "reusing kernel built for these inputs" in again.stderr
