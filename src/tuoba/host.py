@@ -11,9 +11,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from tuoba import apt, run, sources, ui
+from tuoba.config import Field, load_yaml, string
 from tuoba.errors import HostToolError
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
@@ -119,15 +118,13 @@ def tool_checks() -> list[Check]:
 
 
 def pinned_tool(data_dir: Path, name: str) -> tuple[sources.Source, str]:
-    raw = yaml.safe_load((data_dir / "host" / "tools.yaml").read_text())[name]
-    src = sources.Source(
-        name=raw["url"].rsplit("/", 1)[-1],
-        url=raw["url"],
-        sha256=raw["sha256"],
-        mirrors=tuple(raw.get("mirrors", ())),
-        origin=raw.get("origin", ""),
+    doc = load_yaml(data_dir / "host" / "tools.yaml", display="host/tools.yaml")
+    if not isinstance(doc.data, dict) or name not in doc.data:
+        raise doc.error((), f"no pinned tool '{name}'")
+    src, v = sources.parse_source(
+        doc, (name,), doc.data[name], [Field("version", string, help="the tool's version")]
     )
-    return src, raw["version"]
+    return src, v["version"]
 
 
 def mkosi_dir(data_dir: Path, cache_dir: Path, offline: bool = False) -> Path:

@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tuoba import run, sources, ui
+from tuoba.config import Field, load_yaml, parse_mapping, string
 from tuoba.errors import BuildError, HostToolError
 from tuoba.kernel import Feature, Option, missing_options, parse_config
 
@@ -43,19 +42,20 @@ class KernelSource:
 
 
 def load_source(data_dir: Path) -> KernelSource:
-    raw = yaml.safe_load((data_dir / "kernel" / "sources.yaml").read_text())
-    t = raw["tarball"]
-    return KernelSource(
-        version=str(raw["version"]),
-        source=sources.Source(
-            name=t["url"].rsplit("/", 1)[-1],
-            url=t["url"],
-            sha256=t["sha256"],
-            mirrors=tuple(t.get("mirrors", ())),
-            origin=t.get("origin", ""),
-        ),
-        strip_prefix=t["strip_prefix"],
+    doc = load_yaml(data_dir / "kernel" / "sources.yaml", display="kernel/sources.yaml")
+    v = parse_mapping(
+        doc,
+        (),
+        doc.data,
+        [
+            Field("version", string, help="the kernel release"),
+            Field("tarball", lambda d, p, x: x, help="the source tarball"),
+        ],
     )
+    src, t = sources.parse_source(
+        doc, ("tarball",), v["tarball"], [Field("strip_prefix", string, help="top directory")]
+    )
+    return KernelSource(version=v["version"], source=src, strip_prefix=t["strip_prefix"])
 
 
 def clang_version() -> tuple[int, str]:
@@ -191,6 +191,9 @@ def _progress(log: Path, stop: threading.Event, label: str) -> None:
 
 def make(src: Path, build: Path, arch: str, targets: list[str], log: Path, **extra: str) -> None:
     env = {
+        # ccache's store lives with the rest of tuoba's cache (one place to size and clear)
+        "CCACHE_DIR": str(build.parents[2] / "ccache"),
+        "CCACHE_BASEDIR": str(build.parents[2]),
         "KBUILD_BUILD_USER": "tuoba",
         "KBUILD_BUILD_HOST": "tuoba",
         "KBUILD_BUILD_TIMESTAMP": "Thu Jan  1 00:00:00 UTC 2026",
@@ -235,7 +238,7 @@ def build_kernel(
         rec: dict[str, Any] = json.loads(record_file.read_text())
         return rec
 
-    build = cache_dir / "kernel" / "build" / f"{arch}-{flavour}"
+    build = cache_dir / "kernel" / "build" / flavour
     build.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")

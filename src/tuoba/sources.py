@@ -10,13 +10,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import requests
 
 from tuoba import ui
+from tuoba.config import Doc, Field, PathPart, parse_mapping, string, string_list
 from tuoba.errors import BuildError, InputError
 
 CHUNK = 1 << 20
@@ -38,6 +41,39 @@ class Source:
             else:
                 urls.append(u)
         return urls
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _sha256(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
+    s = string(doc, path, value)
+    if not _SHA256.match(s):
+        raise doc.error(path, f"'{s}' is not a sha256 (64 lower-case hex digits)")
+    return s
+
+
+SOURCE_FIELDS = [
+    Field("url", string, help="where it is published; debian:<path> for the Debian archive"),
+    Field("sha256", _sha256, help="the pinned hash"),
+    Field("mirrors", string_list, (), help="other URLs serving the same bytes"),
+    Field("origin", string, "", help="where the pinned hash comes from"),
+]
+
+
+def parse_source(
+    doc: Doc, path: tuple[PathPart, ...], value: Any, extra: Sequence[Field] = ()
+) -> tuple[Source, dict[str, Any]]:
+    """A source entry of a data file (url, sha256, mirrors, origin + `extra` fields)."""
+    v = parse_mapping(doc, path, value, [*SOURCE_FIELDS, *extra])
+    src = Source(
+        name=v["url"].rsplit("/", 1)[-1],
+        url=v["url"],
+        sha256=v["sha256"],
+        mirrors=v["mirrors"],
+        origin=v["origin"],
+    )
+    return src, v
 
 
 def cache_path(cache_dir: Path, sha256: str) -> Path:

@@ -21,7 +21,9 @@ def invoke(project: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-@pytest.mark.parametrize("command", ["build", "test", "boot", "boards", "recipes", "doctor"])
+@pytest.mark.parametrize(
+    "command", ["build", "test", "boot", "boards", "recipes", "doctor", "kernel"]
+)
 def test_every_command_has_help(project: Path, command: str) -> None:
     code, out = invoke(project, command, "--help")
     assert code == 0

@@ -95,3 +95,22 @@ def test_offline_uses_cache_or_names_what_is_missing(server: str, tmp_path: Path
     assert Handler.hits == []
     fetch(src, tmp_path)
     assert fetch(src, tmp_path, offline=True).read_bytes() == PAYLOAD
+
+
+def test_pinned_source_entries_are_validated_with_locations(project: Path) -> None:
+    from tuoba.errors import InputError
+    from tuoba.host import pinned_tool
+    from tuoba.kbuild import load_source
+
+    tools = project / "host/tools.yaml"
+    tools.write_text(tools.read_text().replace("sha256: ef56", "sha256: XX56"))
+    with pytest.raises(
+        InputError, match=r"host/tools\.yaml:\d+ -> mkosi -> sha256: .* not a sha256"
+    ):
+        pinned_tool(project, "mkosi")
+    kernel = project / "kernel/sources.yaml"
+    kernel.write_text(kernel.read_text().replace("  url:", "  uri:"))
+    with pytest.raises(
+        InputError, match=r"kernel/sources\.yaml:\d+ -> tarball -> uri: unknown key"
+    ):
+        load_source(project)
