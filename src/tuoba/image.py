@@ -188,7 +188,7 @@ def sha256sums(directory: Path, files: list[Path]) -> None:
     if sums.exists():
         for line in sums.read_text().splitlines():
             digest, _, name = line.partition("  ")
-            if name:
+            if name and (directory / name).exists():  # entries of deleted files go
                 entries[name] = digest
     for f in files:
         entries[f.name] = sha256_file(f)

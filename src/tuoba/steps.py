@@ -72,7 +72,13 @@ def build_rootfs(plan: Plan) -> None:
     write_record(plan, "rootfs", record)
 
 
+BOOT_SUFFIXES = (".Image", ".zImage", ".vmlinuz", ".initrd")
+
+
 def kernel(plan: Plan) -> None:
+    # A board that switched kernel source must not keep the other source's boot files around.
+    for suffix in BOOT_SUFFIXES:
+        (plan.out_dir / f"{plan.image_name}{suffix}").unlink(missing_ok=True)
     KERNEL_SOURCES[plan.board.kernel.source](plan)
 
 

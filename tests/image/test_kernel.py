@@ -56,9 +56,7 @@ def test_btf_present(host: Any) -> None:
 
 
 def test_kvm_device_present(host: Any) -> None:
-    kvm = host.file("/dev/kvm")
-    assert kvm.exists
-    assert kvm.is_character_device
+    assert host.run("test -c /dev/kvm").rc == 0, "/dev/kvm is not a character device"
     dmesg = host.check_output("dmesg")
     assert "kvm [" in dmesg and "initialized successfully" in dmesg
 

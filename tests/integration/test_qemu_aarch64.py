@@ -54,7 +54,7 @@ BPF_CHECKS = {f"test_kprobe_fires[{H}]"}
 def expected_checks(manifest: dict[str, object]) -> set[str]:
     """Every check the image's recipes and kernel select, as JUnit names them."""
     requested = manifest["kernel"]["requested"]  # type: ignore[index]
-    options = {f"test_option_in_running_kernel[{H}-{name}]" for name in requested}
+    options = {f"test_option_in_running_kernel[{name}-{H}]" for name in requested}
     assert len(options) > 200  # the HCI fragments, not an empty list
     return BASE_CHECKS | KERNEL_CHECKS | BPF_CHECKS | options
 
