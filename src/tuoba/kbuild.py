@@ -71,6 +71,16 @@ def clang_version() -> tuple[int, str]:
     return major, text
 
 
+def toolchain_id() -> str:
+    """The LLVM toolchain's identity, for build signatures ('' when clang is missing: the
+    kernel step itself then reports the missing tool)."""
+    if shutil.which("clang") is None or shutil.which("ld.lld") is None:
+        return ""
+    return run.output(["clang", "--version"]).splitlines()[0] + " / " + run.output(
+        ["ld.lld", "--version"]
+    )
+
+
 def unpack_source(ks: KernelSource, tarball: Path, cache_dir: Path) -> Path:
     dest = cache_dir / "kernel" / "src" / f"{ks.version}-{ks.source.sha256[:12]}"
     if (dest / "Makefile").is_file():
