@@ -76,8 +76,10 @@ def toolchain_id() -> str:
     kernel step itself then reports the missing tool)."""
     if shutil.which("clang") is None or shutil.which("ld.lld") is None:
         return ""
-    return run.output(["clang", "--version"]).splitlines()[0] + " / " + run.output(
-        ["ld.lld", "--version"]
+    return (
+        run.output(["clang", "--version"]).splitlines()[0]
+        + " / "
+        + run.output(["ld.lld", "--version"])
     )
 
 

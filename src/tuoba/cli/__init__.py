@@ -117,9 +117,9 @@ def cli(
 
 
 def _register() -> None:
-    from tuoba.cli import boards, boot, build, doctor, kernel, recipes, test
+    from tuoba.cli import boards, boot, build, doctor, flash, kernel, recipes, test
 
-    for module in (build, test, boot, boards, recipes, kernel, doctor):
+    for module in (build, test, boot, flash, boards, recipes, kernel, doctor):
         cli.add_command(module.command)
 
 
