@@ -21,14 +21,17 @@ from tuoba.config import (
     string_list,
 )
 from tuoba.errors import InputError
+from tuoba.sources import Source, parse_source
 
 ARCHES = ("arm64", "armhf")
-# GPT partition type names -> sfdisk type GUIDs (Discoverable Partitions Specification).
+# Partition type names -> (GPT type GUID per the Discoverable Partitions Specification,
+# MBR type byte).
 PARTITION_TYPES = {
-    "root-arm64": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
-    "root-arm": "69DAD710-2CE4-4E3C-B16C-21A1D49ABED3",
-    "esp": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
-    "linux": "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+    "root-arm64": ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "83"),
+    "root-arm": ("69DAD710-2CE4-4E3C-B16C-21A1D49ABED3", "83"),
+    "esp": ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "ef"),
+    "fat32": ("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "c"),
+    "linux": ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", "83"),
 }
 
 
@@ -71,6 +74,17 @@ class QemuSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class BootSpec:
+    """How the board's boot ROM / firmware finds the kernel (a bootloader variant's data)."""
+
+    method: str  # a registered bootloader variant (see tuoba.bootloader)
+    firmware: Source | None  # a package with the boot firmware
+    firmware_dir: str  # where in that package the files are
+    firmware_files: tuple[str, ...]
+    config: tuple[str, ...]  # lines of the firmware's config file (config.txt)
+
+
+@dataclasses.dataclass(frozen=True)
 class Board:
     name: str
     description: str
@@ -81,6 +95,8 @@ class Board:
     kernel: KernelSpec
     image: ImageSpec
     qemu: QemuSpec | None
+    boot: BootSpec
+    packages: tuple[str, ...]  # board-specific stage-1 packages
     recipes: tuple[str, ...]  # always built into this board's images, after base
     directory: Path
 
@@ -159,6 +175,38 @@ def _qemu(doc: Doc, path: tuple[PathPart, ...], value: Any) -> QemuSpec:
     return QemuSpec(**v)
 
 
+BOOT_METHODS = ("direct", "rpi-firmware")
+
+
+def _boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> BootSpec:
+    v = parse_mapping(
+        doc,
+        path,
+        value,
+        [
+            Field("method", one_of(*BOOT_METHODS), help="how the board boots"),
+            Field("firmware", lambda d, p, x: x, None, help="firmware package source"),
+            Field("config", string_list, (), help="firmware config file lines"),
+        ],
+    )
+    firmware, fw_dir, fw_files = None, "", ()
+    if v["firmware"] is not None:
+        fpath = (*path, "firmware")
+        firmware, extra = parse_source(
+            doc,
+            fpath,
+            v["firmware"],
+            [
+                Field("dir", string, help="directory of the files inside the package"),
+                Field("files", string_list, help="firmware files copied to the boot partition"),
+            ],
+        )
+        fw_dir, fw_files = extra["dir"], extra["files"]
+    if v["method"] == "rpi-firmware" and firmware is None:
+        raise doc.error(path, "method 'rpi-firmware' needs a 'firmware' package")
+    return BootSpec(v["method"], firmware, fw_dir, fw_files, v["config"])
+
+
 BOARD_FIELDS = [
     Field("description", string, help="one line about the board"),
     Field("arch", one_of(*ARCHES), help="Debian architecture"),
@@ -169,6 +217,13 @@ BOARD_FIELDS = [
     Field("image", _image, help="disk layout"),
     Field("qemu", lambda d, p, v: _qemu(d, p, v), None, help="how to emulate the board"),
     Field("recipes", name_list, (), help="recipes every image of this board has"),
+    Field("packages", name_list, (), help="board-specific stage-1 packages"),
+    Field(
+        "boot",
+        _boot,
+        BootSpec("direct", None, "", (), ()),
+        help="boot method; direct: QEMU loads the kernel itself",
+    ),
 ]
 
 

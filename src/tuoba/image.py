@@ -28,12 +28,12 @@ SOURCE_DATE_EPOCH = 1700000000
 @dataclasses.dataclass(frozen=True)
 class PlacedPartition:
     name: str
-    type_guid: str
+    type: str  # GPT type GUID or MBR type byte, as the table wants
     fs: str
     mountpoint: str | None
     start: int  # bytes
     size: int  # bytes
-    uuid: str  # partition UUID (GPT)
+    uuid: str  # PARTUUID as the kernel sees it (GPT: a UUID; MBR: <disk id>-<number>)
     fs_uuid: str
 
 
@@ -41,24 +41,33 @@ def stable_uuid(seed: str, what: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tuoba:{seed}:{what}"))
 
 
+def mbr_disk_id(seed: str) -> str:
+    return stable_uuid(seed, "disk")[:8]
+
+
 def layout(spec: ImageSpec, seed: str) -> list[PlacedPartition]:
     """Place partitions on 1 MiB boundaries; the last one without a size takes the rest."""
     placed = []
     offset = ALIGN
     end = spec.size - ALIGN  # room for the backup GPT
-    for p in spec.partitions:
+    gpt = spec.table == "gpt"
+    for number, p in enumerate(spec.partitions, start=1):
         size = p.size if p.size is not None else end - offset
         if size <= 0 or offset + size > end:
             raise ValueError(f"partition '{p.name}' does not fit in {spec.size} bytes")
         placed.append(
             PlacedPartition(
                 name=p.name,
-                type_guid=PARTITION_TYPES[p.type],
+                type=PARTITION_TYPES[p.type][0 if gpt else 1],
                 fs=p.fs,
                 mountpoint=p.mountpoint,
                 start=offset,
                 size=size,
-                uuid=stable_uuid(seed, f"part:{p.name}"),
+                uuid=(
+                    stable_uuid(seed, f"part:{p.name}")
+                    if gpt
+                    else f"{mbr_disk_id(seed)}-{number:02x}"
+                ),
                 fs_uuid=stable_uuid(seed, f"fs:{p.name}"),
             )
         )
@@ -70,12 +79,12 @@ def sfdisk_script(table: str, parts: list[PlacedPartition], seed: str) -> str:
     lines = [f"label: {'gpt' if table == 'gpt' else 'dos'}", "unit: sectors"]
     if table == "gpt":
         lines.append(f"label-id: {stable_uuid(seed, 'disk')}")
+    else:
+        lines.append(f"label-id: 0x{mbr_disk_id(seed)}")
     for p in parts:
-        fields = [f"start={p.start // SECTOR}", f"size={p.size // SECTOR}"]
+        fields = [f"start={p.start // SECTOR}", f"size={p.size // SECTOR}", f"type={p.type}"]
         if table == "gpt":
-            fields += [f"type={p.type_guid}", f"uuid={p.uuid}", f'name="{p.name}"']
-        else:
-            fields.append("type=83" if p.fs == "ext4" else "type=c")
+            fields += [f"uuid={p.uuid}", f'name="{p.name}"']
         lines.append(", ".join(fields))
     return "\n".join(lines) + "\n"
 
@@ -101,6 +110,24 @@ def make_ext4(tree: Path, dest: Path, size: int, label: str, fs_uuid: str, log: 
         env={"E2FSPROGS_FAKE_TIME": str(SOURCE_DATE_EPOCH)},
         log=log,
     )
+
+
+def make_vfat(tree: Path, dest: Path, size: int, label: str, fs_uuid: str, log: Path) -> None:
+    """A FAT32 filesystem holding `tree`, made without mounting (mtools)."""
+    dest.unlink(missing_ok=True)
+    volume_id = fs_uuid.replace("-", "")[:8]
+    run.run(
+        ["mkfs.vfat", "-F", "32", "-n", label.upper()[:11], "-i", volume_id, "-C", str(dest),
+         str(size // 1024)],
+        log=log,
+    )  # fmt: skip
+    entries = sorted(str(p) for p in tree.iterdir())
+    if entries:
+        run.run(
+            ["mcopy", "-s", "-p", "-m", "-i", str(dest), *entries, "::/"],
+            env={"MTOOLS_SKIP_CHECK": "1", "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)},
+            log=log,
+        )
 
 
 def copy_sparse(src: Path, dest: Path, offset: int) -> None:

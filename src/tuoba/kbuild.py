@@ -153,7 +153,10 @@ def explain_missing(src: Path, build: Path, arch: str, missing: list[Option]) ->
                 unmet = sorted(
                     f"{s.name}={s.str_value or 'n'}"
                     for s in kconfiglib.expr_items(dep)
-                    if isinstance(s, kconfiglib.Symbol) and s.tri_value == 0 and s.name
+                    if isinstance(s, kconfiglib.Symbol)
+                    and s.tri_value == 0
+                    and not s.is_constant
+                    and s.name != "COMPILE_TEST"  # the build-test switch, never the answer
                 )
                 out.append(
                     f"{opt.name}: depends on {kconfiglib.expr_str(dep)}; unmet: {', '.join(unmet)}"
@@ -201,16 +204,25 @@ def _progress(log: Path, stop: threading.Event, label: str) -> None:
             status.update(f"{label}: {n} objects built — {last}")
 
 
-def make(src: Path, build: Path, arch: str, targets: list[str], log: Path, **extra: str) -> None:
+def make(
+    src: Path,
+    build: Path,
+    arch: str,
+    targets: list[str],
+    log: Path,
+    ccache_dir: Path | None = None,
+    **extra: str,
+) -> None:
     env = {
-        # ccache's store lives with the rest of tuoba's cache (one place to size and clear)
-        "CCACHE_DIR": str(build.parents[2] / "ccache"),
-        "CCACHE_BASEDIR": str(build.parents[2]),
         "KBUILD_BUILD_USER": "tuoba",
         "KBUILD_BUILD_HOST": "tuoba",
         "KBUILD_BUILD_TIMESTAMP": "Thu Jan  1 00:00:00 UTC 2026",
     }
-    cc = ["CC=ccache clang"] if shutil.which("ccache") else []
+    cc = []
+    if ccache_dir is not None and shutil.which("ccache"):
+        cc = ["CC=ccache clang"]
+        # ccache's store lives with the rest of tuoba's cache (one place to size and clear)
+        env |= {"CCACHE_DIR": str(ccache_dir), "CCACHE_BASEDIR": str(src.parent)}
     cmd = [
         "make",
         "-C",
@@ -256,7 +268,8 @@ def build_kernel(
     log.write_text("")
     allconfig = build / "tuoba.allconfig"
     allconfig.write_text(text)
-    make(src, build, arch, ["allnoconfig"], log, KCONFIG_ALLCONFIG=str(allconfig))
+    ccache = cache_dir / "ccache"
+    make(src, build, arch, ["allnoconfig"], log, ccache, KCONFIG_ALLCONFIG=str(allconfig))
 
     final = parse_config((build / ".config").read_text())
     missing = missing_options(final, [_as_feature(requested)])
@@ -279,7 +292,7 @@ def build_kernel(
     start = time.monotonic()
     t.start()
     try:
-        make(src, build, arch, targets, log)
+        make(src, build, arch, targets, log, ccache)
     finally:
         stop.set()
         t.join()
@@ -292,7 +305,7 @@ def build_kernel(
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "modules").mkdir(parents=True)
-    make(src, build, arch, ["modules_install"], log,
+    make(src, build, arch, ["modules_install"], log, ccache,
          INSTALL_MOD_PATH=str(tmp / "modules"), INSTALL_MOD_STRIP="1")  # fmt: skip
     for stale in (tmp / "modules" / "lib" / "modules" / release).glob("build"):
         stale.unlink()  # a link back into the build dir; meaningless in the image

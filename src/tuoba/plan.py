@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuoba import __version__, apt
-from tuoba.board import Board, load_board
+from tuoba.board import Board, board_names, load_board
 from tuoba.config import Doc
 from tuoba.errors import InputError
 from tuoba.kernel import Feature, feature_names, load_feature, load_fragment
@@ -62,6 +62,7 @@ class Plan:
     recipes: tuple[Recipe, ...]
     features: tuple[Feature, ...]
     fragments: tuple[Feature, ...]  # everything the kernel config gets, in order
+    kernel_dtbs: tuple[str, ...]  # device trees the (shared) kernel build makes
     packages: tuple[str, ...]
     overlays: tuple[Overlay, ...]
     services: tuple[str, ...]
@@ -128,6 +129,8 @@ class Plan:
             "features": [f.name for f in self.features],
             "recipes": [r.name for r in self.recipes],
             "console": self.board.console,
+            "boot": dataclasses.asdict(self.board.boot),
+            "kernel_cmdline": self.board.kernel.cmdline,
         }
 
 
@@ -158,6 +161,23 @@ def render_context(plan: Plan, ssh_public_key: str) -> dict[str, Any]:
         "version": plan.version,
         "ssh_public_key": ssh_public_key,
     }
+
+
+def flavour_boards(data_dir: Path, board: Board) -> list[Board]:
+    """The boards sharing this board's kernel flavour (itself included), by name."""
+    flavour = board.kernel.flavour or board.arch
+    found = []
+    for name in board_names(data_dir):
+        other = board if name == board.name else load_board(data_dir, name)[0]
+        if other.kernel.source == "tuoba" and (other.kernel.flavour or other.arch) == flavour:
+            if other.arch != board.arch:
+                raise InputError(
+                    f"boards '{board.name}' ({board.arch}) and '{other.name}' ({other.arch}) "
+                    f"share kernel flavour '{flavour}'",
+                    hint="a flavour is one kernel build: give boards of another arch their own",
+                )
+            found.append(other)
+    return found
 
 
 def _check_features(
@@ -208,20 +228,27 @@ def resolve(req: Request) -> Plan:
                 raise doc.error(("tests", i), f"no guest check module tests/image/test_{t}.py")
 
     fragments = list(features.values())
+    kernel_dtbs: tuple[str, ...] = ()
     if board.kernel.source == "tuoba":
         base = load_fragment(data_dir / "kernel" / "base.config", "base", "kernel/base.config")
-        board_file = board.directory / "kernel.config"
-        board_frag = (
-            [load_fragment(board_file, f"board:{board.name}", f"boards/{board.name}/kernel.config")]
-            if board_file.is_file()
-            else []
-        )
-        fragments = [base, *board_frag, *fragments]
+        # One kernel serves every board of a flavour: it gets all their platform fragments
+        # and device trees, so building any of them builds (and caches) the same kernel.
+        siblings = flavour_boards(data_dir, board)
+        board_frags = [
+            load_fragment(
+                b.directory / "kernel.config", f"board:{b.name}", f"boards/{b.name}/kernel.config"
+            )
+            for b in siblings
+            if (b.directory / "kernel.config").is_file()
+        ]
+        fragments = [base, *board_frags, *fragments]
+        kernel_dtbs = tuple(sorted({d for b in siblings for d in b.kernel.dtbs}))
 
     packages: list[str] = []
     if board.kernel.source == "distro":
         # The distro kernel needs an initramfs (virtio and ext4 are modules in Debian's kernel).
         packages += [board.kernel.package, "initramfs-tools"]
+    packages += board.packages
     for r in recipes:
         packages += r.stage1.packages
     overlays = [Overlay(f"board:{board.name}", board.directory / "overlay")]
@@ -251,6 +278,7 @@ def resolve(req: Request) -> Plan:
         recipes=tuple(recipes),
         features=tuple(features.values()),
         fragments=tuple(fragments),
+        kernel_dtbs=kernel_dtbs,
         packages=tuple(dict.fromkeys(packages)),
         overlays=tuple(overlays),
         services=tuple(dict.fromkeys(s for r in recipes for s in r.services)),

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuoba import host, image, kbuild, overlay, rootfs, run, sources, ui
+from tuoba import bootloader, host, image, kbuild, overlay, rootfs, run, sources, ui
 from tuoba.errors import BuildError, TuobaError
 from tuoba.kernel import assert_config, parse_config
 from tuoba.plan import Plan, Request, digest, render_context, resolve
@@ -53,6 +53,7 @@ def plan_sources(plan: Plan) -> list[sources.Source]:
     srcs = [host.pinned_tool(plan.data_dir, "mkosi")[0]]
     if plan.board.kernel.source == "tuoba":
         srcs.append(kbuild.load_source(plan.data_dir).source)
+    srcs += bootloader.for_board(plan.board, plan.cache_dir).sources()
     return srcs
 
 
@@ -93,7 +94,7 @@ def kernel_tuoba(plan: Plan) -> None:
         arch=plan.board.arch,
         flavour=plan.board.kernel.flavour or plan.board.arch,
         fragments=[(f.name, list(f.options)) for f in plan.fragments],
-        dtbs=plan.board.kernel.dtbs,
+        dtbs=plan.kernel_dtbs,
         log=log_path(plan, "kernel"),
     )
     built = Path(rec["dir"])
@@ -186,6 +187,14 @@ def build_image(plan: Plan) -> None:
     seed = digest({"image": plan.image_inputs(), "rootfs": rootfs_rec["digest"]})
     parts = image.layout(plan.board.image, seed)
     root = next(p for p in parts if p.mountpoint == "/")
+    cmdline = " ".join(
+        [
+            f"root=PARTUUID={root.uuid}",
+            "rootwait",
+            f"console={plan.board.console}",
+            *plan.board.kernel.cmdline,
+        ]
+    )
 
     with ui.step("Staging the root tree (rootfs + overlays + services)"):
         staging = plan.build_dir / "staging"
@@ -198,13 +207,31 @@ def build_image(plan: Plan) -> None:
                 symlinks=True,
             )
         overlay.apply_overlay(plan.build_dir / "overlay", staging)
+        write_fstab(staging, parts)
         if plan.services:
             run.run(["systemctl", f"--root={staging}", "enable", *plan.services], log=log)
 
     spec = plan.board.image
     with ui.step(f"Writing {img.name} ({spec.size >> 20} MiB, {spec.table})"):
-        root_fs = plan.build_dir / "root.ext4"
-        image.make_ext4(staging, root_fs, root.size, root.name, root.fs_uuid, log)
+        filesystems = []
+        boot_done = False
+        for part in parts:
+            fs_file = plan.build_dir / f"part-{part.name}.{part.fs}"
+            if part.mountpoint == "/":
+                image.make_ext4(staging, fs_file, part.size, part.name, part.fs_uuid, log)
+            elif part.fs == "vfat":
+                tree = plan.build_dir / f"part-{part.name}"
+                shutil.rmtree(tree, ignore_errors=True)
+                tree.mkdir()
+                if not boot_done:  # the first FAT partition is where firmware looks
+                    loader = bootloader.for_board(plan.board, plan.cache_dir)
+                    loader.boot_partition(tree, kernel_rec, cmdline)
+                    boot_done = True
+                image.make_vfat(tree, fs_file, part.size, part.name, part.fs_uuid, log)
+                shutil.rmtree(tree)
+            else:
+                raise BuildError(f"partition '{part.name}': no way to fill a {part.fs} filesystem")
+            filesystems.append((part, fs_file))
         shutil.rmtree(staging)
         with image.atomic(img) as tmp:
             with tmp.open("wb") as f:
@@ -214,17 +241,15 @@ def build_image(plan: Plan) -> None:
                 input=image.sfdisk_script(plan.board.image.table, parts, seed),
                 log=log,
             )
-            image.copy_sparse(root_fs, tmp, root.start)
-            root_fs.unlink()
+            for part, fs_file in filesystems:
+                image.copy_sparse(fs_file, tmp, part.start)
+                fs_file.unlink()
             with image.atomic(bmap) as tmp_bmap:
                 image.write_bmap(tmp, tmp_bmap)
             with image.atomic(xz) as tmp_xz:
                 image.compress_xz(tmp, tmp_xz)
 
     boot_files = [out / kernel_rec[k] for k in ("kernel", "initrd") if kernel_rec.get(k)]
-    cmdline = " ".join(
-        [f"root=PARTUUID={root.uuid}", f"console={plan.board.console}", *plan.board.kernel.cmdline]
-    )
     manifest = {
         "name": name,
         "version": plan.version,
@@ -252,6 +277,22 @@ def build_image(plan: Plan) -> None:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     image.sha256sums(out, [img, xz, bmap, manifest_file, *boot_files])
     write_record(plan, "image", {"image": str(img), "manifest": str(manifest_file)})
+
+
+def write_fstab(root: Path, parts: list[image.PlacedPartition]) -> None:
+    """Mount every partition that has a mountpoint, by PARTUUID (stable across card readers)."""
+    lines = ["# written by tuoba: <partition> <mountpoint> <type> <options> <dump> <pass>"]
+    for p in parts:
+        if p.mountpoint is None:
+            continue
+        if p.mountpoint == "/":
+            lines.append(f"PARTUUID={p.uuid} / {p.fs} rw,errors=remount-ro 0 1")
+        else:
+            (root / p.mountpoint.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            lines.append(f"PARTUUID={p.uuid} {p.mountpoint} {p.fs} defaults,nofail 0 2")
+    fstab = root / "etc/fstab"
+    fstab.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write into
+    fstab.write_text("\n".join(lines) + "\n")
 
 
 STEP_FUNCTIONS: dict[str, tuple[str, Callable[[Plan], None]]] = {

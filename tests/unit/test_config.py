@@ -143,3 +143,26 @@ def test_no_mirror_anywhere_is_an_error(project: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr("tuoba.apt.debian_mirrors", lambda release: [])
     with pytest.raises(InputError, match="no Debian mirror"):
         resolve(request(project, mirror=None))
+
+
+def test_boards_of_one_flavour_share_one_kernel_config(project: Path) -> None:
+    plans = {b: resolve(request(project, board=b)) for b in ("qemu-aarch64", "rpi3", "rpi4")}
+    configs = {b: [(o.name, o.value) for f in p.fragments for o in f.options]
+               for b, p in plans.items()}  # fmt: skip
+    assert configs["qemu-aarch64"] == configs["rpi3"] == configs["rpi4"]
+    assert plans["rpi4"].kernel_dtbs == (
+        "broadcom/bcm2711-rpi-4-b",
+        "broadcom/bcm2837-rpi-3-b",
+    )
+    assert "cloud-guest-utils" in plans["rpi4"].packages  # from the sdcard recipe
+    assert plans["rpi4"].board.boot.method == "rpi-firmware"
+
+
+def test_rpi_firmware_without_package_is_an_error(project: Path) -> None:
+    board = project / "boards/rpi4/board.yaml"
+    text = board.read_text()
+    start = text.index("  firmware:")
+    end = text.index("  config:")
+    board.write_text(text[:start] + text[end:])
+    with pytest.raises(InputError, match=r"boards/rpi4/board\.yaml:\d+ -> boot: method 'rpi-firm"):
+        resolve(request(project, board="rpi4"))

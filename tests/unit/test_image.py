@@ -82,3 +82,59 @@ def test_sha256sums_merges(tmp_path: Path) -> None:
         f"{hashlib.sha256(b'a').hexdigest()}  a",
         f"{hashlib.sha256(b'b').hexdigest()}  b",
     ]
+
+
+def test_mbr_layout_uses_disk_id_partuuids(tmp_path: Path) -> None:
+    from tuoba.image import mbr_disk_id
+
+    mbr = ImageSpec(
+        "mbr",
+        64 << 20,
+        (
+            Partition("boot", "fat32", "vfat", 16 << 20, "/boot/firmware"),
+            Partition("root", "root-arm64", "ext4", None, "/"),
+        ),
+    )
+    boot, root = layout(mbr, "seed")
+    disk_id = mbr_disk_id("seed")
+    assert (boot.uuid, root.uuid) == (f"{disk_id}-01", f"{disk_id}-02")
+    assert (boot.type, root.type) == ("c", "83")
+    img = tmp_path / "disk.img"
+    with img.open("wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(
+        ["sfdisk", "-q", str(img)],
+        input=sfdisk_script("mbr", [boot, root], "seed"),
+        text=True,
+        check=True,
+    )
+    dump = subprocess.run(["sfdisk", "-d", str(img)], capture_output=True, text=True).stdout
+    assert f"label-id: 0x{disk_id}" in dump
+    assert "type=c" in dump and "type=83" in dump
+
+
+def test_vfat_filesystem_holds_the_tree(tmp_path: Path) -> None:
+    from tuoba.image import make_vfat
+
+    tree = tmp_path / "boot"
+    (tree / "overlays").mkdir(parents=True)
+    (tree / "config.txt").write_text("arm_64bit=1\n")
+    (tree / "overlays" / "x.dtbo").write_bytes(b"\xd0\x0d")
+    fs = tmp_path / "boot.vfat"
+    make_vfat(tree, fs, 64 << 20, "boot", "1234abcd-0000-0000-0000-000000000000", tmp_path / "l")
+    out = subprocess.run(
+        ["mtype", "-i", str(fs), "::/config.txt"],
+        capture_output=True,
+        text=True,
+        env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"},
+        check=True,
+    ).stdout
+    assert out == "arm_64bit=1\n"
+    listing = subprocess.run(
+        ["mdir", "-i", str(fs), "-b", "::/overlays"],
+        capture_output=True,
+        text=True,
+        env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"},
+        check=True,
+    ).stdout
+    assert "x.dtbo" in listing

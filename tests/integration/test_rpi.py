@@ -1,0 +1,146 @@
+"""Raspberry Pi images, checked structurally (no emulator runs them in this suite yet):
+partition table, boot files on the FAT partition matching the build, the board's device tree,
+root by PARTUUID, fstab, and the shared TuobaOS kernel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_project
+from tuoba.plan import image_name
+
+pytestmark = pytest.mark.integration
+
+MIB = 1 << 20
+BOARDS = {
+    # board: (firmware files, device tree, a compatible string the DTB must carry)
+    "rpi4": (["start4.elf", "fixup4.dat"], "bcm2711-rpi-4-b.dtb", b"raspberrypi,4-model-b"),
+    "rpi3": (
+        ["bootcode.bin", "start.elf", "fixup.dat"],
+        "bcm2837-rpi-3-b.dtb",
+        b"raspberrypi,3-model-b",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_project(tmp_path_factory.mktemp("rpi") / "project")
+
+
+@pytest.fixture(scope="module", params=sorted(BOARDS))
+def built(request: pytest.FixtureRequest, project: Path) -> tuple[str, Path]:
+    board = request.param
+    out = project / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out", str(out),
+         "build", "--board", board],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return board, out / f"{image_name(board, 1)}.img"
+
+
+def sfdisk(img: Path) -> dict[str, object]:
+    out = subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True)
+    table: dict[str, object] = json.loads(out.stdout)["partitiontable"]
+    return table
+
+
+def partuuids(img: Path) -> tuple[str, str]:
+    """(boot, root) PARTUUIDs as the kernel sees an MBR disk: <disk id>-<partition number>."""
+    disk_id = str(sfdisk(img)["id"]).removeprefix("0x")
+    return f"{disk_id}-01", f"{disk_id}-02"
+
+
+def fat_file(img: Path, start: int, name: str) -> bytes:
+    return subprocess.run(
+        ["mtype", "-i", f"{img}@@{start}", f"::/{name}"],
+        capture_output=True,
+        env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"},
+        check=True,
+    ).stdout
+
+
+def ext4_file(img: Path, start: int, path: str) -> str:
+    return subprocess.run(
+        ["debugfs", "-R", f"cat {path}", f"{img}?offset={start}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_partition_table(built: tuple[str, Path]) -> None:
+    _, img = built
+    table = sfdisk(img)
+    assert table["label"] == "dos"
+    boot, root = table["partitions"]  # type: ignore[misc]
+    assert boot["type"] == "c" and boot["start"] == 2048 and boot["size"] == 256 * MIB // 512
+    assert root["type"] == "83"
+
+
+def test_boot_partition_files_match_the_build(built: tuple[str, Path]) -> None:
+    board, img = built
+    firmware, dtb, compatible = BOARDS[board]
+    manifest = json.loads(
+        img.with_name(img.name.removesuffix(".img") + ".manifest.json").read_text()
+    )
+    boot, _ = sfdisk(img)["partitions"]  # type: ignore[misc]
+    start = boot["start"] * 512
+    kernel = fat_file(img, start, "Image")
+    assert kernel == (img.parent / manifest["kernel"]["kernel"]).read_bytes()
+    for name in firmware:
+        data = fat_file(img, start, name)
+        assert len(data) > 1000, name
+    blob = fat_file(img, start, dtb)
+    assert blob[:4] == b"\xd0\x0d\xfe\xed"  # a flattened device tree
+    assert compatible in blob
+    config = fat_file(img, start, "config.txt").decode()
+    assert "arm_64bit=1" in config and f"device_tree={dtb}" in config and "kernel=Image" in config
+    cmdline = fat_file(img, start, "cmdline.txt").decode()
+    assert f"root=PARTUUID={partuuids(img)[1]}" in cmdline  # the table's own PARTUUID
+    assert "rootwait" in cmdline and "console=ttyS0,115200" in cmdline
+
+
+def test_root_filesystem_mounts_boot_and_has_the_kernel_modules(built: tuple[str, Path]) -> None:
+    _, img = built
+    _, root = sfdisk(img)["partitions"]  # type: ignore[misc]
+    start = root["start"] * 512
+    fstab = ext4_file(img, start, "/etc/fstab")
+    boot_id, root_id = partuuids(img)
+    assert f"PARTUUID={root_id} / ext4" in fstab
+    assert f"PARTUUID={boot_id} /boot/firmware vfat" in fstab
+    modules = ext4_file(img, start, "/usr/lib/modules/6.1.170-tuoba/modules.dep")
+    assert "vhost_net.ko" in modules
+    unit = ext4_file(img, start, "/etc/systemd/system/tuoba-grow-root.service")
+    assert "ExecStart=/usr/lib/tuoba/grow-root" in unit
+    assert "growpart" in ext4_file(img, start, "/usr/lib/tuoba/grow-root")
+    listing = subprocess.run(
+        ["debugfs", "-R", "ls -l /etc/systemd/system/multi-user.target.wants",
+         f"{img}?offset={start}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "tuoba-grow-root.service" in listing  # enabled
+
+
+def test_one_kernel_serves_all_arm64_boards(built: tuple[str, Path]) -> None:
+    """rpi3, rpi4 and qemu-aarch64 share the arm64-generic flavour: the same kernel image."""
+    board, img = built
+    manifest = json.loads(
+        img.with_name(img.name.removesuffix(".img") + ".manifest.json").read_text()
+    )
+    digest = manifest["kernel"]["config_digest"]
+    kernel = img.parent / manifest["kernel"]["kernel"]
+    other = "rpi3" if board == "rpi4" else "rpi4"
+    other_manifest = img.parent / f"{image_name(other, 1)}.manifest.json"
+    if other_manifest.exists():
+        theirs = json.loads(other_manifest.read_text())
+        assert theirs["kernel"]["config_digest"] == digest
+    assert hashlib.sha256(kernel.read_bytes()).hexdigest() == manifest["kernel"]["kernel_sha256"]
