@@ -10,6 +10,7 @@ from tuoba.config import (
     Doc,
     Field,
     PathPart,
+    boolean,
     integer,
     load_yaml,
     name,
@@ -68,9 +69,14 @@ class ImageSpec:
 @dataclasses.dataclass(frozen=True)
 class QemuSpec:
     machine: str
-    cpu: str
-    smp: int
+    cpu: str | None  # None: the machine's own (raspi machines fix theirs)
+    smp: int | None
     memory: int  # MiB
+    drive: str = "virtio"  # how the image is attached: virtio or sd
+    dtb: str | None = None  # device tree passed to QEMU (from this build)
+    console: str | None = None  # console= for emulation when it differs from the board's
+    network: bool = True  # False: no usable NIC, guest checks run on the serial console
+    cmdline: tuple[str, ...] = ()  # extra kernel words under emulation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,9 +173,14 @@ def _qemu(doc: Doc, path: tuple[PathPart, ...], value: Any) -> QemuSpec:
         value,
         [
             Field("machine", string, help="qemu -M"),
-            Field("cpu", string, help="qemu -cpu"),
-            Field("smp", integer, 2, help="virtual CPUs"),
+            Field("cpu", string, None, help="qemu -cpu"),
+            Field("smp", integer, None, help="virtual CPUs"),
             Field("memory", integer, 1024, help="memory in MiB"),
+            Field("drive", one_of("virtio", "sd"), "virtio", help="how the image is attached"),
+            Field("dtb", string, None, help="device tree file name from this build"),
+            Field("console", string, None, help="console= under emulation"),
+            Field("network", boolean, True, help="whether the emulated board has a NIC"),
+            Field("cmdline", string_list, (), help="extra kernel words under emulation"),
         ],
     )
     return QemuSpec(**v)

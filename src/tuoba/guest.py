@@ -41,13 +41,21 @@ def boot_spec(image: Path, manifest: dict[str, Any]) -> qemu.BootSpec:
             f"board '{manifest['board']}' has no QEMU machine to boot in",
             hint="boards with a qemu section in board.yaml can be booted",
         )
+    spec = QemuSpec(**{**boot["qemu"], "cmdline": tuple(boot["qemu"].get("cmdline", ()))})
+    cmdline = boot["cmdline"]
+    if spec.console or spec.cmdline:  # the emulated machine differs from the board
+        words = [w for w in cmdline.split() if not spec.console or not w.startswith("console=")]
+        if spec.cmdline:
+            words = [w for w in words if w != "quiet"] + list(spec.cmdline)
+        cmdline = " ".join([*words, *([f"console={spec.console}"] if spec.console else [])])
     return qemu.BootSpec(
         arch=manifest["arch"],
         image=image,
         kernel=image.parent / boot["kernel"],
         initrd=image.parent / boot["initrd"] if boot.get("initrd") else None,
-        cmdline=boot["cmdline"],
-        qemu=QemuSpec(**boot["qemu"]),
+        dtb=image.parent / f"{manifest['name']}.{spec.dtb}" if spec.dtb else None,
+        cmdline=cmdline,
+        qemu=spec,
     )
 
 
@@ -75,7 +83,14 @@ def check_image(
     spec = boot_spec(image, manifest)
     if not ssh_key.is_file():
         raise InputError(f"no ssh private key at {ssh_key}", hint="pass --ssh-key PRIVATE_KEY")
-    test_files = [data_dir / "tests" / "image" / f"test_{t}.py" for t in manifest["tests"]]
+    tests = manifest["tests"]
+    if not spec.qemu.network:
+        ui.warn(
+            f"QEMU '{spec.qemu.machine}' gives this board no network: running the serial-console "
+            f"checks (tests/image/test_serial.py) instead of the ssh checks ({', '.join(tests)})"
+        )
+        tests = ["serial"]
+    test_files = [data_dir / "tests" / "image" / f"test_{t}.py" for t in tests]
     missing = [str(t) for t in test_files if not t.is_file()]
     if missing:
         raise InputError(f"guest check modules missing: {', '.join(missing)}")
@@ -86,12 +101,15 @@ def check_image(
         ssh_config = Path(tmp) / "ssh_config"
         ssh_config.write_text(SSH_CONFIG)
         with qemu.booted(spec, console_log, timeout=timeout) as guest:
-            cmd = [
-                sys.executable, "-m", "pytest",
-                *map(str, test_files),
+            ssh_args = [
                 f"--hosts=ssh://root@127.0.0.1:{guest.ssh_port}",
                 f"--ssh-config={ssh_config}",
                 f"--ssh-identity-file={ssh_key}",
+            ] if spec.qemu.network else []  # fmt: skip
+            cmd = [
+                sys.executable, "-m", "pytest",
+                *map(str, test_files),
+                *ssh_args,
                 "-p", "no:cacheprovider",
                 "--rootdir", str(data_dir / "tests" / "image"),
                 "-o", f"junit_suite_name=tuoba-{manifest['board']}-s{manifest['stage']}",
@@ -104,6 +122,7 @@ def check_image(
                 "TUOBA_MANIFEST": json.dumps(manifest),
                 "TUOBA_GUEST_PORT": str(guest.ssh_port),
                 "TUOBA_SSH_KEY": str(ssh_key),
+                "TUOBA_CONSOLE_LOG": str(console_log),
             }
             proc = run.run(cmd, env=env, check=False, cwd=data_dir)
             boot_seconds = guest.boot_seconds

@@ -130,6 +130,7 @@ class Plan:
             "recipes": [r.name for r in self.recipes],
             "console": self.board.console,
             "boot": dataclasses.asdict(self.board.boot),
+            "qemu": None if self.board.qemu is None else dataclasses.asdict(self.board.qemu),
             "kernel_cmdline": self.board.kernel.cmdline,
         }
 

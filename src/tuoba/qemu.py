@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -27,6 +28,7 @@ class BootSpec:
     image: Path
     kernel: Path
     initrd: Path | None
+    dtb: Path | None
     cmdline: str
     qemu: QemuSpec
 
@@ -39,25 +41,31 @@ def free_port() -> int:
 
 def qemu_command(spec: BootSpec, ssh_port: int | None, serial: str, writable: bool) -> list[str]:
     q = spec.qemu
+    snapshot = "off" if writable else "on"
     cmd = [
         QEMU_BINARY[spec.arch],
         "-M", q.machine,
-        "-cpu", q.cpu,
-        "-smp", str(q.smp),
         "-m", str(q.memory),
         "-kernel", str(spec.kernel),
         "-append", spec.cmdline,
-        "-drive", f"file={spec.image},if=virtio,format=raw,snapshot={'off' if writable else 'on'}",
-        "-device", "virtio-rng-pci",
+        "-drive", f"file={spec.image},if={q.drive},format=raw,snapshot={snapshot}",
         "-no-reboot",
     ]  # fmt: skip
+    if q.cpu:
+        cmd += ["-cpu", q.cpu]
+    if q.smp:
+        cmd += ["-smp", str(q.smp)]
     if spec.initrd is not None:
         cmd += ["-initrd", str(spec.initrd)]
-    net = "user,id=net0"
-    if ssh_port is not None:
-        net += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
-    # romfile= : the PXE option ROM is not needed for direct kernel boot (and is not installed).
-    cmd += ["-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile="]
+    if spec.dtb is not None:
+        cmd += ["-dtb", str(spec.dtb)]
+    if q.network:
+        net = "user,id=net0"
+        if ssh_port is not None:
+            net += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+        # romfile= : no PXE option ROM is needed for direct kernel boot (nor installed).
+        cmd += ["-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile="]
+        cmd += ["-device", "virtio-rng-pci"]
     if serial == "stdio":
         cmd += ["-nographic"]
     else:
@@ -85,9 +93,10 @@ class Guest:
 
 @contextlib.contextmanager
 def booted(spec: BootSpec, console_log: Path, timeout: float = 180.0) -> Iterator[Guest]:
-    """Boot the image, wait for ssh, yield the guest; QEMU is always stopped afterwards,
-    also on failure, Ctrl-C or SIGTERM."""
-    for path in (spec.image, spec.kernel, *([spec.initrd] if spec.initrd else [])):
+    """Boot the image, wait until it is up (ssh answers; without a network: the serial console
+    shows a login prompt), yield the guest; QEMU is always stopped afterwards, also on failure,
+    Ctrl-C or SIGTERM."""
+    for path in (spec.image, spec.kernel, *(p for p in (spec.initrd, spec.dtb) if p)):
         if not path.is_file():
             raise InputError(f"cannot boot: {path} does not exist", hint="run 'tuoba build' first")
     port = free_port()
@@ -103,24 +112,37 @@ def booted(spec: BootSpec, console_log: Path, timeout: float = 180.0) -> Iterato
     try:
         start = time.monotonic()
         deadline = start + timeout
-        while not ssh_banner(port):
+        ready: Callable[[], bool]
+        if spec.qemu.network:
+            what = f"an ssh answer on 127.0.0.1:{port}"
+            ready = functools.partial(ssh_banner, port)
+        else:
+            what = "a login prompt on the serial console"
+            ready = functools.partial(login_prompt, console_log)
+        while not ready():
             if proc.poll() is not None:
                 raise GuestCheckError(
-                    f"QEMU exited with code {proc.returncode} before ssh came up",
+                    f"QEMU exited with code {proc.returncode} before {what}",
                     hint=_console_tail(console_log),
                 )
             if time.monotonic() > deadline:
                 raise GuestCheckError(
-                    f"no ssh answer on 127.0.0.1:{port} within {timeout:.0f} s",
-                    hint=_console_tail(console_log),
+                    f"no {what} within {timeout:.0f} s", hint=_console_tail(console_log)
                 )
             time.sleep(0.5)
         guest = Guest(port, console_log, proc, time.monotonic() - start)
-        ui.info(f"  guest answered ssh on 127.0.0.1:{port} after {guest.boot_seconds:.1f} s")
+        ui.info(f"  guest up ({what}) after {guest.boot_seconds:.1f} s")
         yield guest
     finally:
         run.stop(proc)
         signal.signal(signal.SIGTERM, previous)
+
+
+def login_prompt(log: Path) -> bool:
+    try:
+        return " login: " in log.read_text(errors="replace")[-4096:]
+    except OSError:
+        return False
 
 
 def _console_tail(log: Path, lines: int = 20) -> str:

@@ -24,6 +24,15 @@ from tuoba.plan import Plan, Request, digest, render_context, resolve
 STEPS = ("fetch", "rootfs", "kernel", "overlay", "image")
 
 
+def code_digest() -> str:
+    """A digest of tuoba's own code: a new tuoba re-runs the steps (their results are cached
+    where they are expensive, so only the cheap ones really run again)."""
+    package = Path(__file__).parent
+    return digest(
+        {str(p.relative_to(package)): p.read_text() for p in sorted(package.rglob("*.py"))}
+    )
+
+
 def load_plan(request_file: str) -> Plan:
     return resolve(Request.from_json(Path(request_file).read_text()))
 
@@ -102,6 +111,10 @@ def kernel_tuoba(plan: Plan) -> None:
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     with image.atomic(out_kernel) as tmp:
         shutil.copyfile(built / rec["image"], tmp)
+    board_dtbs = [f"{Path(d).name}.dtb" for d in plan.board.kernel.dtbs]
+    for dtb in board_dtbs:  # beside the image, for emulators that take the device tree
+        with image.atomic(plan.out_dir / f"{plan.image_name}.{dtb}") as tmp:
+            shutil.copyfile(built / "dtbs" / dtb, tmp)
     write_record(
         plan,
         "kernel",
@@ -111,6 +124,7 @@ def kernel_tuoba(plan: Plan) -> None:
             "requested": {o.name: o.value for f in plan.fragments for o in f.options},
             "features": {f.name: [o.name for o in f.options] for f in plan.features},
             "kernel": out_kernel.name,
+            "board_dtbs": [f"{plan.image_name}.{d}" for d in board_dtbs],
             "initrd": None,
             "kernel_sha256": sources.sha256_file(out_kernel),
             "modules": str(built / "modules" / "lib" / "modules" / rec["version"]),
@@ -250,6 +264,7 @@ def build_image(plan: Plan) -> None:
                 image.compress_xz(tmp, tmp_xz)
 
     boot_files = [out / kernel_rec[k] for k in ("kernel", "initrd") if kernel_rec.get(k)]
+    boot_files += [out / d for d in kernel_rec.get("board_dtbs", [])]
     manifest = {
         "name": name,
         "version": plan.version,

@@ -68,4 +68,4 @@ def command(
         timeout=timeout,
         extra_pytest_args=("-k", keyword) if keyword else (),
     )
-    ui.info(f"[green]all guest checks passed[/green] (ssh up after {result.boot_seconds:.1f} s)")
+    ui.info(f"[green]all guest checks passed[/green] (guest up after {result.boot_seconds:.1f} s)")
