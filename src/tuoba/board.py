@@ -104,6 +104,7 @@ class Board:
     boot: BootSpec
     packages: tuple[str, ...]  # board-specific stage-1 packages
     recipes: tuple[str, ...]  # always built into this board's images, after base
+    proven: str  # what the test suite proves about the board (shown by `tuoba boards`)
     directory: Path
 
 
@@ -229,6 +230,7 @@ BOARD_FIELDS = [
     Field("qemu", lambda d, p, v: _qemu(d, p, v), None, help="how to emulate the board"),
     Field("recipes", name_list, (), help="recipes every image of this board has"),
     Field("packages", name_list, (), help="board-specific stage-1 packages"),
+    Field("proven", string, "untested", help="what the test suite proves about this board"),
     Field(
         "boot",
         _boot,

@@ -34,7 +34,8 @@ def test_boards_lists_one_line_each(project: Path) -> None:
     code, out = invoke(project, "boards")
     assert code == 0
     assert out.startswith("qemu-aarch64")
-    assert "arm64" in out and "qemu virt" in out
+    assert "arm64" in out and "direct" in out and "booted in QEMU virt" in out
+    assert "rpi4" in out and "rpi-firmware" in out
 
 
 def test_kernel_config_names_the_fragment_of_each_option(project: Path) -> None:
