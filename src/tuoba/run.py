@@ -26,6 +26,8 @@ TOOL_PACKAGES: dict[str, str] = {
     "update-binfmts": "binfmt-support",
     "sfdisk": "fdisk",
     "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "depmod": "kmod",
     "mkfs.vfat": "dosfstools",
     "mcopy": "mtools",
     "xz": "xz-utils",
