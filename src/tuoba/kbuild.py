@@ -24,7 +24,8 @@ from typing import Any
 from tuoba import run, sources, ui
 from tuoba.config import Field, load_yaml, parse_mapping, string
 from tuoba.errors import BuildError, HostToolError
-from tuoba.kernel import Feature, Option, missing_options, parse_config
+from tuoba.kernel import Feature, Option, describe_missing, missing_options, parse_config
+from tuoba.plan import digest
 
 KARCH = {"arm64": "arm64", "armhf": "arm"}
 CLANG_TARGET = {"arm64": "aarch64-linux-gnu", "armhf": "arm-linux-gnueabi"}
@@ -253,7 +254,7 @@ def build_kernel(
         run.require(tool)
     _, clang = clang_version()
     text, requested = merged_fragment(fragments)
-    key = sources_digest({"src": str(src.name), "arch": arch, "config": text, "clang": clang,
+    key = digest({"src": str(src.name), "arch": arch, "config": text, "clang": clang,
                           "dtbs": dtbs})  # fmt: skip
     out = cache_dir / "kernel" / "out" / key
     record_file = out / "kernel.json"
@@ -275,10 +276,7 @@ def build_kernel(
     missing = missing_options(final, [_as_feature(requested)])
     if missing:
         why = explain_missing(src, build, arch, missing)
-        listing = ", ".join(
-            f"{o.name}={o.value} ({o.feature}:{o.line}, got {final.get(o.name, 'unset')})"
-            for o in missing
-        )
+        listing = describe_missing(final, missing)
         raise BuildError(
             f"Kconfig dropped {len(missing)} requested option(s): {listing}",
             hint=(why + "\n" if why else "")
@@ -334,12 +332,6 @@ def build_kernel(
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return rec
-
-
-def sources_digest(value: Any) -> str:
-    from tuoba.plan import digest
-
-    return digest(value)
 
 
 def _as_feature(requested: dict[str, Option]) -> Feature:

@@ -88,13 +88,18 @@ def missing_options(config: dict[str, str], features: Iterable[Feature]) -> list
     return missing
 
 
+def describe_missing(config: dict[str, str], missing: Iterable[Option]) -> str:
+    """`CONFIG_X=y (fragment:line, have n), …` for an error message."""
+    return ", ".join(
+        f"{o.name}={o.value} ({o.feature}:{o.line}, have {config.get(o.name, 'unset')})"
+        for o in missing
+    )
+
+
 def assert_config(config: dict[str, str], features: Iterable[Feature], where: str) -> None:
     missing = missing_options(config, features)
     if missing:
-        listing = ", ".join(
-            f"{o.name}={o.value} ({o.feature}:{o.line}, have {config.get(o.name, 'unset')})"
-            for o in missing
-        )
+        listing = describe_missing(config, missing)
         raise BuildError(
             f"kernel config of {where} lacks {len(missing)} requested option(s): {listing}",
             hint="drop the feature from the board/recipe or use a kernel that has these options",
