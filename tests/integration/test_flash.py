@@ -17,7 +17,12 @@ from tuoba.image import write_bmap
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root"),
+    pytest.mark.timeout(300),
 ]
+
+# Every host command gets a bound: a hang in one (it happened once in CI, in the mounted-device
+# case) must fail that test naming the command, not stall the suite until CI's own limit.
+COMMAND_TIMEOUT = 120
 
 MIB = 1 << 20
 FILL = b"\xaa"
@@ -39,17 +44,26 @@ def image(tmp_path: Path) -> Path:
 def make_loop(backing: Path, size: int) -> Path:
     with backing.open("wb") as f:
         f.write(FILL * size)
-    out = subprocess.run(
-        ["losetup", "-f", "--show", str(backing)], capture_output=True, text=True, check=True
-    )
+    out = sh("losetup", "-f", "--show", str(backing))
     return Path(out.stdout.strip())
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=COMMAND_TIMEOUT,
+        check=check,
+    )
 
 
 @pytest.fixture
 def loop(tmp_path: Path) -> Iterator[Path]:
     dev = make_loop(tmp_path / "disk", 80 * MIB)
     yield dev
-    subprocess.run(["losetup", "-d", str(dev)], check=False)
+    sh("losetup", "-d", str(dev), check=False)
 
 
 def tuoba(*args: str) -> subprocess.CompletedProcess[str]:
@@ -58,6 +72,7 @@ def tuoba(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
+        timeout=COMMAND_TIMEOUT,
         check=False,
     )
 
@@ -89,7 +104,7 @@ def test_flash_writes_mapped_blocks_only_and_verifies(image: Path, loop: Path) -
 
 
 def test_flash_xz_image_through_its_bmap(image: Path, loop: Path) -> None:
-    subprocess.run(["xz", "-k", "-T0", "-1", str(image)], check=True)
+    sh("xz", "-k", "-T0", "-1", str(image))
     xz = image.with_name(image.name + ".xz")
     proc = tuoba(str(xz), "--device", str(loop), "--yes", "--force")
     assert proc.returncode == 0, proc.stderr
@@ -97,10 +112,10 @@ def test_flash_xz_image_through_its_bmap(image: Path, loop: Path) -> None:
 
 
 def test_refuses_mounted_device(image: Path, loop: Path, tmp_path: Path) -> None:
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(loop)], check=True)
+    sh("mkfs.ext4", "-q", "-F", "-E", "nodiscard", str(loop))
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    subprocess.run(["mount", str(loop), str(mnt)], check=True)
+    sh("mount", "-o", "ro", str(loop), str(mnt))
     try:
         before = read(loop, 0, 1 * MIB)
         proc = tuoba(str(image), "--device", str(loop), "--yes", "--force")
@@ -108,7 +123,8 @@ def test_refuses_mounted_device(image: Path, loop: Path, tmp_path: Path) -> None
         assert f"{loop} is mounted ({mnt})" in proc.stderr
         assert read(loop, 0, 1 * MIB) == before
     finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+        if sh("umount", str(mnt), check=False).returncode != 0:
+            sh("umount", "-l", str(mnt))
 
 
 def test_refuses_smaller_device(image: Path, tmp_path: Path) -> None:
@@ -119,7 +135,7 @@ def test_refuses_smaller_device(image: Path, tmp_path: Path) -> None:
         assert "is smaller than the image" in proc.stderr
         assert read(small, 0, 4096) == FILL * 4096
     finally:
-        subprocess.run(["losetup", "-d", str(small)], check=False)
+        sh("losetup", "-d", str(small), check=False)
 
 
 def test_refuses_non_removable_without_force(image: Path, loop: Path) -> None:
