@@ -191,3 +191,15 @@ def name_list(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ..
     if not isinstance(value, list):
         raise doc.error(path, f"expected a list, got {_kind(value)}")
     return tuple(name(doc, (*path, i), v) for i, v in enumerate(value))
+
+
+def mapping_of(
+    doc: Doc,
+    path: tuple[PathPart, ...],
+    value: Any,
+    item: Callable[[Doc, tuple[PathPart, ...], Any], Any],
+) -> dict[str, Any]:
+    """A mapping with free-form string keys, each value checked by `item`."""
+    if not isinstance(value, dict):
+        raise doc.error(path, f"expected a mapping, got {_kind(value)}")
+    return {str(k): item(doc, (*path, str(k)), v) for k, v in value.items()}

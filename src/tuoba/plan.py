@@ -21,7 +21,7 @@ from tuoba.recipe import Recipe, load_recipe
 
 DEFAULT_BOARD = "qemu-aarch64"
 DEFAULT_RECIPES = ("base",)
-SUPPORTED_STAGES = (1,)
+SUPPORTED_STAGES = (1, 2)
 DEBIAN_RELEASE = "bookworm"
 
 
@@ -63,7 +63,8 @@ class Plan:
     features: tuple[Feature, ...]
     fragments: tuple[Feature, ...]  # everything the kernel config gets, in order
     kernel_dtbs: tuple[str, ...]  # device trees the (shared) kernel build makes
-    packages: tuple[str, ...]
+    packages: tuple[str, ...]  # stage 1: Debian packages
+    builds: tuple[str, ...]  # stage 2: userland/ packages built by LLVM against musl
     overlays: tuple[Overlay, ...]
     services: tuple[str, ...]
     tests: tuple[str, ...]
@@ -105,6 +106,8 @@ class Plan:
 
     # Step inputs: what each step's output depends on (SCons signs these).
     def rootfs_inputs(self) -> dict[str, Any]:
+        if self.stage == 2:
+            return {"stage": 2, "arch": self.board.arch, "builds": list(self.builds)}
         return {
             "arch": self.board.arch,
             "release": self.release,
@@ -199,9 +202,9 @@ def resolve(req: Request) -> Plan:
     data_dir = Path(req.data_dir)
     if req.stage not in SUPPORTED_STAGES:
         hint = {
-            2: "stage 2 (LLVM + musl userland) is not built yet; use --stage 1",
-            3: "stage 3 (llvm-libc) is experimental and not built yet; use --stage 1",
-        }.get(req.stage, "stages are 1, 2 and 3")
+            3: "stage 3 (llvm-libc in place of musl) is not built yet: llvm-libc 14 (the "
+            "host's LLVM) has no full C library for Linux; use --stage 1 or --stage 2",
+        }.get(req.stage, "stages are 1 (Debian) and 2 (LLVM + musl); 3 is not built yet")
         raise InputError(f"stage {req.stage} is not supported", hint=hint)
     board, board_doc = load_board(data_dir, req.board)
     features: dict[str, Feature] = {
@@ -218,15 +221,32 @@ def resolve(req: Request) -> Plan:
             continue
         seen.add(name)
         recipe, doc = load_recipe(data_dir, name)
+        if req.stage == 2 and recipe.stage2 is None:
+            from_board = name in board.recipes
+            raise InputError(
+                f"recipe '{name}' has no stage-2 form (recipes/{name}.yaml has no stage2 "
+                "section)"
+                + (f"; board '{board.name}' includes it by default" if from_board else ""),
+                hint="build it with --stage 1, or give the recipe a stage2 section",
+            )
         recipes.append(recipe)
         for f in _check_features(data_dir, recipe.kernel_features, doc, ("kernel_features",)):
             features.setdefault(f.name, f)
-        for i, o in enumerate(recipe.overlays):
+        section = f"stage{req.stage}"
+        for i, o in enumerate(recipe.overlays(req.stage)):
             if not (data_dir / "overlays" / o).is_dir():
-                raise doc.error(("overlays", i), f"no overlay directory overlays/{o}/")
-        for i, t in enumerate(recipe.tests):
+                raise doc.error((section, "overlays", i), f"no overlay directory overlays/{o}/")
+        for i, t in enumerate(recipe.tests(req.stage)):
             if not (data_dir / "tests" / "image" / f"test_{t}.py").is_file():
-                raise doc.error(("tests", i), f"no guest check module tests/image/test_{t}.py")
+                raise doc.error(
+                    (section, "tests", i), f"no guest check module tests/image/test_{t}.py"
+                )
+        if recipe.stage2 is not None and req.stage == 2:
+            for i, b in enumerate(recipe.stage2.builds):
+                if not (data_dir / "userland" / b / "package.yaml").is_file():
+                    raise doc.error(
+                        ("stage2", "builds", i), f"no package userland/{b}/package.yaml"
+                    )
 
     fragments = list(features.values())
     kernel_dtbs: tuple[str, ...] = ()
@@ -245,17 +265,26 @@ def resolve(req: Request) -> Plan:
         fragments = [base, *board_frags, *fragments]
         kernel_dtbs = tuple(sorted({d for b in siblings for d in b.kernel.dtbs}))
 
+    if req.stage == 2 and board.kernel.source != "tuoba":
+        raise board_doc.error(
+            ("kernel", "source"),
+            "stage 2 needs the TuobaOS kernel (source: tuoba): its headers and modules come "
+            "from the clang build",
+        )
     packages: list[str] = []
-    if board.kernel.source == "distro":
+    if req.stage == 2:
+        pass  # no Debian packages at all
+    elif board.kernel.source == "distro":
         # The distro kernel needs an initramfs (virtio and ext4 are modules in Debian's kernel).
         packages += [board.kernel.package, "initramfs-tools"]
-    packages += board.packages
-    for r in recipes:
-        packages += r.stage1.packages
+    if req.stage == 1:
+        packages += board.packages
+        for r in recipes:
+            packages += r.stage1.packages
     overlays = [Overlay(f"board:{board.name}", board.directory / "overlay")]
     overlays = [o for o in overlays if o.path.is_dir()]
     for r in recipes:
-        overlays += [Overlay(o, data_dir / "overlays" / o) for o in r.overlays]
+        overlays += [Overlay(o, data_dir / "overlays" / o) for o in r.overlays(req.stage)]
 
     if req.mirror:
         mirrors = [req.mirror.rstrip("/")]
@@ -281,12 +310,19 @@ def resolve(req: Request) -> Plan:
         fragments=tuple(fragments),
         kernel_dtbs=kernel_dtbs,
         packages=tuple(dict.fromkeys(packages)),
+        builds=tuple(
+            dict.fromkeys(
+                b for r in recipes if r.stage2 and req.stage == 2 for b in r.stage2.builds
+            )
+        ),
         overlays=tuple(overlays),
-        services=tuple(dict.fromkeys(s for r in recipes for s in r.services)),
+        services=tuple(
+            dict.fromkeys(s for r in recipes if req.stage == 1 for s in r.stage1.services)
+        ),
         tests=tuple(
             dict.fromkeys(
                 [
-                    *(t for r in recipes for t in r.tests),
+                    *(t for r in recipes for t in r.tests(req.stage)),
                     # the clang-built kernel proves its features in the guest
                     *(["kernel"] if board.kernel.source == "tuoba" else []),
                 ]

@@ -1,4 +1,11 @@
-"""Recipes: `recipes/<stack>.yaml`, a stack's packages, overlays, services, features and checks."""
+"""Recipes: `recipes/<stack>.yaml`, what a stack puts into an image, per stage.
+
+    stage1: Debian packages, overlays, systemd services, guest checks
+    stage2: packages built from source by LLVM against musl (userland/), overlays, checks
+
+A recipe without a `stage2` section has no stage-2 form: asking for it with --stage 2 is an
+error naming the recipe, never a silent omission.
+"""
 
 from __future__ import annotations
 
@@ -12,36 +19,62 @@ from tuoba.errors import InputError
 
 @dataclasses.dataclass(frozen=True)
 class Stage1:
-    packages: tuple[str, ...]
+    packages: tuple[str, ...] = ()
+    overlays: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    tests: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2:
+    builds: tuple[str, ...] = ()
+    overlays: tuple[str, ...] = ()
+    tests: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
-    stage1: Stage1
     kernel_features: tuple[str, ...]
-    overlays: tuple[str, ...]
-    services: tuple[str, ...]
-    tests: tuple[str, ...]
+    stage1: Stage1
+    stage2: Stage2 | None  # None: no stage-2 form
+
+    def overlays(self, stage: int) -> tuple[str, ...]:
+        s = self.stage1 if stage == 1 else self.stage2
+        return s.overlays if s is not None else ()
+
+    def tests(self, stage: int) -> tuple[str, ...]:
+        s = self.stage1 if stage == 1 else self.stage2
+        return s.tests if s is not None else ()
 
 
-def _package(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ...]:
-    return name_list(doc, path, value)
+STAGE1_FIELDS = [
+    Field("packages", name_list, (), help="Debian packages"),
+    Field("overlays", name_list, (), help="overlay trees under overlays/"),
+    Field("services", name_list, (), help="systemd units to enable"),
+    Field("tests", name_list, (), help="guest check modules under tests/image/"),
+]
+STAGE2_FIELDS = [
+    Field("builds", name_list, (), help="packages under userland/ built by LLVM against musl"),
+    Field("overlays", name_list, (), help="overlay trees under overlays/"),
+    Field("tests", name_list, (), help="guest check modules under tests/image/"),
+]
 
 
 def _stage1(doc: Doc, path: tuple[PathPart, ...], value: Any) -> Stage1:
-    v = parse_mapping(doc, path, value, [Field("packages", _package, (), help="Debian packages")])
-    return Stage1(**v)
+    return Stage1(**parse_mapping(doc, path, value, STAGE1_FIELDS))
+
+
+def _stage2(doc: Doc, path: tuple[PathPart, ...], value: Any) -> Stage2:
+    return Stage2(**parse_mapping(doc, path, value, STAGE2_FIELDS))
 
 
 RECIPE_FIELDS = [
     Field("description", string, help="one line about the stack"),
-    Field("stage1", _stage1, Stage1(()), help="what the stack installs in stage 1"),
     Field("kernel_features", name_list, (), help="kernel feature fragments the stack needs"),
-    Field("overlays", name_list, (), help="overlay trees under overlays/"),
-    Field("services", name_list, (), help="systemd units to enable"),
-    Field("tests", name_list, (), help="guest check modules under tests/image/"),
+    Field("stage1", _stage1, Stage1(), help="what the stack installs in stage 1"),
+    Field("stage2", _stage2, None, help="what the stack builds in stage 2 (absent: none)"),
 ]
 
 

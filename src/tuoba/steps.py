@@ -16,7 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuoba import bootloader, host, image, kbuild, overlay, rootfs, run, sources, ui
+from tuoba import (
+    bootloader,
+    elfaudit,
+    host,
+    image,
+    kbuild,
+    overlay,
+    rootfs,
+    run,
+    sources,
+    ui,
+    userland,
+)
 from tuoba.errors import BuildError, TuobaError
 from tuoba.kernel import assert_config, parse_config
 from tuoba.plan import Plan, Request, digest, render_context, resolve
@@ -59,9 +71,11 @@ def log_path(plan: Plan, step: str) -> Path:
 
 
 def plan_sources(plan: Plan) -> list[sources.Source]:
-    srcs = [host.pinned_tool(plan.data_dir, "mkosi")[0]]
+    srcs = [host.pinned_tool(plan.data_dir, "mkosi")[0]] if plan.stage == 1 else []
     if plan.board.kernel.source == "tuoba":
         srcs.append(kbuild.load_source(plan.data_dir).source)
+    if plan.stage == 2:
+        srcs += userland.all_sources(plan.data_dir, plan.builds)
     srcs += bootloader.for_board(plan.board, plan.cache_dir).sources()
     return srcs
 
@@ -73,13 +87,57 @@ def fetch(plan: Plan) -> None:
             src, plan.cache_dir, debian_mirrors=plan.mirrors, offline=plan.request.offline
         )
         fetched[src.name] = {"sha256": src.sha256, "path": str(path), "origin": src.origin}
-    host.mkosi_dir(plan.data_dir, plan.cache_dir, offline=plan.request.offline)
+    if plan.stage == 1:
+        host.mkosi_dir(plan.data_dir, plan.cache_dir, offline=plan.request.offline)
     write_record(plan, "fetch", {"sources": fetched})
 
 
 def build_rootfs(plan: Plan) -> None:
-    record = rootfs.build_rootfs(plan, log_path(plan, "rootfs"))
+    if plan.stage == 2:
+        record = build_userland(plan)
+    else:
+        record = rootfs.build_rootfs(plan, log_path(plan, "rootfs"))
     write_record(plan, "rootfs", record)
+
+
+def build_userland(plan: Plan) -> dict[str, Any]:
+    """Stage 2: the LLVM + musl toolchain, then each package the recipes build, merged into
+    one tree."""
+    log = log_path(plan, "rootfs")
+    log.unlink(missing_ok=True)
+    fetched = read_record(plan, "fetch")["sources"]
+    tarballs = {name: Path(v["path"]) for name, v in fetched.items()}
+    ks = kbuild.load_source(plan.data_dir)
+    ksrc = kbuild.unpack_source(ks, tarballs[ks.source.name], plan.cache_dir)
+    spec = userland.load_toolchain(plan.data_dir)
+    tc = userland.build_toolchain(spec, plan.board.arch, ksrc, tarballs, plan.cache_dir, log)
+    _, clang = kbuild.clang_version()
+
+    def entry(pkg: userland.Package, role: str) -> dict[str, Any]:
+        return {
+            "name": pkg.name,
+            "version": pkg.version,
+            "role": role,
+            "source_sha256": pkg.source.sha256 if pkg.source else None,
+            "built_by": clang,
+            "target": tc.triple,
+        }
+
+    packages = [entry(spec.musl, "toolchain"), entry(spec.compiler_rt, "toolchain")]
+    trees = []
+    for name in plan.builds:
+        pkg = userland.load_package(plan.data_dir, name)
+        tarball = tarballs[pkg.source.name] if pkg.source else None
+        trees.append(userland.build_package(pkg, tc, tarball, plan.cache_dir, log))
+        packages.append(entry(pkg, "package"))
+    tree = plan.build_dir / "userland"
+    userland.assemble(trees, tree)
+    return {
+        "digest": digest({"toolchain": tc.digest, "trees": [str(t) for t in trees]}),
+        "tree": str(tree),
+        "packages": packages,
+        "toolchain": {"triple": tc.triple, "digest": tc.digest, "clang": clang},
+    }
 
 
 BOOT_SUFFIXES = (".Image", ".zImage", ".vmlinuz", ".initrd")
@@ -224,6 +282,14 @@ def build_image(plan: Plan) -> None:
         write_fstab(staging, parts)
         if plan.services:
             run.run(["systemctl", f"--root={staging}", "enable", *plan.services], log=log)
+        if (staging / "etc/shadow").is_file():
+            (staging / "etc/shadow").chmod(0o640)  # git keeps no modes but the exec bit
+
+    audit: list[dict[str, Any]] | None = None
+    if plan.stage == 2:
+        with ui.step("Auditing every ELF file (clang + musl only, no GCC, no glibc)"):
+            musl_loader = userland.target(plan.board.arch)[2]
+            audit = elfaudit.audit_tree(staging, plan.board.arch, musl_loader)
 
     spec = plan.board.image
     with ui.step(f"Writing {img.name} ({spec.size >> 20} MiB, {spec.table})"):
@@ -265,7 +331,7 @@ def build_image(plan: Plan) -> None:
 
     boot_files = [out / kernel_rec[k] for k in ("kernel", "initrd") if kernel_rec.get(k)]
     boot_files += [out / d for d in kernel_rec.get("board_dtbs", [])]
-    manifest = {
+    manifest: dict[str, Any] = {
         "name": name,
         "version": plan.version,
         "board": plan.board.name,
@@ -284,10 +350,15 @@ def build_image(plan: Plan) -> None:
         },
         "partitions": [vars(p) for p in parts],
         "sources": read_record(plan, "fetch")["sources"],
-        "rootfs": {"digest": rootfs_rec["digest"], "mkosi": rootfs_rec["mkosi"]},
+        "rootfs": {
+            "digest": rootfs_rec["digest"],
+            **{k: rootfs_rec[k] for k in ("mkosi", "toolchain") if k in rootfs_rec},
+        },
         "packages": rootfs_rec["packages"],
         "files": {f.name: sources.sha256_file(f) for f in (img, xz, bmap, *boot_files)},
     }
+    if audit is not None:
+        manifest["audit"] = audit
     with image.atomic(manifest_file) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     image.sha256sums(out, [img, xz, bmap, manifest_file, *boot_files])
@@ -312,7 +383,7 @@ def write_fstab(root: Path, parts: list[image.PlacedPartition]) -> None:
 
 STEP_FUNCTIONS: dict[str, tuple[str, Callable[[Plan], None]]] = {
     "fetch": ("Fetching sources", fetch),
-    "rootfs": ("Building the root filesystem (mkosi, Debian {release} {arch})", build_rootfs),
+    "rootfs": ("Building the root filesystem ({how})", build_rootfs),
     "kernel": ("Preparing the kernel and checking its config", kernel),
     "overlay": ("Rendering overlays", render),
     "image": ("Composing the disk image", build_image),
@@ -326,7 +397,12 @@ def run_step(plan: Plan, step: str) -> int:
     with (plan.build_dir / "ran.txt").open("a") as f:
         f.write(step + "\n")
     try:
-        with ui.step(title.format(release=plan.release, arch=plan.board.arch)):
+        how = (
+            f"mkosi, Debian {plan.release} {plan.board.arch}"
+            if plan.stage == 1
+            else f"stage 2: clang + musl for {plan.board.arch}, from source"
+        )
+        with ui.step(title.format(how=how)):
             fn(plan)
     except TuobaError as e:
         error_file.write_text(
