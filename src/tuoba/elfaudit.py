@@ -95,7 +95,8 @@ def audit_tree(root: Path, arch: str, musl_loader: str) -> list[dict[str, Any]]:
             {
                 "file": rel,
                 "type": info["type"].removeprefix("ET_"),
-                "linker": info["interp"] or "static",
+                "linker": info["interp"]
+                or ("relocatable" if info["type"] == "ET_REL" else "static"),
                 "compiler": next(
                     (c for c in info["comment"] if "clang" in c or "GCC" in c), "(none)"
                 ),

@@ -199,6 +199,7 @@ def _check_features(
 
 
 def resolve(req: Request) -> Plan:
+    from tuoba import userland  # imports this module
     data_dir = Path(req.data_dir)
     if req.stage not in SUPPORTED_STAGES:
         hint = {
@@ -247,6 +248,7 @@ def resolve(req: Request) -> Plan:
                     raise doc.error(
                         ("stage2", "builds", i), f"no package userland/{b}/package.yaml"
                     )
+                userland.load_package(data_dir, b)  # validated before any side effect
 
     fragments = list(features.values())
     kernel_dtbs: tuple[str, ...] = ()
@@ -265,6 +267,9 @@ def resolve(req: Request) -> Plan:
         fragments = [base, *board_frags, *fragments]
         kernel_dtbs = tuple(sorted({d for b in siblings for d in b.kernel.dtbs}))
 
+    if req.stage == 2:
+        userland.target(board.arch)  # an arch stage 2 cannot build for is an error here
+        userland.load_toolchain(data_dir)
     if req.stage == 2 and board.kernel.source != "tuoba":
         raise board_doc.error(
             ("kernel", "source"),

@@ -127,7 +127,8 @@ def booted(spec: BootSpec, console_log: Path, timeout: float = 180.0) -> Iterato
                 )
             if time.monotonic() > deadline:
                 raise GuestCheckError(
-                    f"no {what} within {timeout:.0f} s", hint=_console_tail(console_log)
+                    f"gave up waiting for {what} after {timeout:.0f} s",
+                    hint=_console_tail(console_log),
                 )
             time.sleep(0.5)
         guest = Guest(port, console_log, proc, time.monotonic() - start)

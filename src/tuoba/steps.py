@@ -240,7 +240,16 @@ def render(plan: Plan) -> None:
     dest = plan.build_dir / "overlay"
     files = overlay.render_overlays(plan.overlays, render_context(plan, key), dest)
     write_record(
-        plan, "overlay", {"files": {f: sources.sha256_file(dest / f) for f in sorted(files)}}
+        plan,
+        "overlay",
+        {
+            "files": {
+                f: f"-> {(dest / f).readlink()}"
+                if (dest / f).is_symlink()
+                else sources.sha256_file(dest / f)
+                for f in sorted(files)
+            }
+        },
     )
 
 

@@ -196,6 +196,12 @@ def unpack(pkg: Package, tarball: Path, dest: Path, members: list[str] | None = 
     return top
 
 
+def _tarball(pkg: Package, tarballs: dict[str, Path]) -> Path:
+    if pkg.source is None or pkg.source.name not in tarballs:
+        raise BuildError(f"no fetched source for '{pkg.name}'", hint="the fetch step gets it")
+    return tarballs[pkg.source.name]
+
+
 def _copy_tree(src: Path, dest: Path) -> None:
     """Copy a header tree, leaving out kbuild's dot-files."""
     shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
@@ -273,7 +279,7 @@ def build_toolchain(
         _copy_tree(hdr / "usr" / "include", sysroot / "usr" / "include")
 
     with ui.step(f"musl {spec.musl.version} headers"):
-        musl_src = unpack(spec.musl, tarballs[spec.musl.name], work / "musl")
+        musl_src = unpack(spec.musl, _tarball(spec.musl, tarballs), work / "musl")
         run.run(
             ["make", "install-headers", f"ARCH={rt_arch}", "prefix=/usr", f"DESTDIR={sysroot}"],
             cwd=musl_src,
@@ -283,7 +289,7 @@ def build_toolchain(
     with ui.step(f"compiler-rt {spec.compiler_rt.version} builtins for {rt_arch}"):
         rt = unpack(
             spec.compiler_rt,
-            tarballs[spec.compiler_rt.name],
+            _tarball(spec.compiler_rt, tarballs),
             work / "compiler-rt",
             ["*/compiler-rt/lib/builtins/*", "*/compiler-rt/lib/crt/*"],
         )
@@ -293,6 +299,7 @@ def build_toolchain(
         builtins = resource / "lib" / "linux" / f"libclang_rt.builtins-{rt_arch}.a"
         run.run(
             [
+                "sh",
                 "./configure",
                 f"--target={triple}",
                 "--prefix=/usr",
@@ -473,6 +480,7 @@ def build_autotools(pkg: Package, src: Path, tc: Toolchain, dest: Path, log: Pat
         shutil.copyfile(pkg.directory / f, src / Path(f).name)
     run.run(
         [
+            "sh",
             "./configure",
             f"--host={tc.triple}",
             *pkg.options["configure"],
