@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_PARTS = ("boards", "recipes", "kernel", "overlays", "host", "tests/image", "SConstruct")
+DATA_PARTS = (
+    "boards", "recipes", "kernel", "overlays", "host", "userland", "tests/image", "SConstruct",
+)  # fmt: skip
 
 
 def copy_project(dest: Path) -> Path:
@@ -14,7 +16,9 @@ def copy_project(dest: Path) -> Path:
     for part in DATA_PARTS:
         src = ROOT / part
         if src.is_dir():
-            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                src, dest / part, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
         else:
             (dest / part).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / part)

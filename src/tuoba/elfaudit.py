@@ -104,9 +104,9 @@ def audit_tree(root: Path, arch: str, musl_loader: str) -> list[dict[str, Any]]:
             }
         )
     if bad:
-        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise BuildError(
-            "the stage-2 ELF audit failed: " + "; ".join(bad[:3]) + more,
+            "the stage-2 ELF audit failed: " + "; ".join(bad[:5]) + more,
             hint="stage 2 takes only programs built here by clang against musl; "
             "find which package or overlay put the file there",
         )

@@ -200,6 +200,7 @@ def _check_features(
 
 def resolve(req: Request) -> Plan:
     from tuoba import userland  # imports this module
+
     data_dir = Path(req.data_dir)
     if req.stage not in SUPPORTED_STAGES:
         hint = {

@@ -212,7 +212,8 @@ def cmake_list(text: str, var: str) -> list[str]:
     m = re.search(rf"^set\({var}\n(.*?)^\)", text, re.S | re.M)
     if not m:
         raise BuildError(f"compiler-rt's CMakeLists.txt has no set({var} ...)")
-    return [w for w in m.group(1).split() if not w.startswith(("#", "$"))]
+    words = " ".join(line.split("#", 1)[0] for line in m.group(1).splitlines()).split()
+    return [w for w in words if not w.startswith("$")]
 
 
 # compiler-rt's CMakeLists adds these to GENERIC_SOURCES on Linux (not Fuchsia, not bare

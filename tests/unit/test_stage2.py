@@ -1,0 +1,144 @@
+"""Stage 2 without building: recipes per stage, package data, and the ELF audit run on real
+host binaries (x86-64, glibc, GCC-built: everything the audit must refuse)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_config import request
+from tuoba import elfaudit, userland
+from tuoba.errors import BuildError, InputError
+from tuoba.plan import resolve
+
+
+def test_stage2_plan_builds_from_source_and_installs_no_debian_package(project: Path) -> None:
+    plan = resolve(request(project, stage=2))
+    assert plan.packages == ()
+    assert plan.services == ()
+    assert plan.builds == ("busybox", "dropbear", "tuoba-bpf-check")
+    assert [o.name for o in plan.overlays] == ["common", "base-s2"]
+    assert plan.tests == ("login", "s2base", "s2bpf", "kernel")
+    assert plan.image_name.startswith("tuoba-qemu-aarch64-s2-")
+
+
+def test_stage1_plan_keeps_its_own_sections(project: Path) -> None:
+    plan = resolve(request(project, stage=1))
+    assert plan.builds == ()
+    assert [o.name for o in plan.overlays] == ["common", "base"]
+    assert "ssh" in plan.services
+
+
+def test_recipe_without_stage2_form_is_an_error_naming_it(project: Path) -> None:
+    with pytest.raises(InputError) as e:
+        resolve(request(project, stage=2, board="rpi4"))
+    assert e.value.message == (
+        "recipe 'sdcard' has no stage-2 form (recipes/sdcard.yaml has no stage2 section); "
+        "board 'rpi4' includes it by default"
+    )
+    assert e.value.exit_code == 2
+
+
+def test_unknown_stage2_package_is_located(project: Path) -> None:
+    recipe = project / "recipes/bpf.yaml"
+    recipe.write_text(recipe.read_text().replace("builds: [tuoba-bpf-check]", "builds: [bpfz]"))
+    with pytest.raises(InputError) as e:
+        resolve(request(project, stage=2))
+    assert e.value.message.startswith("recipes/bpf.yaml:")
+    assert "stage2 -> builds[0]: no package userland/bpfz/package.yaml" in e.value.message
+
+
+def test_unknown_builder_is_located(project: Path) -> None:
+    pkg = project / "userland/busybox/package.yaml"
+    pkg.write_text(pkg.read_text().replace("build: busybox", "build: meson"))
+    with pytest.raises(InputError) as e:
+        resolve(request(project, stage=2))
+    assert "userland/busybox/package.yaml:" in e.value.message
+    assert "unknown builder 'meson'" in e.value.message
+    assert "autotools" in (e.value.hint or "")
+
+
+def test_stage3_is_refused_with_what_is_missing(project: Path) -> None:
+    with pytest.raises(InputError) as e:
+        resolve(request(project, stage=3))
+    assert "llvm-libc" in (e.value.hint or "")
+
+
+def test_pinned_sources_come_from_the_debian_archive_with_hashes(project: Path) -> None:
+    srcs = userland.all_sources(project, ("busybox", "dropbear", "tuoba-bpf-check"))
+    assert [s.name for s in srcs] == [
+        "musl_1.2.3.orig.tar.gz",
+        "llvm-toolchain-14_14.0.6.orig.tar.xz",
+        "busybox_1.35.0.orig.tar.bz2",
+        "dropbear_2022.83.orig.tar.bz2",
+    ]
+    assert all(s.url.startswith("debian:") and len(s.sha256) == 64 for s in srcs)
+
+
+def test_merged_usr_paths() -> None:
+    assert userland.merged_usr("/bin/sh") == "usr/bin/sh"
+    assert userland.merged_usr("/sbin/init") == "usr/sbin/init"
+    assert userland.merged_usr("/usr/bin/env") == "usr/bin/env"
+    assert userland.merged_usr("/linuxrc") == "linuxrc"
+
+
+def test_cmake_list_reads_compiler_rt_sources() -> None:
+    text = "set(GENERIC_SOURCES\n  absvdi2.c\n  # a comment\n  ${OTHER}\n  addsf3.c\n)\n"
+    assert userland.cmake_list(text, "GENERIC_SOURCES") == ["absvdi2.c", "addsf3.c"]
+    with pytest.raises(BuildError):
+        userland.cmake_list(text, "GENERIC_TF_SOURCES")
+
+
+def test_kconfig_reader(tmp_path: Path) -> None:
+    cfg = tmp_path / ".config"
+    cfg.write_text('CONFIG_ASH=y\n# CONFIG_HUSH is not set\nCONFIG_X="a b"\n')
+    assert userland.read_kconfig(cfg) == {
+        "CONFIG_ASH": "y",
+        "CONFIG_HUSH": "n",
+        "CONFIG_X": '"a b"',
+    }
+
+
+def test_audit_refuses_a_glibc_program_of_another_arch(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    shutil.copy(shutil.which("true") or "/bin/true", root / "usr/bin/true")
+    (root / "etc").mkdir()
+    (root / "etc/hostname").write_text("not an ELF\n")
+    with pytest.raises(BuildError) as e:
+        elfaudit.audit_tree(root, "arm64", "ld-musl-aarch64.so.1")
+    msg = e.value.message
+    assert msg.startswith("the stage-2 ELF audit failed: /usr/bin/true: built for EM_X86_64")
+    assert "/usr/bin/true: loader /lib64/ld-linux-x86-64.so.2" in msg
+    assert "/usr/bin/true: linked against glibc (libc.so.6" in msg
+    assert "hostname" not in msg
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs the host's gcc")
+def test_audit_refuses_gcc_output(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr/lib").mkdir(parents=True)
+    (tmp_path / "x.c").write_text("int x(void) { return 1; }\n")
+    subprocess.run(
+        ["gcc", "-c", str(tmp_path / "x.c"), "-o", str(root / "usr/lib/x.o")], check=True
+    )
+    with pytest.raises(BuildError) as e:
+        elfaudit.audit_tree(root, "arm64", "ld-musl-aarch64.so.1")
+    assert "/usr/lib/x.o: GCC output (.comment: GCC: (" in e.value.message
+
+
+def test_audit_table_for_clean_files(tmp_path: Path) -> None:
+    info = {
+        "type": "ET_EXEC",
+        "machine": "EM_AARCH64",
+        "interp": None,
+        "needed": [],
+        "versions": [],
+        "comment": ["Linker: LLD 14.0.6", "clang version 14.0.6"],
+    }
+    assert elfaudit.problems(info, "arm64", "ld-musl-aarch64.so.1") == []
+    info["interp"] = "/lib/ld-musl-aarch64.so.1"
+    assert elfaudit.problems(info, "arm64", "ld-musl-aarch64.so.1") == []
