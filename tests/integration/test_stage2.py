@@ -1,0 +1,110 @@
+"""Stage 2 for real: the LLVM + musl userland built from pinned sources, audited, booted in
+QEMU and checked over ssh (dropbear) by the same testinfra harness as stage 1.
+
+Shares ~/.cache/tuoba with the other integration tests: the kernel is the one qemu-aarch64's
+stage 1 builds; the toolchain and packages are cached after the first run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_project
+from tests.integration.test_qemu_aarch64 import BOARD, H, KERNEL_CHECKS, Project
+
+pytestmark = pytest.mark.integration
+
+LOGIN_CHECKS = {
+    f"test_expected_kernel_running[{H}]",
+    f"test_root_is_ext4_read_write[{H}]",
+    f"test_ssh_host_key_made_on_first_boot[{H}]",
+    "test_password_login_refused[]",
+    "test_password_login_refused[root]",
+    "test_password_login_refused[tuoba]",
+    f"test_root_has_no_password[{H}]",
+    f"test_hostname_from_board[{H}]",
+}
+S2_CHECKS = {
+    f"test_init_is_busybox[{H}]",
+    f"test_ssh_server_is_dropbear[{H}]",
+    f"test_no_glibc_loader[{H}]",
+    f"test_elf_files_are_the_audited_ones[{H}]",
+    f"test_no_gnu_marks_inside[{H}-GCC: (]",
+    f"test_no_gnu_marks_inside[{H}-GLIBC_2.]",
+    f"test_no_gnu_marks_inside[{H}-ld-linux-]",
+    f"test_no_gnu_marks_inside[{H}-libgcc_s]",
+    f"test_programs_are_static_or_musl[{H}]",
+    f"test_clang_built_the_programs[{H}]",
+    f"test_bpf_program_loads_and_runs[{H}]",
+}
+MIB = 1 << 20
+
+
+class Stage2(Project):
+    def artifact(self, suffix: str) -> Path:
+        from tuoba.plan import image_name
+
+        return self.out / f"{image_name(BOARD, 2)}{suffix}"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Stage2:
+    project = Stage2(copy_project(tmp_path_factory.mktemp("stage2") / "project"))
+    project.tuoba("build", "--board", BOARD, "--stage", "2")
+    return project
+
+
+def test_manifest_lists_what_llvm_built_and_the_audit(built: Stage2) -> None:
+    m = built.manifest()
+    assert m["stage"] == 2
+    pkgs = {p["name"]: p for p in m["packages"]}  # type: ignore[attr-defined]
+    assert set(pkgs) == {"musl", "compiler-rt", "busybox", "dropbear", "tuoba-bpf-check"}
+    assert all(p["built_by"].startswith("Debian clang version") for p in pkgs.values())
+    assert all(p["target"] == "aarch64-linux-musl" for p in pkgs.values())
+    audit = {row["file"]: row for row in m["audit"]}  # type: ignore[attr-defined]
+    for program in ("usr/bin/busybox", "usr/sbin/dropbearmulti", "usr/bin/tuoba-bpf-check"):
+        assert audit[program]["linker"] == "static", program
+        assert "clang version" in audit[program]["compiler"], program
+    assert all("GCC" not in row["compiler"] for row in audit.values())
+    modules = [f for f in audit if f.endswith(".ko")]
+    assert modules and all(audit[f]["linker"] == "relocatable" for f in modules)
+    for tarball in ("musl_1.2.3.orig.tar.gz", "busybox_1.35.0.orig.tar.bz2"):
+        assert tarball in m["sources"]  # type: ignore[operator]
+
+
+def test_compressed_image_is_small(built: Stage2) -> None:
+    assert built.artifact(".img.xz").stat().st_size < 32 * MIB
+
+
+def test_guest_checks_pass_in_qemu(built: Stage2) -> None:
+    junit = built.out / "report-s2.xml"
+    proc = built.tuoba("test", "--board", BOARD, "--stage", "2", "--junit", str(junit), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    requested = built.manifest()["kernel"]["requested"]  # type: ignore[index]
+    options = {f"test_option_in_running_kernel[{name}-{H}]" for name in requested}
+    assert set(cases) == LOGIN_CHECKS | S2_CHECKS | KERNEL_CHECKS | options
+    for name, case in cases.items():
+        assert len(case) == 0, f"{name} did not pass: {ET.tostring(case, encoding='unicode')}"
+
+
+def test_audit_stops_a_glibc_binary_and_leaves_no_image(built: Stage2) -> None:
+    intruder = built.root / "overlays/base-s2/usr/bin/true"
+    intruder.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shutil.which("true") or "/bin/true", intruder)
+    try:
+        proc = built.tuoba("build", "--board", BOARD, "--stage", "2", check=False)
+        assert proc.returncode == 4, proc.stderr
+        assert "the stage-2 ELF audit failed: /usr/bin/true: built for EM_X86_64" in proc.stderr
+        assert not built.artifact(".img").exists()
+        assert not built.artifact(".manifest.json").exists()
+    finally:
+        intruder.unlink()
+    again = built.tuoba("build", "--board", BOARD, "--stage", "2")
+    assert json.loads(built.artifact(".manifest.json").read_text())["stage"] == 2
+    assert again.returncode == 0
