@@ -3,6 +3,11 @@
 
     .venv/bin/python bench/bench.py                 # cold build with an empty cache
     .venv/bin/python bench/bench.py --warm-cache    # reuse ~/.cache/tuoba (rootfs cached)
+    .venv/bin/python bench/bench.py --stage 2       # stage 2: userland from an empty cache
+
+Stage 2 measures the LLVM + musl userland cold (sources, toolchain, packages: an empty cache,
+except the kernel build, which is shared with stage 1 and measured by the stage-1 run),
+no-change rebuild, boot-to-ssh and the sizes (image xz, kernel xz: what a download carries).
 
 Measures: cold build (and the kernel compile inside it), no-change rebuild, one-overlay-change
 rebuild, one-kernel-fragment rebuild (incremental, same out-of-tree dir), boot-to-ssh (QEMU TCG),
@@ -34,11 +39,11 @@ from tuoba.qemu import booted  # noqa: E402
 BOARD = "qemu-aarch64"
 
 
-def timed_build(project: Path, out: Path, cache: Path) -> tuple[float, str]:
+def timed_build(project: Path, out: Path, cache: Path, stage: int = 1) -> tuple[float, str]:
     cmd = [
         sys.executable, "-m", "tuoba",
         "--data-dir", str(project), "--out", str(out), "--cache-dir", str(cache),
-        "build", "--board", BOARD,
+        "build", "--board", BOARD, "--stage", str(stage),
     ]  # fmt: skip
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -53,8 +58,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warm-cache", action="store_true", help="use ~/.cache/tuoba")
     parser.add_argument("--boots", type=int, default=3, help="boot-to-ssh samples")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument("--stage", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--json", type=Path, help="[default: bench/results/latest[-s2].json]")
     args = parser.parse_args()
+    suffix = "" if args.stage == 1 else "-s2"
+    args.json = args.json or ROOT / "bench" / "results" / f"latest{suffix}.json"
+    if args.stage == 2:
+        return stage2(args)
 
     results: dict[str, object] = {
         "board": BOARD,
@@ -96,11 +106,7 @@ def main() -> None:
         label = "one-fragment rebuild (+DUMMY=m)"
         print(f"{label:<34} {secs:8.1f} s   ({ran}; make {compile_s} s)")
 
-        spec = boot_spec(img, load_manifest(img))
-        samples = []
-        for i in range(args.boots):
-            with booted(spec, tmpdir / f"console-{i}.log") as guest:
-                samples.append(guest.boot_seconds)
+        samples = boot_samples(img, tmpdir, args.boots)
         results["boot_to_ssh_s"] = [round(s, 1) for s in samples]
         results["boot_to_ssh_median_s"] = round(statistics.median(samples), 1)
         print(
@@ -121,6 +127,78 @@ def main() -> None:
         if not args.warm_cache:
             shutil.rmtree(cache, ignore_errors=True)
 
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+def boot_samples(img: Path, tmpdir: Path, n: int) -> list[float]:
+    spec = boot_spec(img, load_manifest(img))
+    samples = []
+    for i in range(n):
+        with booted(spec, tmpdir / f"console-{i}.log") as guest:
+            samples.append(guest.boot_seconds)
+    return samples
+
+
+def stage2(args: argparse.Namespace) -> None:
+    home = Path.home() / ".cache" / "tuoba"
+    results: dict[str, object] = {
+        "board": BOARD,
+        "stage": 2,
+        "host": {"cpus": __import__("os").cpu_count(), "machine": platform.machine()},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    mib = 1 << 20
+    with tempfile.TemporaryDirectory(prefix="tuoba-bench-s2-") as tmp:
+        tmpdir = Path(tmp)
+        project = copy_project(tmpdir / "project")
+        out = tmpdir / "out"
+        cache = tmpdir / "cache"
+        cache.mkdir()
+        if not (home / "kernel").is_dir():
+            sys.exit("run a stage-1 build first: stage 2 shares its kernel build")
+        (cache / "kernel").symlink_to(home / "kernel")
+        (cache / "ccache").symlink_to(home / "ccache")
+
+        secs, ran = timed_build(project, out, cache, stage=2)
+        results["cold_userland_build_s"] = round(secs, 1)
+        print(f"{'stage-2 cold build (kernel cached)':<36} {secs:8.1f} s   ({ran})")
+        secs, ran = timed_build(project, out, cache, stage=2)
+        results["no_change_rebuild_s"] = round(secs, 2)
+        print(f"{'no-change rebuild':<36} {secs:8.2f} s   ({ran})")
+
+        img = out / f"{image_name(BOARD, 2)}.img"
+        samples = boot_samples(img, tmpdir, args.boots)
+        results["boot_to_ssh_s"] = [round(s, 1) for s in samples]
+        results["boot_to_ssh_median_s"] = round(statistics.median(samples), 1)
+        print(
+            f"{'boot to ssh (QEMU TCG, median)':<36} {statistics.median(samples):8.1f} s   "
+            f"(samples: {', '.join(f'{s:.1f}' for s in samples)})"
+        )
+        st = img.stat()
+        xz = img.with_name(img.name + ".xz").stat().st_size
+        kernel = img.with_name(img.name.removesuffix(".img") + ".Image")
+        kernel_xz = len(
+            subprocess.run(
+                ["xz", "-1", "-T0", "-c", str(kernel)], capture_output=True, check=True
+            ).stdout
+        )
+        results |= {
+            "image_raw_bytes": st.st_size,
+            "image_raw_allocated_bytes": st.st_blocks * 512,
+            "image_xz_bytes": xz,
+            "kernel_bytes": kernel.stat().st_size,
+            "kernel_xz_bytes": kernel_xz,
+        }
+        print(
+            f"{'image size':<36} raw {st.st_size / mib:.0f} MiB "
+            f"({st.st_blocks * 512 / mib:.1f} MiB allocated), xz {xz / mib:.1f} MiB"
+        )
+        print(
+            f"{'kernel (Image, booted directly)':<36} {kernel.stat().st_size / mib:.1f} MiB, "
+            f"xz {kernel_xz / mib:.1f} MiB; image + kernel xz {(xz + kernel_xz) / mib:.1f} MiB"
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import copy_project
-from tests.integration.test_qemu_aarch64 import BOARD, H, KERNEL_CHECKS, Project
+from tests.integration.test_qemu_aarch64 import BOARD, KERNEL_CHECKS, H, Project
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ def stage_option(f: F) -> F:
         type=int,
         default=1,
         show_default=True,
-        help="1: Debian + TuobaOS kernel; 2: LLVM + musl userland; 3: llvm-libc (experimental).",
+        help="1: Debian + TuobaOS kernel; 2: LLVM + musl userland; 3: llvm-libc (not built yet).",
     )(f)
 
 
