@@ -88,6 +88,16 @@ class BootSpec:
     firmware_dir: str  # where in that package the files are
     firmware_files: tuple[str, ...]
     config: tuple[str, ...]  # lines of the firmware's config file (config.txt)
+    needs: tuple[Need, ...] = ()  # what the board needs that cannot be had here
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+    """A boot component no reachable archive provides (a vendor blob, an unpackaged loader)."""
+
+    what: str
+    why: str
+    where: str  # where a user gets it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +197,22 @@ def _qemu(doc: Doc, path: tuple[PathPart, ...], value: Any) -> QemuSpec:
     return QemuSpec(**v)
 
 
-BOOT_METHODS = ("direct", "rpi-firmware")
+BOOT_METHODS = ("direct", "rpi-firmware", "u-boot", "extlinux")
+
+
+NEED_FIELDS = [
+    Field("what", string, help="the component, by name"),
+    Field("why", string, help="why it cannot be had here"),
+    Field("where", string, help="where a user gets it"),
+]
+
+
+def _needs(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[Need, ...]:
+    if not isinstance(value, list):
+        raise doc.error(path, "expected a list of {what, why, where}")
+    return tuple(
+        Need(**parse_mapping(doc, (*path, i), item, NEED_FIELDS)) for i, item in enumerate(value)
+    )
 
 
 def _boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> BootSpec:
@@ -199,6 +224,7 @@ def _boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> BootSpec:
             Field("method", one_of(*BOOT_METHODS), help="how the board boots"),
             Field("firmware", lambda d, p, x: x, None, help="firmware package source"),
             Field("config", string_list, (), help="firmware config file lines"),
+            Field("needs", _needs, (), help="boot components that cannot be had here"),
         ],
     )
     firmware, fw_dir, fw_files = None, "", ()
@@ -216,7 +242,7 @@ def _boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> BootSpec:
         fw_dir, fw_files = extra["dir"], extra["files"]
     if v["method"] == "rpi-firmware" and firmware is None:
         raise doc.error(path, "method 'rpi-firmware' needs a 'firmware' package")
-    return BootSpec(v["method"], firmware, fw_dir, fw_files, v["config"])
+    return BootSpec(v["method"], firmware, fw_dir, fw_files, v["config"], v["needs"])
 
 
 BOARD_FIELDS = [

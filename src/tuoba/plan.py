@@ -173,6 +173,8 @@ def flavour_boards(data_dir: Path, board: Board) -> list[Board]:
     found = []
     for name in board_names(data_dir):
         other = board if name == board.name else load_board(data_dir, name)[0]
+        if other.boot.needs and other.name != board.name:
+            continue  # a board that cannot be built here does not shape the shared kernel
         if other.kernel.source == "tuoba" and (other.kernel.flavour or other.arch) == flavour:
             if other.arch != board.arch:
                 raise InputError(
@@ -209,6 +211,19 @@ def resolve(req: Request) -> Plan:
         }.get(req.stage, "stages are 1 (Debian) and 2 (LLVM + musl); 3 is not built yet")
         raise InputError(f"stage {req.stage} is not supported", hint=hint)
     board, board_doc = load_board(data_dir, req.board)
+    if board.boot.needs:
+        need = board.boot.needs[0]
+        raise InputError(
+            f"board '{board.name}' cannot be built here: it needs {need.what}",
+            hint=f"{need.why}. Get it from: {need.where} (boards/{board.name}/board.yaml)",
+        )
+    from tuoba.bootloader import Bootloader
+
+    if board.boot.method not in Bootloader.registry:
+        raise board_doc.error(
+            ("boot", "method"),
+            f"boot method '{board.boot.method}' is described but tuoba does not write it yet",
+        )
     features: dict[str, Feature] = {
         f.name: f
         for f in _check_features(data_dir, board.kernel.features, board_doc, ("kernel", "features"))

@@ -33,9 +33,33 @@ def test_every_command_has_help(project: Path, command: str) -> None:
 def test_boards_lists_one_line_each(project: Path) -> None:
     code, out = invoke(project, "boards")
     assert code == 0
-    assert out.startswith("qemu-aarch64")
-    assert "arm64" in out and "direct" in out and "booted in QEMU virt" in out
-    assert "rpi4" in out and "rpi-firmware" in out
+    lines = {ln.split()[0]: ln for ln in out.splitlines()}
+    assert set(lines) == {
+        "qemu-aarch64", "rpi4", "rpi3", "jetson-nano", "vim3", "roc-rk3328-cc", "pynq-z2"
+    }  # fmt: skip
+    assert "arm64" in lines["qemu-aarch64"] and "booted in QEMU virt" in lines["qemu-aarch64"]
+    assert "rpi-firmware" in lines["rpi4"]
+    assert "armhf" in lines["pynq-z2"] and "Zynq-7020" in lines["pynq-z2"]
+    assert "not buildable here" in lines["vim3"]
+
+
+@pytest.mark.parametrize(
+    ("board", "blob"),
+    [
+        ("vim3", "Amlogic G12B FIP blobs"),
+        ("jetson-nano", "NVIDIA L4T R32.5+ QSPI boot firmware"),
+        ("roc-rk3328-cc", "U-Boot for roc-cc-rk3328"),
+        ("pynq-z2", "BOOT.BIN"),
+    ],
+)
+def test_board_needing_what_cannot_be_had_stops_naming_it(
+    project: Path, board: str, blob: str
+) -> None:
+    code, out = invoke(project, "build", "--board", board)
+    assert code == 2
+    assert f"board '{board}' cannot be built here: it needs {blob}" in out
+    assert "Get it from:" in out and f"boards/{board}/board.yaml" in out
+    assert not (project / "out").exists()
 
 
 def test_kernel_config_names_the_fragment_of_each_option(project: Path) -> None:
@@ -57,7 +81,7 @@ def test_build_unknown_board_exits_2_with_known_boards(project: Path) -> None:
     code, out = invoke(project, "build", "--board", "rpi5")
     assert code == 2
     assert "error: no board named 'rpi5'" in out
-    assert "known boards: qemu-aarch64" in out
+    assert "known boards: jetson-nano, pynq-z2, qemu-aarch64, roc-rk3328-cc, rpi3, rpi4" in out
     assert "Traceback" not in out
     assert not (project / "out").exists()  # validated before any side effect
 
