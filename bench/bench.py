@@ -106,13 +106,7 @@ def main() -> None:
         label = "one-fragment rebuild (+DUMMY=m)"
         print(f"{label:<34} {secs:8.1f} s   ({ran}; make {compile_s} s)")
 
-        samples = boot_samples(img, tmpdir, args.boots)
-        results["boot_to_ssh_s"] = [round(s, 1) for s in samples]
-        results["boot_to_ssh_median_s"] = round(statistics.median(samples), 1)
-        print(
-            f"{'boot to ssh (QEMU TCG, median)':<34} {statistics.median(samples):8.1f} s   "
-            f"(samples: {', '.join(f'{s:.1f}' for s in samples)})"
-        )
+        measure_boots(img, tmpdir, args.boots, results, width=34)
 
         st = img.stat()
         xz = img.with_name(img.name + ".xz").stat().st_size
@@ -132,13 +126,20 @@ def main() -> None:
     print(f"wrote {args.json}")
 
 
-def boot_samples(img: Path, tmpdir: Path, n: int) -> list[float]:
+def measure_boots(img: Path, tmpdir: Path, n: int, results: dict[str, object], width: int) -> None:
+    """Boot the image n times; record and print the boot-to-ssh times."""
     spec = boot_spec(img, load_manifest(img))
     samples = []
     for i in range(n):
         with booted(spec, tmpdir / f"console-{i}.log") as guest:
             samples.append(guest.boot_seconds)
-    return samples
+    results["boot_to_ssh_s"] = [round(s, 1) for s in samples]
+    results["boot_to_ssh_median_s"] = round(statistics.median(samples), 1)
+    label = "boot to ssh (QEMU TCG, median)"
+    print(
+        f"{label:<{width}} {statistics.median(samples):8.1f} s   "
+        f"(samples: {', '.join(f'{s:.1f}' for s in samples)})"
+    )
 
 
 def stage2(args: argparse.Namespace) -> None:
@@ -169,13 +170,7 @@ def stage2(args: argparse.Namespace) -> None:
         print(f"{'no-change rebuild':<36} {secs:8.2f} s   ({ran})")
 
         img = out / f"{image_name(BOARD, 2)}.img"
-        samples = boot_samples(img, tmpdir, args.boots)
-        results["boot_to_ssh_s"] = [round(s, 1) for s in samples]
-        results["boot_to_ssh_median_s"] = round(statistics.median(samples), 1)
-        print(
-            f"{'boot to ssh (QEMU TCG, median)':<36} {statistics.median(samples):8.1f} s   "
-            f"(samples: {', '.join(f'{s:.1f}' for s in samples)})"
-        )
+        measure_boots(img, tmpdir, args.boots, results, width=36)
         st = img.stat()
         xz = img.with_name(img.name + ".xz").stat().st_size
         kernel = img.with_name(img.name.removesuffix(".img") + ".Image")
