@@ -292,13 +292,11 @@ def resolve(req: Request) -> Plan:
             "stage 2 needs the TuobaOS kernel (source: tuoba): its headers and modules come "
             "from the clang build",
         )
-    packages: list[str] = []
-    if req.stage == 2:
-        pass  # no Debian packages at all
-    elif board.kernel.source == "distro":
-        # The distro kernel needs an initramfs (virtio and ext4 are modules in Debian's kernel).
-        packages += [board.kernel.package, "initramfs-tools"]
+    packages: list[str] = []  # Debian packages: stage 2 installs none at all
     if req.stage == 1:
+        if board.kernel.source == "distro":
+            # The distro kernel needs an initramfs (virtio and ext4 are modules in Debian's).
+            packages += [board.kernel.package, "initramfs-tools"]
         packages += board.packages
         for r in recipes:
             packages += r.stage1.packages

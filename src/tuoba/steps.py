@@ -111,7 +111,6 @@ def build_userland(plan: Plan) -> dict[str, Any]:
     ksrc = kbuild.unpack_source(ks, tarballs[ks.source.name], plan.cache_dir)
     spec = userland.load_toolchain(plan.data_dir)
     tc = userland.build_toolchain(spec, plan.board.arch, ksrc, tarballs, plan.cache_dir, log)
-    _, clang = kbuild.clang_version()
 
     def entry(pkg: userland.Package, role: str) -> dict[str, Any]:
         return {
@@ -119,7 +118,7 @@ def build_userland(plan: Plan) -> dict[str, Any]:
             "version": pkg.version,
             "role": role,
             "source_sha256": pkg.source.sha256 if pkg.source else None,
-            "built_by": clang,
+            "built_by": tc.clang,
             "target": tc.triple,
         }
 
@@ -136,7 +135,7 @@ def build_userland(plan: Plan) -> dict[str, Any]:
         "digest": digest({"toolchain": tc.digest, "trees": [str(t) for t in trees]}),
         "tree": str(tree),
         "packages": packages,
-        "toolchain": {"triple": tc.triple, "digest": tc.digest, "clang": clang},
+        "toolchain": {"triple": tc.triple, "digest": tc.digest, "clang": tc.clang},
     }
 
 

@@ -28,7 +28,7 @@ from tuoba import kbuild, run, sources, ui
 from tuoba.config import Doc, Field, PathPart, load_yaml, mapping_of, parse_mapping, string
 from tuoba.config import string_list as strings
 from tuoba.errors import BuildError, InputError
-from tuoba.kernel import load_fragment
+from tuoba.kernel import load_fragment, parse_config
 from tuoba.plan import digest
 
 # Board arch -> (clang target triple, compiler-rt arch name, musl's dynamic linker name)
@@ -146,6 +146,7 @@ class Toolchain:
     sysroot: Path
     resource_dir: Path
     digest: str
+    clang: str  # the host clang's version line (it builds everything)
 
     @property
     def cc(self) -> list[str]:
@@ -200,6 +201,16 @@ def _tarball(pkg: Package, tarballs: dict[str, Path]) -> Path:
     if pkg.source is None or pkg.source.name not in tarballs:
         raise BuildError(f"no fetched source for '{pkg.name}'", hint="the fetch step gets it")
     return tarballs[pkg.source.name]
+
+
+def _publish(work: Path, final: Path, marker: str, record: dict[str, Any]) -> None:
+    """Move a finished cache entry (work/out) into place. The marker record is written last:
+    its presence is what makes the entry count as complete."""
+    (work / "out" / marker).write_text(json.dumps(record, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    (work / "out").rename(final)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _copy_tree(src: Path, dest: Path) -> None:
@@ -263,7 +274,7 @@ def build_toolchain(
     )
     final = cache_dir / "stage2" / "toolchain" / f"{arch}-{key[:16]}"
     if (final / "toolchain.json").is_file():
-        return Toolchain(triple, final / "sysroot", final / "resource", key)
+        return Toolchain(triple, final / "sysroot", final / "resource", key, clang)
 
     work = final.with_name(final.name + ".work")
     shutil.rmtree(work, ignore_errors=True)
@@ -272,7 +283,7 @@ def build_toolchain(
     (resource / "lib" / "linux").mkdir(parents=True)
     host_resource = Path(run.output(["clang", "-print-resource-dir"]).strip())
     (resource / "include").symlink_to(host_resource / "include")  # stddef.h, arm_neon.h, …
-    tc = Toolchain(triple, sysroot, resource, key)
+    tc = Toolchain(triple, sysroot, resource, key, clang)
 
     with ui.step(f"Kernel UAPI headers for {triple}"):
         hdr = work / "headers"
@@ -324,12 +335,8 @@ def build_toolchain(
         "musl": spec.musl.version,
         "compiler-rt": spec.compiler_rt.version,
     }
-    (work / "out" / "toolchain.json").write_text(json.dumps(record, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    (work / "out").rename(final)
-    shutil.rmtree(work, ignore_errors=True)
-    return Toolchain(triple, final / "sysroot", final / "resource", key)
+    _publish(work, final, "toolchain.json", record)
+    return Toolchain(triple, final / "sysroot", final / "resource", key, clang)
 
 
 def _build_builtins(tc: Toolchain, lib: Path, rt_arch: str, obj: Path, log: Path) -> None:
@@ -397,7 +404,7 @@ def _build_builtins(tc: Toolchain, lib: Path, rt_arch: str, obj: Path, log: Path
 Builder = Callable[[Package, Path, Toolchain, Path, Path], None]
 
 
-def _install(tc: Toolchain, built: Path, dest: Path) -> None:
+def _install(built: Path, dest: Path) -> None:
     """Install a program stripped of symbols, keeping .comment (the audit reads the compiler
     from it)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -430,16 +437,6 @@ def _links(pkg: Package, dest: Path) -> None:
         _link(dest, merged_usr(link), _relative(merged_usr(link), merged_usr(tgt)))
 
 
-def read_kconfig(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        if m := re.match(r"^(CONFIG_\w+)=(.*)$", line):
-            values[m.group(1)] = m.group(2)
-        elif m := re.match(r"^# (CONFIG_\w+) is not set$", line):
-            values[m.group(1)] = "n"
-    return values
-
-
 def build_busybox(pkg: Package, src: Path, tc: Toolchain, dest: Path, log: Path) -> None:
     """allnoconfig + the package's fragment, resolved by oldconfig, then checked: an option
     Kconfig dropped fails the build naming it (as for the kernel)."""
@@ -454,7 +451,7 @@ def build_busybox(pkg: Package, src: Path, tc: Toolchain, dest: Path, log: Path)
     lines = [f"# {o.name} is not set" if o.value == "n" else f"{o.name}={o.value}" for o in wanted]
     config.write_text("\n".join([*kept, *lines]) + "\n")
     run.run([*make, "oldconfig"], cwd=src, log=log, input="\n" * 4000)
-    got = read_kconfig(config)
+    got = parse_config(config.read_text())
     dropped = [o for o in wanted if got.get(o.name, "n") != o.value]
     if dropped:
         o = dropped[0]
@@ -465,7 +462,7 @@ def build_busybox(pkg: Package, src: Path, tc: Toolchain, dest: Path, log: Path)
         )
     run.run([*make, jobs()], cwd=src, log=log)
     run.run([*make, "busybox.links"], cwd=src, log=log)
-    _install(tc, src / "busybox_unstripped", dest / "usr/bin/busybox")
+    _install(src / "busybox_unstripped", dest / "usr/bin/busybox")
     for applet in (src / "busybox.links").read_text().split():
         link = merged_usr(applet)
         _link(dest, link, _relative(link, "usr/bin/busybox"))
@@ -492,7 +489,7 @@ def build_autotools(pkg: Package, src: Path, tc: Toolchain, dest: Path, log: Pat
     )
     run.run(["make", jobs(), *pkg.options["make"]], cwd=src, log=log)
     for built, installed in pkg.options["install"].items():
-        _install(tc, src / built, dest / merged_usr(installed))
+        _install(src / built, dest / merged_usr(installed))
     _links(pkg, dest)
 
 
@@ -513,7 +510,7 @@ def build_c(pkg: Package, src: Path, tc: Toolchain, dest: Path, log: Path) -> No
         ],
         log=log,
     )
-    _install(tc, out, dest / merged_usr(pkg.options["program"]))
+    _install(out, dest / merged_usr(pkg.options["program"]))
     _links(pkg, dest)
 
 
@@ -575,10 +572,7 @@ def build_package(
     with ui.step(f"{pkg.name} {pkg.version} (clang, {tc.triple})"):
         builder(pkg, src, tc, dest, log)
     record = {"name": pkg.name, "version": pkg.version, "toolchain": tc.digest}
-    (work / "out" / "package.json").write_text(json.dumps(record, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    (work / "out").rename(final)
-    shutil.rmtree(work, ignore_errors=True)
+    _publish(work, final, "package.json", record)
     return final / "dest"
 
 

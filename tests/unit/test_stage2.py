@@ -12,6 +12,7 @@ import pytest
 from tests.unit.test_config import request
 from tuoba import elfaudit, userland
 from tuoba.errors import BuildError, InputError
+from tuoba.kernel import parse_config
 from tuoba.plan import resolve
 
 
@@ -92,10 +93,9 @@ def test_cmake_list_reads_compiler_rt_sources() -> None:
         userland.cmake_list(text, "GENERIC_TF_SOURCES")
 
 
-def test_kconfig_reader(tmp_path: Path) -> None:
-    cfg = tmp_path / ".config"
-    cfg.write_text('CONFIG_ASH=y\n# CONFIG_HUSH is not set\nCONFIG_X="a b"\n')
-    assert userland.read_kconfig(cfg) == {
+def test_busybox_config_reads_like_the_kernels() -> None:
+    text = 'CONFIG_ASH=y\n# CONFIG_HUSH is not set\nCONFIG_X="a b"\n'
+    assert parse_config(text) == {
         "CONFIG_ASH": "y",
         "CONFIG_HUSH": "n",
         "CONFIG_X": '"a b"',
