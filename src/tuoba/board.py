@@ -77,6 +77,9 @@ class QemuSpec:
     console: str | None = None  # console= for emulation when it differs from the board's
     network: bool = True  # False: no usable NIC, guest checks run on the serial console
     cmdline: tuple[str, ...] = ()  # extra kernel words under emulation
+    # Edits to the device tree QEMU gets (never the image's own), each "delete-node PATH" or
+    # "delete-property PATH NAME": where the emulated machine wires a device differently.
+    dtb_edits: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +195,29 @@ def _qemu(doc: Doc, path: tuple[PathPart, ...], value: Any) -> QemuSpec:
             Field("console", string, None, help="console= under emulation"),
             Field("network", boolean, True, help="whether the emulated board has a NIC"),
             Field("cmdline", string_list, (), help="extra kernel words under emulation"),
+            Field("dtb_edits", _dtb_edits, (), help="edits to the device tree QEMU gets"),
         ],
     )
+    if v["dtb_edits"] and v["dtb"] is None:
+        raise doc.error((*path, "dtb_edits"), "dtb_edits need a 'dtb' to edit")
     return QemuSpec(**v)
+
+
+DTB_EDIT_ARGS = {"delete-node": 1, "delete-property": 2}
+
+
+def _dtb_edits(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ...]:
+    edits = string_list(doc, path, value)
+    for i, edit in enumerate(edits):
+        verb, *args = edit.split()
+        if verb not in DTB_EDIT_ARGS:
+            raise doc.error(
+                (*path, i), f"unknown edit '{verb}' (known: {', '.join(DTB_EDIT_ARGS)})"
+            )
+        if len(args) != DTB_EDIT_ARGS[verb] or not args[0].startswith("/"):
+            form = "PATH" if DTB_EDIT_ARGS[verb] == 1 else "PATH PROPERTY"
+            raise doc.error((*path, i), f"expected '{verb} {form}' with an absolute node path")
+    return edits
 
 
 BOOT_METHODS = ("direct", "rpi-firmware", "u-boot", "extlinux")

@@ -6,17 +6,25 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from tuoba import apt, run, sources, ui
+from tuoba import board as boards
 from tuoba.config import Field, load_yaml, string
 from tuoba.errors import HostToolError
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 QEMU_ARCH = {"arm64": "aarch64", "armhf": "arm"}
+QEMU_BINARY = {"arm64": "qemu-system-aarch64", "armhf": "qemu-system-arm"}
+# Where a newer QEMU comes from when the host release's lacks a board's machine (raspi4b needs
+# QEMU >= 9; Debian 12 has 7.2, its backports 10). The archive URI is the host's own.
+BACKPORTS_LIST = Path("/etc/apt/sources.list.d/tuoba-backports.sources")
+QEMU_PACKAGES = ("qemu-system-arm", "qemu-user-static")  # one QEMU version on the host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,17 +66,97 @@ HOST_TOOLS = (
     "make",
     "ccache",
     "tar",
+    "fdtput",
 )
 # Headers the kernel build's host programs compile against: {header: Debian package}.
 HOST_HEADERS = {"/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
 
 
-def apt_install(packages: list[str]) -> None:
+def apt_install(packages: list[str], release: str | None = None) -> None:
     if not packages:
         return
     env = {"DEBIAN_FRONTEND": "noninteractive"}
+    target = ["-t", release] if release else []
     run.run(["apt-get", "update", "-q"], env=env)
-    run.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], env=env)
+    run.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *target, *packages], env=env
+    )
+
+
+# --- QEMU machines ------------------------------------------------------------------------------
+
+
+@functools.cache
+def qemu_machines(binary: str) -> tuple[str, frozenset[str]]:
+    """(version, machine names) of an installed qemu-system binary."""
+    version = run.run([binary, "--version"], capture=True).stdout.split("\n")[0]
+    found = re.search(r"version (\S+)", version)
+    listing = run.run([binary, "-M", "help"], capture=True).stdout
+    names = {ln.split()[0] for ln in listing.splitlines()[1:] if ln.strip()}
+    return (found.group(1) if found else version), frozenset(names)
+
+
+def require_qemu_machine(arch: str, machine: str) -> None:
+    """machine: qemu -M's argument; its options (after a comma) are not checked."""
+    machine = machine.split(",")[0]
+    binary = run.require(QEMU_BINARY[arch])
+    version, names = qemu_machines(binary)
+    if machine not in names:
+        raise HostToolError(
+            f"QEMU {version} ({binary}) has no machine '{machine}'",
+            hint=f"{host_release()}-backports carries a QEMU that has it: "
+            "run 'tuoba doctor --fix' (installs it from there)",
+        )
+
+
+def host_release() -> str:
+    """The host's Debian codename (VERSION_CODENAME in /etc/os-release)."""
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return "bookworm"
+    found = re.search(r"^VERSION_CODENAME=\"?([a-z]+)", text, re.M)
+    return found.group(1) if found else "bookworm"
+
+
+def install_backports_qemu() -> None:
+    """Enable the host release's backports suite (on the host's own Debian mirror) and install
+    QEMU from it."""
+    release = host_release()
+    suite = f"{release}-backports"
+    if not any(suite in s.suites for s in apt.host_sources()):
+        mirrors = apt.debian_mirrors(release)
+        if not mirrors:
+            raise HostToolError(
+                f"no apt source for Debian {release} to take the {suite} mirror from",
+                hint=f"add {suite} to /etc/apt/sources.list.d by hand, then rerun",
+            )
+        BACKPORTS_LIST.write_text(
+            f"# written by tuoba doctor --fix: a QEMU newer than {release}'s, for raspi4b\n"
+            f"Types: deb\nURIs: {mirrors[0]}\nSuites: {suite}\nComponents: main\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        )
+        ui.info(f"enabled {suite} from {mirrors[0]} in {BACKPORTS_LIST}")
+    apt_install(list(QEMU_PACKAGES), release=suite)
+    qemu_machines.cache_clear()
+
+
+def qemu_machine_check(data_dir: Path) -> Check:
+    """Every machine a board's qemu section names exists in the installed QEMU."""
+    wanted: dict[tuple[str, str], list[str]] = {}
+    for name in boards.board_names(data_dir):
+        b, _ = boards.load_board(data_dir, name)
+        if b.qemu is not None:
+            wanted.setdefault((b.arch, b.qemu.machine.split(",")[0]), []).append(name)
+    missing = []
+    for (arch, machine), names in sorted(wanted.items()):
+        binary = shutil.which(QEMU_BINARY[arch])
+        if binary is None or machine not in qemu_machines(binary)[1]:
+            missing.append(f"{machine} ({', '.join(names)})")
+    machines = sorted({m for _, m in wanted})
+    if not missing:
+        return Check("qemu machines", True, ", ".join(machines))
+    return Check("qemu machines", False, "missing " + ", ".join(missing), install_backports_qemu)
 
 
 def binfmt_check(arch: str) -> Check:
@@ -171,7 +259,12 @@ def mkosi_check(data_dir: Path, cache_dir: Path) -> Check:
 
 
 def all_checks(data_dir: Path, cache_dir: Path) -> list[Check]:
-    return [*tool_checks(), binfmt_check("arm64"), mkosi_check(data_dir, cache_dir)]
+    return [
+        *tool_checks(),
+        binfmt_check("arm64"),
+        mkosi_check(data_dir, cache_dir),
+        qemu_machine_check(data_dir),
+    ]
 
 
 def is_root() -> bool:

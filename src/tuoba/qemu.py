@@ -5,19 +5,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
-from tuoba import run, ui
+from tuoba import host, run, ui
 from tuoba.board import QemuSpec
 from tuoba.errors import GuestCheckError, InputError
-
-QEMU_BINARY = {"arm64": "qemu-system-aarch64", "armhf": "qemu-system-arm"}
+from tuoba.host import QEMU_BINARY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,31 @@ def qemu_command(spec: BootSpec, ssh_port: int | None, serial: str, writable: bo
     return cmd
 
 
+@contextlib.contextmanager
+def emulated(spec: BootSpec) -> Iterator[BootSpec]:
+    """The spec QEMU runs: its machine checked against the installed QEMU, and the device tree
+    the board's dtb_edits describe (an edited copy; the image keeps the board's own)."""
+    for path in (spec.image, spec.kernel, *(p for p in (spec.initrd, spec.dtb) if p)):
+        if not path.is_file():
+            raise InputError(f"cannot boot: {path} does not exist", hint="run 'tuoba build' first")
+    host.require_qemu_machine(spec.arch, spec.qemu.machine)
+    if spec.dtb is None or not spec.qemu.dtb_edits:
+        yield spec
+        return
+    fdtput = run.require("fdtput")
+    with tempfile.TemporaryDirectory(prefix="tuoba-dtb-") as tmp:
+        edited = Path(tmp) / spec.dtb.name
+        shutil.copyfile(spec.dtb, edited)
+        for edit in spec.qemu.dtb_edits:
+            verb, *args = edit.split()
+            run.run([fdtput, "-r" if verb == "delete-node" else "-d", str(edited), *args])
+        ui.info(
+            f"emulation: QEMU '{spec.qemu.machine}' gets {spec.dtb.name} with these edits "
+            "(the image keeps the board's own): " + "; ".join(spec.qemu.dtb_edits)
+        )
+        yield dataclasses.replace(spec, dtb=edited)
+
+
 def ssh_banner(port: int, timeout: float = 3.0) -> bool:
     """True once an ssh server answers with its banner on the port."""
     try:
@@ -96,9 +122,11 @@ def booted(spec: BootSpec, console_log: Path, timeout: float = 180.0) -> Iterato
     """Boot the image, wait until it is up (ssh answers; without a network: the serial console
     shows a login prompt), yield the guest; QEMU is always stopped afterwards, also on failure,
     Ctrl-C or SIGTERM."""
-    for path in (spec.image, spec.kernel, *(p for p in (spec.initrd, spec.dtb) if p)):
-        if not path.is_file():
-            raise InputError(f"cannot boot: {path} does not exist", hint="run 'tuoba build' first")
+    with emulated(spec) as run_spec:
+        yield from _run_until_up(run_spec, console_log, timeout)
+
+
+def _run_until_up(spec: BootSpec, console_log: Path, timeout: float) -> Iterator[Guest]:
     port = free_port()
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.write_text("")
@@ -154,10 +182,13 @@ def _console_tail(log: Path, lines: int = 20) -> str:
 
 def interactive(spec: BootSpec, writable: bool) -> int:
     """Boot with the serial console on this terminal (Ctrl-A X quits QEMU)."""
-    port = free_port()
-    ui.info(f"ssh: forwarded on 127.0.0.1:{port}; quit QEMU with Ctrl-A X")
-    proc = run.spawn(qemu_command(spec, port, "stdio", writable), stdin=None)
-    try:
-        return proc.wait()
-    finally:
-        run.stop(proc)
+    with emulated(spec) as run_spec:
+        port = free_port()
+        if spec.qemu.network:
+            ui.info(f"ssh: forwarded on 127.0.0.1:{port}")
+        ui.info("quit QEMU with Ctrl-A X")
+        proc = run.spawn(qemu_command(run_spec, port, "stdio", writable), stdin=None)
+        try:
+            return proc.wait()
+        finally:
+            run.stop(proc)

@@ -51,6 +51,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "losetup": "mount",
     "lsblk": "util-linux",
     "blockdev": "util-linux",
+    "fdtput": "device-tree-compiler",
 }
 
 

@@ -1,6 +1,6 @@
-"""Raspberry Pi images, checked structurally (no emulator runs them in this suite yet):
-partition table, boot files on the FAT partition matching the build, the board's device tree,
-root by PARTUUID, fstab, and the shared TuobaOS kernel."""
+"""Raspberry Pi images: checked structurally (partition table, boot files on the FAT partition
+matching the build, the board's device tree, root by PARTUUID, fstab, the shared TuobaOS kernel)
+and booted in QEMU's raspi3b / raspi4b machines with the serial-console checks."""
 
 from __future__ import annotations
 
@@ -149,20 +149,24 @@ def test_one_kernel_serves_all_arm64_boards(built: tuple[str, Path]) -> None:
     assert hashlib.sha256(kernel.read_bytes()).hexdigest() == manifest["kernel"]["kernel_sha256"]
 
 
-def test_rpi3_boots_in_qemu_raspi3b(project: Path) -> None:
-    """QEMU's raspi3b boots the rpi3 image's kernel and device tree from this build with the SD
-    image attached; raspi3b has no network, so the serial-console checks run. (rpi4 would need
-    QEMU's raspi4b, which Debian 12's QEMU 7.2 does not have.)"""
-    board, img = build(project, "rpi3")
-    junit = img.parent / "rpi3-report.xml"
+@pytest.mark.parametrize(("board", "machine"), [("rpi3", "raspi3b"), ("rpi4", "raspi4b")])
+def test_boots_in_qemu_raspi(project: Path, board: str, machine: str) -> None:
+    """QEMU's raspi3b/raspi4b boots the image's kernel and device tree from this build with the
+    SD image attached; the raspi machines have no network, so the serial-console checks run.
+    raspi4b gets the board's dtb_edits (said on the way), raspi3b the DTB unchanged."""
+    _, img = build(project, board)
+    junit = img.parent / f"{board}-report.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "tuoba", "--data-dir", str(img.parents[1]), "--out",
-         str(img.parent), "test", "--board", board, "--junit", str(junit), "--timeout", "300"],
+         str(img.parent), "test", "--board", board, "--junit", str(junit), "--timeout", "400"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "instead of the ssh checks" in proc.stderr  # the limit is said, not hidden
+    assert ("with these edits" in proc.stderr) == (board == "rpi4")
     report = junit.read_text()
     assert 'failures="0"' in report and 'errors="0"' in report
     assert "test_unit_started[ssh.service]" in report
-    assert "rpi3 login:" in (img.parent / "rpi3-report.console.log").read_text(errors="replace")
+    log = (img.parent / f"{board}-report.console.log").read_text(errors="replace")
+    assert f"{board} login:" in log
+    assert "Machine model: Raspberry Pi " + ("4 Model B" if board == "rpi4" else "3 Model B") in log

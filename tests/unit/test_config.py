@@ -170,3 +170,28 @@ def test_rpi_firmware_without_package_is_an_error(project: Path) -> None:
     board.write_text(text[:start] + text[end:])
     with pytest.raises(InputError, match=r"boards/rpi4/board\.yaml:\d+ -> boot: method 'rpi-firm"):
         resolve(request(project, board="rpi4"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("remove-node /soc/x", "unknown edit 'remove-node' (known: delete-node, delete-property)"),
+        ("delete-property /soc/x", "expected 'delete-property PATH PROPERTY'"),
+        ("delete-node soc/x", "expected 'delete-node PATH' with an absolute node path"),
+    ],
+)
+def test_bad_dtb_edit_names_its_place(project: Path, edit: str, message: str) -> None:
+    board = project / "boards/rpi4/board.yaml"
+    text = board.read_text()
+    board.write_text(text.replace("    - delete-node /soc/mmc@7e300000/wifi@1", f"    - {edit}"))
+    with pytest.raises(InputError) as e:
+        load_board(project, "rpi4")
+    assert e.value.message.startswith("boards/rpi4/board.yaml:")
+    assert "-> qemu -> dtb_edits[0]: " + message in e.value.message
+
+
+def test_dtb_edits_are_read_in_order(project: Path) -> None:
+    board, _ = load_board(project, "rpi4")
+    assert board.qemu is not None and board.qemu.machine == "raspi4b"
+    assert board.qemu.dtb_edits[0] == "delete-node /soc/mmc@7e300000/wifi@1"
+    assert len(board.qemu.dtb_edits) == 3
