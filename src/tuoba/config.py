@@ -169,15 +169,22 @@ _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
+def parse_size(text: str) -> int | None:
+    """Bytes in a size like 512M or 2G (binary units), None if it is not one."""
+    m = _SIZE.match(text.strip())
+    if m is None:
+        return None
+    return int(m.group(1)) * _UNITS[(m.group(2) or "").upper()[:1]]
+
+
 def size(doc: Doc, path: tuple[PathPart, ...], value: Any) -> int:
     """A byte size like 512M or 2G (binary units)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    m = _SIZE.match(str(value).strip()) if isinstance(value, str) else None
-    if m is None:
+    n = parse_size(value) if isinstance(value, str) else None
+    if n is None:
         raise doc.error(path, f"expected a size like 512M or 2G, got {value!r}")
-    unit = (m.group(2) or "").upper()[:1]
-    return int(m.group(1)) * _UNITS[unit]
+    return n
 
 
 def name(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:

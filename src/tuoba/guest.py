@@ -34,14 +34,17 @@ def load_manifest(image: Path) -> dict[str, Any]:
     return data
 
 
-def boot_spec(image: Path, manifest: dict[str, Any]) -> qemu.BootSpec:
+def boot_spec(image: Path, manifest: dict[str, Any], card_size: int | None = None) -> qemu.BootSpec:
     boot = manifest["boot"]
     if boot.get("qemu") is None:
         raise InputError(
             f"board '{manifest['board']}' has no QEMU machine to boot in",
             hint="boards with a qemu section in board.yaml can be booted",
         )
-    spec = QemuSpec(**{**boot["qemu"], "cmdline": tuple(boot["qemu"].get("cmdline", ()))})
+    q = boot["qemu"]
+    spec = QemuSpec(
+        **{**q, "cmdline": tuple(q.get("cmdline", ())), "dtb_edits": tuple(q.get("dtb_edits", ()))}
+    )
     cmdline = boot["cmdline"]
     if spec.console or spec.cmdline:  # the emulated machine differs from the board
         words = [w for w in cmdline.split() if not spec.console or not w.startswith("console=")]
@@ -56,6 +59,7 @@ def boot_spec(image: Path, manifest: dict[str, Any]) -> qemu.BootSpec:
         dtb=image.parent / f"{manifest['name']}.{spec.dtb}" if spec.dtb else None,
         cmdline=cmdline,
         qemu=spec,
+        card_size=card_size,
     )
 
 
@@ -78,18 +82,20 @@ def check_image(
     console_log: Path,
     timeout: float,
     extra_pytest_args: tuple[str, ...] = (),
+    card_size: int | None = None,
 ) -> CheckResult:
     manifest = load_manifest(image)
-    spec = boot_spec(image, manifest)
+    spec = boot_spec(image, manifest, card_size)
     if not ssh_key.is_file():
         raise InputError(f"no ssh private key at {ssh_key}", hint="pass --ssh-key PRIVATE_KEY")
     tests = manifest["tests"]
     if not spec.qemu.network:
         ui.warn(
             f"QEMU '{spec.qemu.machine}' gives this board no network: running the serial-console "
-            f"checks (tests/image/test_serial.py) instead of the ssh checks ({', '.join(tests)})"
+            f"checks (tests/image/test_serial.py, test_s{manifest['stage']}serial.py) instead of "
+            f"the ssh checks ({', '.join(tests)})"
         )
-        tests = ["serial"]
+        tests = ["serial", f"s{manifest['stage']}serial"]
     test_files = [data_dir / "tests" / "image" / f"test_{t}.py" for t in tests]
     missing = [str(t) for t in test_files if not t.is_file()]
     if missing:
@@ -123,6 +129,7 @@ def check_image(
                 "TUOBA_GUEST_PORT": str(guest.ssh_port),
                 "TUOBA_SSH_KEY": str(ssh_key),
                 "TUOBA_CONSOLE_LOG": str(console_log),
+                "TUOBA_CARD_SIZE": str(card_size or ""),
             }
             proc = run.run(cmd, env=env, check=False, cwd=data_dir)
             boot_seconds = guest.boot_seconds

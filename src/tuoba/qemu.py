@@ -32,6 +32,7 @@ class BootSpec:
     dtb: Path | None
     cmdline: str
     qemu: QemuSpec
+    card_size: int | None = None  # attach the image as a larger disk (a copy-on-write overlay)
 
 
 def free_port() -> int:
@@ -43,13 +44,14 @@ def free_port() -> int:
 def qemu_command(spec: BootSpec, ssh_port: int | None, serial: str, writable: bool) -> list[str]:
     q = spec.qemu
     snapshot = "off" if writable else "on"
+    fmt = "qcow2" if spec.image.suffix == ".qcow2" else "raw"
     cmd = [
         QEMU_BINARY[spec.arch],
         "-M", q.machine,
         "-m", str(q.memory),
         "-kernel", str(spec.kernel),
         "-append", spec.cmdline,
-        "-drive", f"file={spec.image},if={q.drive},format=raw,snapshot={snapshot}",
+        "-drive", f"file={spec.image},if={q.drive},format={fmt},snapshot={snapshot}",
         "-no-reboot",
     ]  # fmt: skip
     if q.cpu:
@@ -76,27 +78,60 @@ def qemu_command(spec: BootSpec, ssh_port: int | None, serial: str, writable: bo
 
 @contextlib.contextmanager
 def emulated(spec: BootSpec) -> Iterator[BootSpec]:
-    """The spec QEMU runs: its machine checked against the installed QEMU, and the device tree
-    the board's dtb_edits describe (an edited copy; the image keeps the board's own)."""
+    """The spec QEMU runs: its machine checked against the installed QEMU, the image as a larger
+    card if asked, and the device tree the board's dtb_edits describe (an edited copy; the image
+    keeps the board's own)."""
     for path in (spec.image, spec.kernel, *(p for p in (spec.initrd, spec.dtb) if p)):
         if not path.is_file():
             raise InputError(f"cannot boot: {path} does not exist", hint="run 'tuoba build' first")
     host.require_qemu_machine(spec.arch, spec.qemu.machine)
-    if spec.dtb is None or not spec.qemu.dtb_edits:
+    with tempfile.TemporaryDirectory(prefix="tuoba-qemu-") as tmp:
+        if spec.card_size is not None:
+            spec = dataclasses.replace(spec, image=_larger_card(spec, Path(tmp)))
+        if spec.dtb is not None and spec.qemu.dtb_edits:
+            spec = dataclasses.replace(spec, dtb=_edited_dtb(spec, Path(tmp)))
         yield spec
-        return
-    fdtput = run.require("fdtput")
-    with tempfile.TemporaryDirectory(prefix="tuoba-dtb-") as tmp:
-        edited = Path(tmp) / spec.dtb.name
-        shutil.copyfile(spec.dtb, edited)
-        for edit in spec.qemu.dtb_edits:
-            verb, *args = edit.split()
-            run.run([fdtput, "-r" if verb == "delete-node" else "-d", str(edited), *args])
-        ui.info(
-            f"emulation: QEMU '{spec.qemu.machine}' gets {spec.dtb.name} with these edits "
-            "(the image keeps the board's own): " + "; ".join(spec.qemu.dtb_edits)
+
+
+def _larger_card(spec: BootSpec, tmp: Path) -> Path:
+    """A qcow2 overlay of the raw image with a larger virtual size: the guest sees a card with
+    free space after the image (as when a small image is written to a large card); the image
+    itself is only read."""
+    assert spec.card_size is not None
+    image_size = spec.image.stat().st_size
+    mib = spec.card_size >> 20
+    if spec.card_size < image_size:
+        raise InputError(
+            f"a {mib} MiB card cannot hold {spec.image.name} ({image_size >> 20} MiB)",
+            hint="give --card-size at least the image's size",
         )
-        yield dataclasses.replace(spec, dtb=edited)
+    if spec.qemu.drive == "sd" and spec.card_size & (spec.card_size - 1):
+        raise InputError(
+            f"QEMU's SD cards are a power of two in size; {mib} MiB is not",
+            hint=f"try --card-size {(1 << spec.card_size.bit_length()) >> 20}M",
+        )
+    overlay = tmp / f"{spec.image.stem}.qcow2"
+    qemu_img = run.require("qemu-img")
+    run.run([qemu_img, "create", "-q", "-f", "qcow2", "-b", str(spec.image), "-F", "raw",
+             str(overlay), str(spec.card_size)])  # fmt: skip
+    ui.info(f"emulation: the image is attached as a {mib} MiB card (copy-on-write overlay)")
+    return overlay
+
+
+def _edited_dtb(spec: BootSpec, tmp: Path) -> Path:
+    """The board's device tree with its dtb_edits, for QEMU only."""
+    assert spec.dtb is not None
+    fdtput = run.require("fdtput")
+    edited = tmp / spec.dtb.name
+    shutil.copyfile(spec.dtb, edited)
+    for edit in spec.qemu.dtb_edits:
+        verb, *args = edit.split()
+        run.run([fdtput, "-r" if verb == "delete-node" else "-d", str(edited), *args])
+    ui.info(
+        f"emulation: QEMU '{spec.qemu.machine}' gets {spec.dtb.name} with these edits "
+        "(the image keeps the board's own): " + "; ".join(spec.qemu.dtb_edits)
+    )
+    return edited
 
 
 def ssh_banner(port: int, timeout: float = 3.0) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import pytest
@@ -24,3 +25,10 @@ def manifest() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def guest_port() -> int:
     return int(os.environ["TUOBA_GUEST_PORT"])
+
+
+@pytest.fixture(scope="session")
+def console() -> str:
+    """The serial console log of the boot (checks for boards without a network read it)."""
+    with open(os.environ["TUOBA_CONSOLE_LOG"], errors="replace") as f:
+        return re.sub(r"\x1b\[[0-9;]*m", "", f.read())  # drop colour codes

@@ -39,15 +39,15 @@ def built(request: pytest.FixtureRequest, project: Path) -> tuple[str, Path]:
     return build(project, request.param)
 
 
-def build(project: Path, board: str) -> tuple[str, Path]:
+def build(project: Path, board: str, stage: int = 1) -> tuple[str, Path]:
     out = project / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out", str(out),
-         "build", "--board", board],
+         "build", "--board", board, "--stage", str(stage)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    return board, out / f"{image_name(board, 1)}.img"
+    return board, out / f"{image_name(board, stage)}.img"
 
 
 def sfdisk(img: Path) -> dict[str, object]:
@@ -149,16 +149,21 @@ def test_one_kernel_serves_all_arm64_boards(built: tuple[str, Path]) -> None:
     assert hashlib.sha256(kernel.read_bytes()).hexdigest() == manifest["kernel"]["kernel_sha256"]
 
 
-@pytest.mark.parametrize(("board", "machine"), [("rpi3", "raspi3b"), ("rpi4", "raspi4b")])
-def test_boots_in_qemu_raspi(project: Path, board: str, machine: str) -> None:
+@pytest.mark.parametrize(
+    ("board", "stage", "machine"), [("rpi3", 1, "raspi3b"), ("rpi4", 1, "raspi4b"),
+                                    ("rpi4", 2, "raspi4b")],
+)  # fmt: skip
+def test_boots_in_qemu_raspi(project: Path, board: str, stage: int, machine: str) -> None:
     """QEMU's raspi3b/raspi4b boots the image's kernel and device tree from this build with the
-    SD image attached; the raspi machines have no network, so the serial-console checks run.
+    SD image attached as a 4 GiB card; the raspi machines have no network, so the serial-console
+    checks run, among them the root partition grown into the whole card on first boot.
     raspi4b gets the board's dtb_edits (said on the way), raspi3b the DTB unchanged."""
-    _, img = build(project, board)
-    junit = img.parent / f"{board}-report.xml"
+    _, img = build(project, board, stage)
+    junit = img.parent / f"{board}-s{stage}-report.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "tuoba", "--data-dir", str(img.parents[1]), "--out",
-         str(img.parent), "test", "--board", board, "--junit", str(junit), "--timeout", "400"],
+         str(img.parent), "test", "--board", board, "--stage", str(stage), "--junit", str(junit),
+         "--timeout", "400", "--card-size", "4G"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -166,7 +171,32 @@ def test_boots_in_qemu_raspi(project: Path, board: str, machine: str) -> None:
     assert ("with these edits" in proc.stderr) == (board == "rpi4")
     report = junit.read_text()
     assert 'failures="0"' in report and 'errors="0"' in report
-    assert "test_unit_started[ssh.service]" in report
-    log = (img.parent / f"{board}-report.console.log").read_text(errors="replace")
+    assert "test_root_grew_to_fill_the_card" in report
+    if stage == 1:
+        assert "test_unit_started[ssh.service]" in report
+    else:
+        assert "test_dropbear_started_and_stays_up" in report
+    log = junit.with_name(junit.stem + ".console.log").read_text(errors="replace")
     assert f"{board} login:" in log
     assert "Machine model: Raspberry Pi " + ("4 Model B" if board == "rpi4" else "3 Model B") in log
+    assert "tuoba-grow-root: grew /dev/mmcblk0p2 from 1790 to 383" in log
+    if stage == 2:
+        manifest = json.loads(
+            img.with_name(img.name.removesuffix(".img") + ".manifest.json").read_text()
+        )
+        assert "usr/sbin/tuoba-grow-root" in {f["file"] for f in manifest["audit"]}
+
+
+def test_card_size_must_hold_the_image_and_suit_qemus_sd(project: Path) -> None:
+    _, img = build(project, "rpi4", 2)
+    for size, message in [
+        ("1G", "a 1024 MiB card cannot hold"),
+        ("3G", "QEMU's SD cards are a power of two in size; 3072 MiB is not"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tuoba", "--data-dir", str(img.parents[1]), "--out",
+             str(img.parent), "test", "--board", "rpi4", "--stage", "2", "--card-size", size],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr

@@ -7,6 +7,7 @@ import click
 from tuoba import ui
 from tuoba.cli import App
 from tuoba.cli.options import board_option, default_image, image_option, stage_option
+from tuoba.config import parse_size
 from tuoba.guest import check_image
 from tuoba.plan import default_ssh_key
 
@@ -32,6 +33,12 @@ from tuoba.plan import default_ssh_key
     show_default=True,
     help="Seconds to wait for the guest's ssh server.",
 )
+@click.option(
+    "--card-size",
+    metavar="SIZE",
+    help="Attach the image as a disk of SIZE (e.g. 4G; copy-on-write, the image is only read), "
+    "as when it is written to a larger SD card: first-boot growth then has room.",
+)
 @click.option("-k", "keyword", help="Only run guest checks matching this pytest expression.")
 @click.pass_obj
 def command(
@@ -43,6 +50,7 @@ def command(
     ssh_key: Path | None,
     timeout: float,
     keyword: str | None,
+    card_size: str | None,
 ) -> None:
     """Boot an image in QEMU and run the guest checks its recipes select.
 
@@ -52,7 +60,15 @@ def command(
     \b
     Example:
       tuoba test --board qemu-aarch64 --junit report.xml
+      tuoba test --board rpi4 --card-size 4G
     """
+    card_bytes = None
+    if card_size is not None:
+        card_bytes = parse_size(card_size)
+        if card_bytes is None:
+            raise click.BadParameter(
+                f"expected a size like 4G, got {card_size!r}", param_hint="--card-size"
+            )
     image = (image or default_image(app.out_dir, board, stage)).resolve()
     if junit is not None:
         junit = junit.resolve()
@@ -67,5 +83,6 @@ def command(
         console_log=console,
         timeout=timeout,
         extra_pytest_args=("-k", keyword) if keyword else (),
+        card_size=card_bytes,
     )
     ui.info(f"[green]all guest checks passed[/green] (guest up after {result.boot_seconds:.1f} s)")

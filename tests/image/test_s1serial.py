@@ -1,0 +1,23 @@
+"""Stage-1 serial-console checks: systemd's messages reach the console because the emulation
+cmdline sets systemd.log_target=kmsg."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.guest
+
+
+@pytest.mark.parametrize(
+    "unit", ["systemd-networkd.service", "tuoba-ssh-hostkeys.service", "ssh.service",
+             "tuoba-grow-root.service"],
+)  # fmt: skip
+def test_unit_started(console: str, unit: str) -> None:
+    assert re.search(rf"systemd\[1\]: (Started|Finished) {re.escape(unit)}", console)
+
+
+def test_no_failed_units(console: str) -> None:
+    failed = [ln for ln in console.splitlines() if "Failed to start" in ln or "FAILED" in ln]
+    assert failed == []
