@@ -4,10 +4,16 @@
     .venv/bin/python bench/bench.py                 # cold build with an empty cache
     .venv/bin/python bench/bench.py --warm-cache    # reuse ~/.cache/tuoba (rootfs cached)
     .venv/bin/python bench/bench.py --stage 2       # stage 2: userland from an empty cache
+    .venv/bin/python bench/bench.py --boards        # every buildable board, both stages
 
 Stage 2 measures the LLVM + musl userland cold (sources, toolchain, packages: an empty cache,
 except the kernel build, which is shared with stage 1 and measured by the stage-1 run),
 no-change rebuild, boot-to-ssh and the sizes (image xz, kernel xz: what a download carries).
+
+--boards builds each board that can be built here, in both stages, from a cache holding only the
+shared kernel build (so: root filesystem or stage-2 toolchain and packages, firmware, image),
+in order, so later boards reuse what earlier ones made (said per row); boots each in its QEMU
+machine (raspi: to the login prompt on the serial console, 4 GiB card) and notes the sizes.
 
 Measures: cold build (and the kernel compile inside it), no-change rebuild, one-overlay-change
 rebuild, one-kernel-fragment rebuild (incremental, same out-of-tree dir), boot-to-ssh (QEMU TCG),
@@ -39,11 +45,13 @@ from tuoba.qemu import booted  # noqa: E402
 BOARD = "qemu-aarch64"
 
 
-def timed_build(project: Path, out: Path, cache: Path, stage: int = 1) -> tuple[float, str]:
+def timed_build(
+    project: Path, out: Path, cache: Path, stage: int = 1, board: str = BOARD
+) -> tuple[float, str]:
     cmd = [
         sys.executable, "-m", "tuoba",
         "--data-dir", str(project), "--out", str(out), "--cache-dir", str(cache),
-        "build", "--board", BOARD, "--stage", str(stage),
+        "build", "--board", board, "--stage", str(stage),
     ]  # fmt: skip
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -59,10 +67,13 @@ def main() -> None:
     parser.add_argument("--warm-cache", action="store_true", help="use ~/.cache/tuoba")
     parser.add_argument("--boots", type=int, default=3, help="boot-to-ssh samples")
     parser.add_argument("--stage", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--boards", action="store_true", help="every buildable board")
     parser.add_argument("--json", type=Path, help="[default: bench/results/latest[-s2].json]")
     args = parser.parse_args()
-    suffix = "" if args.stage == 1 else "-s2"
+    suffix = "-boards" if args.boards else "" if args.stage == 1 else "-s2"
     args.json = args.json or ROOT / "bench" / "results" / f"latest{suffix}.json"
+    if args.boards:
+        return boards(args)
     if args.stage == 2:
         return stage2(args)
 
@@ -140,6 +151,60 @@ def measure_boots(img: Path, tmpdir: Path, n: int, results: dict[str, object], w
         f"{label:<{width}} {statistics.median(samples):8.1f} s   "
         f"(samples: {', '.join(f'{s:.1f}' for s in samples)})"
     )
+
+
+def kernel_only_cache(cache: Path) -> None:
+    """A cache holding only the shared kernel build (and its ccache) of ~/.cache/tuoba."""
+    home = Path.home() / ".cache" / "tuoba"
+    if not (home / "kernel").is_dir():
+        sys.exit("run a stage-1 build first: the boards share its kernel build")
+    cache.mkdir()
+    (cache / "kernel").symlink_to(home / "kernel")
+    (cache / "ccache").symlink_to(home / "ccache")
+
+
+BOARDS = [("qemu-aarch64", 1), ("qemu-aarch64", 2), ("rpi4", 1), ("rpi4", 2), ("rpi3", 1),
+          ("rpi3", 2)]  # fmt: skip
+
+
+def boards(args: argparse.Namespace) -> None:
+    results: dict[str, object] = {
+        "host": {"cpus": __import__("os").cpu_count(), "machine": platform.machine()},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "boards": [],
+    }
+    rows: list[dict[str, object]] = []
+    mib = 1 << 20
+    print(f"{'board':<14}{'stage':>6}{'build s':>9}{'boot s':>8}{'raw MiB':>9}{'alloc MiB':>10}"
+          f"{'xz MiB':>8}  steps run (kernel: shared, cached)")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="tuoba-bench-boards-") as tmp:
+        tmpdir = Path(tmp)
+        project = copy_project(tmpdir / "project")
+        out = tmpdir / "out"
+        cache = tmpdir / "cache"
+        kernel_only_cache(cache)
+        for board, stage in BOARDS:
+            secs, ran = timed_build(project, out, cache, stage=stage, board=board)
+            img = out / f"{image_name(board, stage)}.img"
+            spec = boot_spec(img, load_manifest(img), card_size=4 << 30 if "rpi" in board else None)
+            with booted(spec, tmpdir / f"console-{board}-{stage}.log", timeout=600) as guest:
+                boot = guest.boot_seconds
+            st = img.stat()
+            xz = img.with_name(img.name + ".xz").stat().st_size
+            row = {
+                "board": board, "stage": stage, "build_s": round(secs, 1),
+                "boot_s": round(boot, 1), "machine": spec.qemu.machine.split(",")[0],
+                "image_raw_bytes": st.st_size, "image_raw_allocated_bytes": st.st_blocks * 512,
+                "image_xz_bytes": xz, "steps_run": ran,
+            }  # fmt: skip
+            rows.append(row)
+            print(f"{board:<14}{stage:>6}{secs:>9.1f}{boot:>8.1f}{st.st_size / mib:>9.0f}"
+                  f"{st.st_blocks * 512 / mib:>10.1f}{xz / mib:>8.1f}  {ran}")  # fmt: skip
+    print("boot s: to ssh (virt) or to the login prompt on the serial console (raspi, no network)")
+    results["boards"] = rows
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
 
 
 def stage2(args: argparse.Namespace) -> None:

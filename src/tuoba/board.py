@@ -60,6 +60,7 @@ class ImageSpec:
     table: str
     size: int
     partitions: tuple[Partition, ...]
+    first_partition: int = 1 << 20  # where the first partition starts (room for a loader)
 
     @property
     def root(self) -> Partition:
@@ -92,6 +93,22 @@ class BootSpec:
     firmware_files: tuple[str, ...]
     config: tuple[str, ...]  # lines of the firmware's config file (config.txt)
     needs: tuple[Need, ...] = ()  # what the board needs that cannot be had here
+    u_boot: UBootSpec | None = None  # a U-Boot built here, for method u-boot
+
+
+@dataclasses.dataclass(frozen=True)
+class UBootSpec:
+    """U-Boot built from its release source for a board no distribution packages a loader for,
+    with the SoC's ARM Trusted Firmware BL31 from a package; written at the boot ROM's offset."""
+
+    source: Source  # the U-Boot release tarball
+    strip_prefix: str  # its top directory
+    defconfig: str
+    bl31: Source  # a package holding BL31
+    bl31_path: str  # BL31's path inside that package
+    output: str  # the file U-Boot's build (binman) makes for the card
+    offset: int  # byte offset on the card where the boot ROM looks
+    cross_compile: str  # toolchain prefix (U-Boot 2023.01 does not build with clang for arm64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +182,11 @@ def _image(doc: Doc, path: tuple[PathPart, ...], value: Any) -> ImageSpec:
             Field("table", one_of("gpt", "mbr"), help="partition table"),
             Field("size", size, help="whole image size"),
             Field("partitions", lambda d, p, x: x, help="partition list"),
+            Field("first_partition", size, 1 << 20, help="start of the first partition"),
         ],
     )
+    if v["first_partition"] % (1 << 20) or v["first_partition"] <= 0:
+        raise doc.error((*path, "first_partition"), "expected a whole number of MiB, e.g. 16M")
     raw = v["partitions"]
     ppath = (*path, "partitions")
     if not isinstance(raw, list) or not raw:
@@ -177,7 +197,7 @@ def _image(doc: Doc, path: tuple[PathPart, ...], value: Any) -> ImageSpec:
             raise doc.error((*ppath, i), "only the last partition may omit its size")
     if sum(1 for p in parts if p.mountpoint == "/") != 1:
         raise doc.error(ppath, "exactly one partition must have mountpoint '/'")
-    return ImageSpec(v["table"], v["size"], parts)
+    return ImageSpec(v["table"], v["size"], parts, v["first_partition"])
 
 
 def _qemu(doc: Doc, path: tuple[PathPart, ...], value: Any) -> QemuSpec:
@@ -248,8 +268,14 @@ def _boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> BootSpec:
             Field("firmware", lambda d, p, x: x, None, help="firmware package source"),
             Field("config", string_list, (), help="firmware config file lines"),
             Field("needs", _needs, (), help="boot components that cannot be had here"),
+            Field("u_boot", lambda d, p, x: x, None, help="U-Boot built from source"),
         ],
     )
+    u_boot = None if v["u_boot"] is None else _u_boot(doc, (*path, "u_boot"), v["u_boot"])
+    if v["method"] == "u-boot" and u_boot is None and not v["needs"]:
+        raise doc.error(
+            path, "method 'u-boot' needs a 'u_boot' section (or 'needs' saying what is missing)"
+        )
     firmware, fw_dir, fw_files = None, "", ()
     if v["firmware"] is not None:
         fpath = (*path, "firmware")
@@ -265,7 +291,40 @@ def _boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> BootSpec:
         fw_dir, fw_files = extra["dir"], extra["files"]
     if v["method"] == "rpi-firmware" and firmware is None:
         raise doc.error(path, "method 'rpi-firmware' needs a 'firmware' package")
-    return BootSpec(v["method"], firmware, fw_dir, fw_files, v["config"], v["needs"])
+    return BootSpec(v["method"], firmware, fw_dir, fw_files, v["config"], v["needs"], u_boot)
+
+
+def _u_boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> UBootSpec:
+    v = parse_mapping(
+        doc,
+        path,
+        value,
+        [
+            Field("source", lambda d, p, x: x, help="U-Boot release tarball (url, sha256, …)"),
+            Field("defconfig", string, help="U-Boot's configs/<name>"),
+            Field("bl31", lambda d, p, x: x, help="package with ARM Trusted Firmware's BL31"),
+            Field("output", string, help="the file the build makes for the card"),
+            Field("offset", size, help="byte offset on the card (the boot ROM's)"),
+            Field("cross_compile", string, "aarch64-linux-gnu-", help="toolchain prefix"),
+        ],
+    )
+    source, extra = parse_source(
+        doc, (*path, "source"), v["source"],
+        [Field("strip_prefix", string, help="top directory inside the tarball")],
+    )  # fmt: skip
+    bl31, bl31_extra = parse_source(
+        doc, (*path, "bl31"), v["bl31"], [Field("path", string, help="BL31's path in the package")]
+    )
+    return UBootSpec(
+        source=source,
+        strip_prefix=extra["strip_prefix"],
+        defconfig=v["defconfig"],
+        bl31=bl31,
+        bl31_path=bl31_extra["path"].lstrip("/"),
+        output=v["output"],
+        offset=v["offset"],
+        cross_compile=v["cross_compile"],
+    )
 
 
 BOARD_FIELDS = [

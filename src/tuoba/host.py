@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import os
 import re
 import shutil
@@ -67,9 +68,22 @@ HOST_TOOLS = (
     "ccache",
     "tar",
     "fdtput",
+    "qemu-img",
+    # U-Boot for boards that need one built (GCC: U-Boot 2023.01's arm64 build needs it)
+    "aarch64-linux-gnu-gcc",
+    "swig",
 )
 # Headers the kernel build's host programs compile against: {header: Debian package}.
-HOST_HEADERS = {"/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
+# U-Boot's host tools and binman (run by the system python3) need the rest.
+HOST_HEADERS = {
+    "/usr/include/libelf.h": "libelf-dev",
+    "/usr/include/openssl/ssl.h": "libssl-dev",
+    "/usr/include/gnutls/gnutls.h": "libgnutls28-dev",
+    "/usr/include/uuid/uuid.h": "uuid-dev",
+    "/usr/include/python3.*/Python.h": "python3-dev",
+    "/usr/lib/python3/dist-packages/elftools/__init__.py": "python3-pyelftools",
+    "/usr/lib/python3/dist-packages/setuptools/__init__.py": "python3-setuptools",
+}
 
 
 def apt_install(packages: list[str], release: str | None = None) -> None:
@@ -200,7 +214,7 @@ def tool_checks() -> list[Check]:
             missing_pkgs.append(pkg)
         checks.append(Check(tool, path is not None, path or f"missing (package {pkg})"))
     for header, pkg in HOST_HEADERS.items():
-        ok = Path(header).is_file()
+        ok = any(Path(p).is_file() for p in glob.glob(header))
         if not ok:
             missing_pkgs.append(pkg)
         checks.append(Check(pkg, ok, header if ok else f"missing {header} (package {pkg})"))

@@ -48,7 +48,7 @@ def mbr_disk_id(seed: str) -> str:
 def layout(spec: ImageSpec, seed: str) -> list[PlacedPartition]:
     """Place partitions on 1 MiB boundaries; the last one without a size takes the rest."""
     placed = []
-    offset = ALIGN
+    offset = spec.first_partition
     end = spec.size - ALIGN  # room for the backup GPT
     gpt = spec.table == "gpt"
     for number, p in enumerate(spec.partitions, start=1):

@@ -52,6 +52,9 @@ TOOL_PACKAGES: dict[str, str] = {
     "lsblk": "util-linux",
     "blockdev": "util-linux",
     "fdtput": "device-tree-compiler",
+    "qemu-img": "qemu-utils",
+    "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
+    "swig": "swig",
 }
 
 

@@ -288,6 +288,8 @@ def build_image(plan: Plan) -> None:
             )
         overlay.apply_overlay(plan.build_dir / "overlay", staging)
         write_fstab(staging, parts)
+        loader = bootloader.for_board(plan.board, plan.cache_dir)
+        loader.root_tree(staging, kernel_rec, cmdline)
         if plan.services:
             run.run(["systemctl", f"--root={staging}", "enable", *plan.services], log=log)
         if (staging / "etc/shadow").is_file():
@@ -312,7 +314,6 @@ def build_image(plan: Plan) -> None:
                 shutil.rmtree(tree, ignore_errors=True)
                 tree.mkdir()
                 if not boot_done:  # the first FAT partition is where firmware looks
-                    loader = bootloader.for_board(plan.board, plan.cache_dir)
                     loader.boot_partition(tree, kernel_rec, cmdline)
                     boot_done = True
                 image.make_vfat(tree, fs_file, part.size, part.name, part.fs_uuid, log)
@@ -321,6 +322,8 @@ def build_image(plan: Plan) -> None:
                 raise BuildError(f"partition '{part.name}': no way to fill a {part.fs} filesystem")
             filesystems.append((part, fs_file))
         shutil.rmtree(staging)
+        raw = loader.raw_writes(log)
+        check_raw_writes(raw, parts, plan.board.image.table, plan.board.name)
         with image.atomic(img) as tmp:
             with tmp.open("wb") as f:
                 f.truncate(plan.board.image.size)
@@ -332,6 +335,8 @@ def build_image(plan: Plan) -> None:
             for part, fs_file in filesystems:
                 image.copy_sparse(fs_file, tmp, part.start)
                 fs_file.unlink()
+            for offset, blob in raw:
+                image.copy_sparse(blob, tmp, offset)
             with image.atomic(bmap) as tmp_bmap:
                 image.write_bmap(tmp, tmp_bmap)
             with image.atomic(xz) as tmp_xz:
@@ -339,6 +344,13 @@ def build_image(plan: Plan) -> None:
 
     boot_files = [out / kernel_rec[k] for k in ("kernel", "initrd") if kernel_rec.get(k)]
     boot_files += [out / d for d in kernel_rec.get("board_dtbs", [])]
+    loaders = []
+    for offset, blob in raw:  # beside the image too: what was written where
+        exported = out / f"{name}.{blob.name}"
+        with image.atomic(exported) as tmp:
+            shutil.copyfile(blob, tmp)
+        boot_files.append(exported)
+        loaders.append({"file": exported.name, "offset": offset, "size": blob.stat().st_size})
     manifest: dict[str, Any] = {
         "name": name,
         "version": plan.version,
@@ -355,6 +367,7 @@ def build_image(plan: Plan) -> None:
             "initrd": kernel_rec["initrd"],
             "cmdline": cmdline,
             "qemu": None if plan.board.qemu is None else vars(plan.board.qemu),
+            "loaders": loaders,
         },
         "partitions": [vars(p) for p in parts],
         "sources": read_record(plan, "fetch")["sources"],
@@ -371,6 +384,26 @@ def build_image(plan: Plan) -> None:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     image.sha256sums(out, [img, xz, bmap, manifest_file, *boot_files])
     write_record(plan, "image", {"image": str(img), "manifest": str(manifest_file)})
+
+
+GPT_END = 34 * 512  # protective MBR, GPT header and a 128-entry table (the backup is at the end)
+
+
+def check_raw_writes(
+    raw: list[tuple[int, Path]], parts: list[image.PlacedPartition], table: str, board: str
+) -> None:
+    """A loader written outside the partitions must not overlap the table or a partition."""
+    table_end = GPT_END if table == "gpt" else 512
+    for offset, blob in raw:
+        end = offset + blob.stat().st_size
+        clash = [p.name for p in parts if offset < p.start + p.size and p.start < end]
+        if offset < table_end or clash:
+            what = f"partition '{clash[0]}'" if clash else "the partition table"
+            raise BuildError(
+                f"{blob.name} ({blob.stat().st_size} bytes at byte {offset}) overlaps {what}",
+                hint=f"move the first partition (image -> first_partition) in boards/{board}/"
+                "board.yaml past the loader's end",
+            )
 
 
 def write_fstab(root: Path, parts: list[image.PlacedPartition]) -> None:

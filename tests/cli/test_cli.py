@@ -48,7 +48,6 @@ def test_boards_lists_one_line_each(project: Path) -> None:
     [
         ("vim3", "Amlogic G12B FIP blobs"),
         ("jetson-nano", "NVIDIA L4T R32.5+ QSPI boot firmware"),
-        ("roc-rk3328-cc", "U-Boot for roc-cc-rk3328"),
         ("pynq-z2", "BOOT.BIN"),
     ],
 )

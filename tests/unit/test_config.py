@@ -150,13 +150,15 @@ def test_no_mirror_anywhere_is_an_error(project: Path, monkeypatch: pytest.Monke
 
 
 def test_boards_of_one_flavour_share_one_kernel_config(project: Path) -> None:
-    plans = {b: resolve(request(project, board=b)) for b in ("qemu-aarch64", "rpi3", "rpi4")}
+    boards = ("qemu-aarch64", "rpi3", "rpi4", "roc-rk3328-cc")
+    plans = {b: resolve(request(project, board=b)) for b in boards}
     configs = {b: [(o.name, o.value) for f in p.fragments for o in f.options]
                for b, p in plans.items()}  # fmt: skip
-    assert configs["qemu-aarch64"] == configs["rpi3"] == configs["rpi4"]
+    assert configs["qemu-aarch64"] == configs["rpi3"] == configs["rpi4"] == configs[boards[3]]
     assert plans["rpi4"].kernel_dtbs == (
         "broadcom/bcm2711-rpi-4-b",
         "broadcom/bcm2837-rpi-3-b",
+        "rockchip/rk3328-roc-cc",
     )
     assert "cloud-guest-utils" in plans["rpi4"].packages  # from the sdcard recipe
     assert plans["rpi4"].board.boot.method == "rpi-firmware"

@@ -1,0 +1,112 @@
+"""roc-rk3328-cc: a board with a U-Boot built here (no distribution packages one for it), checked
+structurally, since no emulator runs an RK3328: the loader at the offsets the boot ROM reads,
+the GPT layout around it, extlinux.conf and the kernel + device tree it names, and the kernel
+shared with the other arm64 boards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_project
+from tuoba.plan import image_name
+
+pytestmark = pytest.mark.integration
+
+BOARD = "roc-rk3328-cc"
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    project = copy_project(tmp_path_factory.mktemp("roc") / "project")
+    out = project / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out", str(out),
+         "build", "--board", BOARD],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    img = out / f"{image_name(BOARD, 1)}.img"
+    manifest = json.loads(img.with_name(img.stem + ".manifest.json").read_text())
+    return img, manifest
+
+
+def ext4_file(img: Path, path: str) -> bytes:
+    return subprocess.run(
+        ["debugfs", "-R", f"cat {path}", f"{img}?offset={16 * MIB}"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def test_gpt_leaves_room_for_the_loader(built: tuple[Path, dict[str, object]]) -> None:
+    img, _ = built
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, check=True).stdout
+    )["partitiontable"]
+    assert table["label"] == "gpt"
+    (root,) = table["partitions"]
+    assert root["start"] == 16 * MIB // 512  # first_partition: 16M
+
+
+def test_loader_bytes_at_the_boot_roms_offsets(built: tuple[Path, dict[str, object]]) -> None:
+    img, manifest = built
+    (loader,) = manifest["boot"]["loaders"]  # type: ignore[index]
+    assert loader["offset"] == 64 * 512  # sector 64: idbloader (TPL + SPL)
+    blob = (img.parent / loader["file"]).read_bytes()
+    assert len(blob) == loader["size"]
+    with img.open("rb") as f:
+        f.seek(64 * 512)
+        on_disk = f.read(len(blob))
+        f.seek(16384 * 512)  # sector 16384: u-boot.itb, a FIT image (a flattened device tree)
+        itb = f.read(4096)
+    assert on_disk == blob  # what the build made, where it belongs
+    assert blob[0x800:0x804] == b"RK32"  # rk3328's boot ROM header magic for the TPL (rkcommon)
+    assert itb[:4] == b"\xd0\x0d\xfe\xed"
+    assert b"ARM Trusted Firmware" in itb and b"atf_1" in itb  # BL31, loaded by SPL
+    assert b"firefly,roc-rk3328-cc" in blob  # U-Boot's own device tree is this board's
+
+
+def test_bmap_maps_the_loader(built: tuple[Path, dict[str, object]]) -> None:
+    """`tuoba flash` writes only mapped blocks: the loader region must be among them."""
+    img, _ = built
+    bmap = img.with_name(img.name + ".bmap").read_text()
+    first = bmap.split("<Range", 1)[1].split(">", 1)[1].split("<", 1)[0].strip()
+    start = int(first.split("-")[0])
+    assert start * 4096 <= 64 * 512
+
+
+def test_extlinux_boots_this_kernel_and_device_tree(built: tuple[Path, dict[str, object]]) -> None:
+    img, manifest = built
+    conf = ext4_file(img, "/boot/extlinux/extlinux.conf").decode()
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, check=True).stdout
+    )["partitiontable"]
+    root_uuid = table["partitions"][0]["uuid"].lower()
+    assert "linux /boot/Image" in conf
+    assert "fdt /boot/dtbs/rk3328-roc-cc.dtb" in conf
+    assert f"root=PARTUUID={root_uuid}" in conf and "console=ttyS2,1500000" in conf
+    kernel = manifest["kernel"]  # type: ignore[index]
+    assert ext4_file(img, "/boot/Image") == (img.parent / kernel["kernel"]).read_bytes()
+    dtb = ext4_file(img, "/boot/dtbs/rk3328-roc-cc.dtb")
+    assert dtb[:4] == b"\xd0\x0d\xfe\xed" and b"firefly,roc-rk3328-cc" in dtb
+
+
+def test_a_loader_over_a_partition_is_refused(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    board = project / "boards" / BOARD / "board.yaml"
+    board.write_text(board.read_text().replace("first_partition: 16M", "first_partition: 4M"))
+    out = project / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out", str(out),
+         "build", "--board", BOARD],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert "u-boot-rockchip.bin (" in said and "overlaps partition 'root'" in said
+    assert not (out / f"{image_name(BOARD, 1)}.img").exists()
