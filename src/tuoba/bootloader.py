@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tuoba import run, sources, ui
+from tuoba import image, run, sources, ui
 from tuoba.board import Board
 from tuoba.errors import BuildError
 
@@ -68,11 +68,8 @@ class RpiFirmware(Bootloader):
         deb = sources.cache_path(self.cache_dir, fw.sha256)
         dest = self.cache_dir / "firmware" / fw.sha256[:16]
         if not dest.is_dir():
-            tmp = dest.with_name(dest.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            run.run(["dpkg-deb", "-x", str(deb), str(tmp)])
-            tmp.rename(dest)
+            with image.atomic_dir(dest) as tmp:
+                run.run(["dpkg-deb", "-x", str(deb), str(tmp)])
         return dest / self.board.boot.firmware_dir.lstrip("/")
 
     def boot_partition(self, dest: Path, kernel: dict[str, Any], cmdline: str) -> None:
@@ -169,13 +166,9 @@ class UBoot(Bootloader):
                     hint=f"see {log}; fix boot -> u_boot -> output in "
                     f"boards/{self.board.name}/board.yaml",
                 )
-            tmp = dest.with_name(dest.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            shutil.copyfile(src / u.output, tmp / u.output)
-            shutil.copyfile(src / ".config", tmp / "u-boot.config")
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
+            with image.atomic_dir(dest) as tmp:
+                shutil.copyfile(src / u.output, tmp / u.output)
+                shutil.copyfile(src / ".config", tmp / "u-boot.config")
         shutil.rmtree(work, ignore_errors=True)
         return dest / u.output
 

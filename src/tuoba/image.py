@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,6 +222,21 @@ def sha256sums(directory: Path, files: list[Path]) -> None:
         entries[f.name] = sha256_file(f)
     with atomic(sums) as tmp:
         tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(entries.items())))
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: Path) -> Iterator[Path]:
+    """Yield an empty work directory beside dest; it replaces dest only if the block succeeds,
+    so an interrupted or failed build never leaves a half-made cache entry under dest's name."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

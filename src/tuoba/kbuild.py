@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuoba import run, sources, ui
+from tuoba import image, run, sources, ui
 from tuoba.config import Field, load_yaml, parse_mapping, string
 from tuoba.errors import BuildError, HostToolError
 from tuoba.kernel import Feature, Option, describe_missing, missing_options, parse_config
@@ -88,13 +88,8 @@ def unpack_source(ks: KernelSource, tarball: Path, cache_dir: Path) -> Path:
     dest = cache_dir / "kernel" / "src" / f"{ks.version}-{ks.source.sha256[:12]}"
     if (dest / "Makefile").is_file():
         return dest
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with ui.step(f"Unpacking Linux {ks.version}"):
+    with ui.step(f"Unpacking Linux {ks.version}"), image.atomic_dir(dest) as tmp:
         run.run(["tar", "-xf", str(tarball), "-C", str(tmp), "--strip-components=1"])
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
     return dest
 
 
