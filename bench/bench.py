@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -62,6 +63,20 @@ def timed_build(
     return seconds, ran.removeprefix("steps run:").strip()
 
 
+def run_context() -> dict[str, object]:
+    """Where and when the figures were taken."""
+    return {
+        "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_results(path: Path, results: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warm-cache", action="store_true", help="use ~/.cache/tuoba")
@@ -79,8 +94,7 @@ def main() -> None:
 
     results: dict[str, object] = {
         "board": BOARD,
-        "host": {"cpus": __import__("os").cpu_count(), "machine": platform.machine()},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **run_context(),
     }
     with tempfile.TemporaryDirectory(prefix="tuoba-bench-") as tmp:
         tmpdir = Path(tmp)
@@ -132,9 +146,7 @@ def main() -> None:
         if not args.warm_cache:
             shutil.rmtree(cache, ignore_errors=True)
 
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, results)
 
 
 def measure_boots(img: Path, tmpdir: Path, n: int, results: dict[str, object], width: int) -> None:
@@ -169,9 +181,7 @@ BOARDS = [("qemu-aarch64", 1), ("qemu-aarch64", 2), ("rpi4", 1), ("rpi4", 2), ("
 
 def boards(args: argparse.Namespace) -> None:
     results: dict[str, object] = {
-        "host": {"cpus": __import__("os").cpu_count(), "machine": platform.machine()},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "boards": [],
+        **run_context(),
     }
     rows: list[dict[str, object]] = []
     mib = 1 << 20
@@ -192,7 +202,7 @@ def boards(args: argparse.Namespace) -> None:
             if manifest["boot"]["qemu"] is not None:  # boards with no emulator are not booted
                 card = 4 << 30 if "rpi" in board else None
                 spec = boot_spec(img, manifest, card_size=card)
-                machine = spec.qemu.machine.split(",")[0]
+                machine = spec.qemu.machine_type
                 with booted(spec, tmpdir / f"console-{board}-{stage}.log", timeout=600) as guest:
                     boot = guest.boot_seconds
             st = img.stat()
@@ -210,17 +220,14 @@ def boards(args: argparse.Namespace) -> None:
     print("boot s: to ssh (virt) or to the login prompt on the serial console (raspi, no network,")
     print("        4 GiB card: includes first-boot growth); -: no emulator for the board")
     results["boards"] = rows
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, results)
 
 
 def stage2(args: argparse.Namespace) -> None:
     results: dict[str, object] = {
         "board": BOARD,
         "stage": 2,
-        "host": {"cpus": __import__("os").cpu_count(), "machine": platform.machine()},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **run_context(),
     }
     mib = 1 << 20
     with tempfile.TemporaryDirectory(prefix="tuoba-bench-s2-") as tmp:
@@ -262,9 +269,7 @@ def stage2(args: argparse.Namespace) -> None:
             f"{'kernel (Image, booted directly)':<36} {kernel.stat().st_size / mib:.1f} MiB, "
             f"xz {kernel_xz / mib:.1f} MiB; image + kernel xz {(xz + kernel_xz) / mib:.1f} MiB"
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

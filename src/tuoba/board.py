@@ -82,6 +82,11 @@ class QemuSpec:
     # "delete-property PATH NAME": where the emulated machine wires a device differently.
     dtb_edits: tuple[str, ...] = ()
 
+    @property
+    def machine_type(self) -> str:
+        """The machine's name, without the options `machine` may carry after a comma."""
+        return self.machine.split(",")[0]
+
 
 @dataclasses.dataclass(frozen=True)
 class BootSpec:

@@ -111,8 +111,7 @@ def qemu_machines(binary: str) -> tuple[str, frozenset[str]]:
 
 
 def require_qemu_machine(arch: str, machine: str) -> None:
-    """machine: qemu -M's argument; its options (after a comma) are not checked."""
-    machine = machine.split(",")[0]
+    """machine: a machine name, as `qemu -M help` lists it."""
     binary = run.require(QEMU_BINARY[arch])
     version, names = qemu_machines(binary)
     if machine not in names:
@@ -161,7 +160,7 @@ def qemu_machine_check(data_dir: Path) -> Check:
     for name in boards.board_names(data_dir):
         b, _ = boards.load_board(data_dir, name)
         if b.qemu is not None:
-            wanted.setdefault((b.arch, b.qemu.machine.split(",")[0]), []).append(name)
+            wanted.setdefault((b.arch, b.qemu.machine_type), []).append(name)
     missing = []
     for (arch, machine), names in sorted(wanted.items()):
         binary = shutil.which(QEMU_BINARY[arch])

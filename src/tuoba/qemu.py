@@ -84,7 +84,7 @@ def emulated(spec: BootSpec) -> Iterator[BootSpec]:
     for path in (spec.image, spec.kernel, *(p for p in (spec.initrd, spec.dtb) if p)):
         if not path.is_file():
             raise InputError(f"cannot boot: {path} does not exist", hint="run 'tuoba build' first")
-    host.require_qemu_machine(spec.arch, spec.qemu.machine)
+    host.require_qemu_machine(spec.arch, spec.qemu.machine_type)
     with tempfile.TemporaryDirectory(prefix="tuoba-qemu-") as tmp:
         if spec.card_size is not None:
             spec = dataclasses.replace(spec, image=_larger_card(spec, Path(tmp)))

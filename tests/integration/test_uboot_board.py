@@ -21,17 +21,20 @@ BOARD = "roc-rk3328-cc"
 MIB = 1 << 20
 
 
+def tuoba_build(project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out",
+         str(project / "out"), "build", "--board", BOARD],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
     project = copy_project(tmp_path_factory.mktemp("roc") / "project")
-    out = project / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out", str(out),
-         "build", "--board", BOARD],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    proc = tuoba_build(project)
     assert proc.returncode == 0, proc.stderr
-    img = out / f"{image_name(BOARD, 1)}.img"
+    img = project / "out" / f"{image_name(BOARD, 1)}.img"
     manifest = json.loads(img.with_name(img.stem + ".manifest.json").read_text())
     return img, manifest
 
@@ -100,13 +103,8 @@ def test_a_loader_over_a_partition_is_refused(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
     board = project / "boards" / BOARD / "board.yaml"
     board.write_text(board.read_text().replace("first_partition: 16M", "first_partition: 4M"))
-    out = project / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out", str(out),
-         "build", "--board", BOARD],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    proc = tuoba_build(project)
     assert proc.returncode == 4, proc.stderr
     said = " ".join(proc.stderr.split())
     assert "u-boot-rockchip.bin (" in said and "overlaps partition 'root'" in said
-    assert not (out / f"{image_name(BOARD, 1)}.img").exists()
+    assert not (project / "out" / f"{image_name(BOARD, 1)}.img").exists()

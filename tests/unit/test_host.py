@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tuoba import host
+from tuoba.board import QemuSpec
 from tuoba.errors import HostToolError
 
 
@@ -31,7 +32,8 @@ def fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 
 def test_machine_options_are_not_part_of_the_name(fake_qemu: Path) -> None:
-    host.require_qemu_machine("arm64", "virt,virtualization=on,gic-version=3")
+    spec = QemuSpec(machine="virt,virtualization=on,gic-version=3", cpu=None, smp=None, memory=1)
+    host.require_qemu_machine("arm64", spec.machine_type)
 
 
 def test_missing_machine_names_version_and_fix(fake_qemu: Path) -> None:
