@@ -51,6 +51,15 @@ def build(project: Path, board: str, stage: int = 1) -> tuple[str, Path]:
     return board, out / f"{image_name(board, stage)}.img"
 
 
+def tuoba_test(img: Path, board: str, stage: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`tuoba test` on a built image (its project is two levels up)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuoba", "--data-dir", str(img.parents[1]), "--out",
+         str(img.parent), "test", "--board", board, "--stage", str(stage), *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
 def sfdisk(img: Path) -> dict[str, object]:
     out = subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True)
     table: dict[str, object] = json.loads(out.stdout)["partitiontable"]
@@ -161,12 +170,8 @@ def test_boots_in_qemu_raspi(project: Path, board: str, stage: int, machine: str
     raspi4b gets the board's dtb_edits (said on the way), raspi3b the DTB unchanged."""
     _, img = build(project, board, stage)
     junit = img.parent / f"{board}-s{stage}-report.xml"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tuoba", "--data-dir", str(img.parents[1]), "--out",
-         str(img.parent), "test", "--board", board, "--stage", str(stage), "--junit", str(junit),
-         "--timeout", "400", "--card-size", "4G"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    proc = tuoba_test(img, board, stage, "--junit", str(junit), "--timeout", "400",
+                      "--card-size", "4G")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     said = " ".join(proc.stderr.split())  # rich wraps long lines
     assert "instead of the ssh checks" in said  # the limit is said, not hidden
@@ -196,10 +201,6 @@ def test_card_size_must_hold_the_image_and_suit_qemus_sd(project: Path) -> None:
         ("1G", "a 1024 MiB card cannot hold"),
         ("3G", "QEMU's SD cards are a power of two in size; 3072 MiB is not"),
     ]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tuoba", "--data-dir", str(img.parents[1]), "--out",
-             str(img.parent), "test", "--board", "rpi4", "--stage", "2", "--card-size", size],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        proc = tuoba_test(img, "rpi4", 2, "--card-size", size)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr
