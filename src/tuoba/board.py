@@ -77,6 +77,7 @@ class QemuSpec:
     dtb: str | None = None  # device tree passed to QEMU (from this build)
     console: str | None = None  # console= for emulation when it differs from the board's
     network: bool = True  # False: no usable NIC, guest checks run on the serial console
+    nic: str = "virtio"  # virtio: a virtio-net-pci card is added; board: the machine's own NIC
     cmdline: tuple[str, ...] = ()  # extra kernel words under emulation
     # Edits to the device tree QEMU gets (never the image's own), each "delete-node PATH" or
     # "delete-property PATH NAME": where the emulated machine wires a device differently.
@@ -123,6 +124,8 @@ class Need:
     what: str
     why: str
     where: str  # where a user gets it
+    file: str | None = None  # a single file a user may supply: `tuoba build --supply FILE=PATH`
+    format: str | None = None  # what a supplied file is checked to be (SUPPLY_FORMATS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +222,7 @@ def _qemu(doc: Doc, path: tuple[PathPart, ...], value: Any) -> QemuSpec:
             Field("dtb", string, None, help="device tree file name from this build"),
             Field("console", string, None, help="console= under emulation"),
             Field("network", boolean, True, help="whether the emulated board has a NIC"),
+            Field("nic", one_of("virtio", "board"), "virtio", help="which NIC the network uses"),
             Field("cmdline", string_list, (), help="extra kernel words under emulation"),
             Field("dtb_edits", _dtb_edits, (), help="edits to the device tree QEMU gets"),
         ],
@@ -245,13 +249,18 @@ def _dtb_edits(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, .
     return edits
 
 
-BOOT_METHODS = ("direct", "rpi-firmware", "u-boot", "extlinux")
+BOOT_METHODS = ("direct", "rpi-firmware", "u-boot", "zynq", "extlinux")
 
+
+# What a supplied file can be checked to be (bootloader.check_supplied knows each).
+SUPPLY_FORMATS = ("zynq-boot-image",)
 
 NEED_FIELDS = [
     Field("what", string, help="the component, by name"),
     Field("why", string, help="why it cannot be had here"),
     Field("where", string, help="where a user gets it"),
+    Field("file", string, None, help="file name a user supplies with --supply FILE=PATH"),
+    Field("format", one_of(*SUPPLY_FORMATS), None, help="what a supplied file must be"),
 ]
 
 

@@ -7,12 +7,13 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 from typing import Any, ClassVar
 
 from tuoba import image, run, sources, ui
 from tuoba.board import Board
-from tuoba.errors import BuildError
+from tuoba.errors import BuildError, InputError
 
 
 class Bootloader:
@@ -23,9 +24,12 @@ class Bootloader:
         super().__init_subclass__(**kwargs)
         Bootloader.registry[cls.method] = cls
 
-    def __init__(self, board: Board, cache_dir: Path) -> None:
+    def __init__(
+        self, board: Board, cache_dir: Path, supplied: dict[str, Path] | None = None
+    ) -> None:
         self.board = board
         self.cache_dir = cache_dir
+        self.supplied = supplied or {}  # file name -> path, for the board's needs
 
     def sources(self) -> list[sources.Source]:
         return [self.board.boot.firmware] if self.board.boot.firmware else []
@@ -91,6 +95,82 @@ class RpiFirmware(Bootloader):
         (dest / "cmdline.txt").write_text(cmdline + "\n")
 
 
+def extlinux_conf(kernel: dict[str, Any], cmdline: str, prefix: str, dtb: str | None) -> str:
+    """extlinux.conf for U-Boot's distro boot (doc/develop/distro.rst): paths are relative to
+    the partition it is read from."""
+    return (
+        "# written by tuoba: U-Boot's distro boot reads this file\n"
+        "default tuoba\n"
+        "timeout 1\n"
+        "label tuoba\n"
+        f"    menu label TuobaOS (Linux {kernel['version']})\n"
+        f"    linux {prefix}/{kernel['image']}\n"
+        + (f"    fdt {prefix}/{dtb}\n" if dtb else "")
+        + f"    append {cmdline}\n"
+    )
+
+
+class Zynq(Bootloader):
+    """Xilinx Zynq-7000: the boot ROM reads BOOT.BIN (FSBL or U-Boot SPL with the board's
+    ps7_init, optionally a bitstream, then U-Boot) from the first FAT partition; that U-Boot's
+    distro boot reads /extlinux/extlinux.conf from the same partition, which names the kernel
+    and device tree beside it. BOOT.BIN is the user's (a board's Vivado design makes it)."""
+
+    method = "zynq"
+
+    def boot_partition(self, dest: Path, kernel: dict[str, Any], cmdline: str) -> None:
+        for file, path in self.supplied.items():
+            shutil.copyfile(path, dest / file)
+        built = Path(kernel["dir"])
+        shutil.copyfile(built / kernel["image"], dest / kernel["image"])
+        dtbs = self.board_dtbs(kernel)
+        for dtb in dtbs:
+            shutil.copyfile(built / "dtbs" / dtb, dest / dtb)
+        (dest / "extlinux").mkdir()
+        (dest / "extlinux" / "extlinux.conf").write_text(
+            extlinux_conf(kernel, cmdline, "", dtbs[0] if dtbs else None)
+        )
+
+
+ZYNQ_WIDTH_WORD = 0xAA995566  # boot header at 0x20: the boot ROM's bus-width detection word
+ZYNQ_IDENT = b"XNLX"  # at 0x24
+
+
+def zynq_boot_image_problem(data: bytes) -> str | None:
+    """What is wrong with a Zynq-7000 boot image's header (Xilinx UG585, "BootROM Header"), or
+    None: width word at 0x20, 'XNLX' at 0x24, the checksum at 0x48 (the complement of the sum
+    of the words 0x20-0x44) and the first stage loader lying inside the file."""
+    if len(data) < 0x8C0:
+        return f"{len(data)} bytes, shorter than a boot header (2240 bytes)"
+    words = struct.unpack_from("<10I", data, 0x20)
+    if words[0] != ZYNQ_WIDTH_WORD:
+        return f"no boot header: the word at 0x20 is {words[0]:#010x}, not {ZYNQ_WIDTH_WORD:#x}"
+    if data[0x24:0x28] != ZYNQ_IDENT:
+        return f"no boot header: bytes 0x24-0x27 are {data[0x24:0x28]!r}, not {ZYNQ_IDENT!r}"
+    (checksum,) = struct.unpack_from("<I", data, 0x48)
+    want = ~sum(words) & 0xFFFFFFFF
+    if checksum != want:
+        return f"the header checksum at 0x48 is {checksum:#010x}, the header sums to {want:#010x}"
+    offset, length = words[4], words[5]
+    if offset < 0x8C0 or offset >= len(data) or length == 0:
+        return f"the first stage loader (offset {offset:#x}, {length} bytes) is not in the file"
+    return None
+
+
+def check_supplied(path: Path, fmt: str, file: str) -> None:
+    """Refuse a supplied file that is not what the board needs (`format` in board.yaml)."""
+    if fmt == "zynq-boot-image":
+        with path.open("rb") as f:
+            problem = zynq_boot_image_problem(f.read(0x10000))
+        if problem is not None:
+            raise InputError(
+                f"--supply {file}={path}: not a Zynq-7000 boot image ({problem})",
+                hint="give the BOOT.BIN made by bootgen (or U-Boot's mkimage -T zynqimage)",
+            )
+        return
+    raise AssertionError(f"no check for supplied format {fmt!r}")
+
+
 class UBoot(Bootloader):
     """U-Boot built here from its release source with the SoC's BL31, written where the boot ROM
     reads; its distro boot finds /boot/extlinux/extlinux.conf on the root filesystem and boots
@@ -112,14 +192,7 @@ class UBoot(Bootloader):
         for dtb in dtbs:
             shutil.copyfile(built / "dtbs" / dtb, boot / "dtbs" / dtb)
         (boot / "extlinux" / "extlinux.conf").write_text(
-            "# written by tuoba: U-Boot's distro boot reads this from the root partition\n"
-            "default tuoba\n"
-            "timeout 1\n"
-            "label tuoba\n"
-            f"    menu label TuobaOS (Linux {kernel['version']})\n"
-            f"    linux /boot/{kernel['image']}\n"
-            + (f"    fdt /boot/dtbs/{dtbs[0]}\n" if dtbs else "")
-            + f"    append {cmdline}\n"
+            extlinux_conf(kernel, cmdline, "/boot", f"dtbs/{dtbs[0]}" if dtbs else None)
         )
 
     def raw_writes(self, log: Path) -> list[tuple[int, Path]]:
@@ -173,5 +246,7 @@ class UBoot(Bootloader):
         return dest / u.output
 
 
-def for_board(board: Board, cache_dir: Path) -> Bootloader:
-    return Bootloader.registry[board.boot.method](board, cache_dir)
+def for_board(
+    board: Board, cache_dir: Path, supplied: dict[str, Path] | None = None
+) -> Bootloader:
+    return Bootloader.registry[board.boot.method](board, cache_dir, supplied)

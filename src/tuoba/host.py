@@ -39,7 +39,9 @@ class Check:
 # Host commands every stage-1 build needs, with the Debian package that provides them.
 HOST_TOOLS = (
     "qemu-system-aarch64",
+    "qemu-system-arm",
     "qemu-aarch64-static",
+    "qemu-arm-static",
     "update-binfmts",
     "sfdisk",
     "mkfs.ext4",
@@ -72,6 +74,9 @@ HOST_TOOLS = (
     # U-Boot for boards that need one built (GCC: U-Boot 2023.01's arm64 build needs it)
     "aarch64-linux-gnu-gcc",
     "swig",
+    # boards' own device trees; mkimage: the test suite makes a Zynq boot image with it
+    "mkimage",
+    "dtc",
 )
 # Headers the kernel build's host programs compile against: {header: Debian package}.
 # U-Boot's host tools and binman (run by the system python3) need the rest.
@@ -270,7 +275,7 @@ def mkosi_check(data_dir: Path, cache_dir: Path) -> Check:
 def all_checks(data_dir: Path, cache_dir: Path) -> list[Check]:
     return [
         *tool_checks(),
-        binfmt_check("arm64"),
+        *(binfmt_check(a) for a in QEMU_ARCH),  # every arch a board may have
         mkosi_check(data_dir, cache_dir),
         qemu_machine_check(data_dir),
     ]

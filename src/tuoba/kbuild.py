@@ -243,14 +243,19 @@ def build_kernel(
     fragments: list[tuple[str, list[Option]]],
     dtbs: tuple[str, ...],
     log: Path,
+    board_dts: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
-    """Configure, assert, build and collect the kernel; returns its record."""
+    """Configure, assert, build and collect the kernel; returns its record. `board_dts` are the
+    device trees of `dtbs` that boards ship themselves (compiled against this source's
+    includes); the rest are Linux's own."""
     for tool in BUILD_TOOLS:
         run.require(tool)
     _, clang = clang_version()
     text, requested = merged_fragment(fragments)
-    key = digest({"src": str(src.name), "arch": arch, "config": text, "clang": clang,
-                          "dtbs": dtbs})  # fmt: skip
+    inputs = {"src": str(src.name), "arch": arch, "config": text, "clang": clang, "dtbs": dtbs}
+    if board_dts:  # (absent from the key when there are none: earlier builds stay valid)
+        inputs["board_dts"] = {p.name: sources.sha256_file(p) for p in board_dts}
+    key = digest(inputs)
     out = cache_dir / "kernel" / "out" / key
     record_file = out / "kernel.json"
     if record_file.is_file():
@@ -279,7 +284,8 @@ def build_kernel(
         )
 
     image_target = IMAGE_TARGET[arch]
-    targets = [image_target, "modules", *(f"{d}.dtb" for d in dtbs)]
+    own = {p.stem: p for p in board_dts}
+    targets = [image_target, "modules", *(f"{d}.dtb" for d in dtbs if d not in own)]
     stop = threading.Event()
     t = threading.Thread(target=_progress, args=(log, stop, "Compiling the kernel"), daemon=True)
     start = time.monotonic()
@@ -308,6 +314,9 @@ def build_kernel(
     dtb_dir = tmp / "dtbs"
     dtb_dir.mkdir()
     for d in dtbs:
+        if d in own:
+            compile_dts(src, arch, own[d], dtb_dir / f"{d}.dtb", log)
+            continue
         shutil.copyfile(build / "arch" / KARCH[arch] / "boot" / "dts" / f"{d}.dtb",
                         dtb_dir / f"{Path(d).name}.dtb")  # fmt: skip
     config = parse_config((build / ".config").read_text())
@@ -327,6 +336,21 @@ def build_kernel(
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return rec
+
+
+def compile_dts(src: Path, arch: str, dts: Path, dtb: Path, log: Path) -> None:
+    """A board's own .dts, preprocessed like Linux's (its #includes resolve to this source's
+    SoC .dtsi files and dt-bindings headers) and compiled by dtc."""
+    pre = dtb.with_suffix(".dts.tmp")
+    run.run(
+        ["clang", "-E", "-nostdinc", "-undef", "-D__DTS__", "-x", "assembler-with-cpp", "-P",
+         "-I", str(src / "scripts" / "dtc" / "include-prefixes"),
+         "-I", str(src / "arch" / KARCH[arch] / "boot" / "dts"),
+         "-I", str(src / "include"), "-o", str(pre), str(dts)],
+        log=log,
+    )  # fmt: skip
+    run.run(["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(dtb), str(pre)], log=log)
+    pre.unlink()
 
 
 def _as_feature(requested: dict[str, Option]) -> Feature:

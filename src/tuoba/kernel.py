@@ -29,17 +29,27 @@ class Feature:
 
 
 def feature_names(data_dir: Path) -> list[str]:
-    return sorted(p.stem for p in (data_dir / "kernel" / "features").glob("*.config"))
+    """The features there are (`<name>.config`; `<name>.<arch>.config` is a part of one)."""
+    return sorted(
+        p.stem for p in (data_dir / "kernel" / "features").glob("*.config") if "." not in p.stem
+    )
 
 
-def load_feature(data_dir: Path, feature: str) -> Feature:
+def load_feature(data_dir: Path, feature: str, arch: str | None = None) -> Feature:
+    """A feature's fragment, followed by its `<feature>.<arch>.config` part for `arch` if there
+    is one (options that exist on one architecture only)."""
     path = data_dir / "kernel" / "features" / f"{feature}.config"
-    if not path.is_file():
+    if "." in feature or not path.is_file():
         raise InputError(
             f"unknown kernel feature '{feature}'",
             hint=f"known features: {', '.join(feature_names(data_dir)) or 'none'}",
         )
-    return load_fragment(path, feature, f"kernel/features/{feature}.config")
+    common = load_fragment(path, feature, f"kernel/features/{feature}.config")
+    part = path.with_name(f"{feature}.{arch}.config")
+    if arch is None or not part.is_file():
+        return common
+    extra = load_fragment(part, feature, f"kernel/features/{feature}.{arch}.config")
+    return Feature(feature, common.options + extra.options, path)
 
 
 def load_fragment(path: Path, name: str, display: str) -> Feature:

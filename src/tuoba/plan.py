@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuoba import __version__, apt
+from tuoba import __version__, apt, sources
 from tuoba.board import Board, board_names, load_board
 from tuoba.config import Doc
 from tuoba.errors import InputError
@@ -38,6 +38,7 @@ class Request:
     ssh_key: str | None = None  # a public key file; None: generated per output dir
     offline: bool = False
     mirror: str | None = None
+    supplies: tuple[tuple[str, str], ...] = ()  # (file name, path): --supply FILE=PATH
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -46,6 +47,7 @@ class Request:
     def from_json(cls, text: str) -> Request:
         raw = json.loads(text)
         raw["recipes"] = tuple(raw["recipes"])
+        raw["supplies"] = tuple(tuple(x) for x in raw.get("supplies", ()))
         return cls(**raw)
 
 
@@ -56,6 +58,15 @@ class Overlay:
 
 
 @dataclasses.dataclass(frozen=True)
+class Supplied:
+    """A file the board needs and the user supplied (`--supply FILE=PATH`), checked."""
+
+    file: str
+    path: Path
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     request: Request
     board: Board
@@ -63,6 +74,8 @@ class Plan:
     features: tuple[Feature, ...]
     fragments: tuple[Feature, ...]  # everything the kernel config gets, in order
     kernel_dtbs: tuple[str, ...]  # device trees the (shared) kernel build makes
+    board_dts: tuple[Path, ...]  # those of them whose source is a board's own <name>.dts
+    supplied: tuple[Supplied, ...]  # files the user supplied for the board's needs
     packages: tuple[str, ...]  # stage 1: Debian packages
     builds: tuple[str, ...]  # stage 2: userland/ packages built by LLVM against musl
     overlays: tuple[Overlay, ...]
@@ -135,6 +148,7 @@ class Plan:
             "boot": dataclasses.asdict(self.board.boot),
             "qemu": None if self.board.qemu is None else dataclasses.asdict(self.board.qemu),
             "kernel_cmdline": self.board.kernel.cmdline,
+            "supplied": {s.file: s.sha256 for s in self.supplied},
         }
 
 
@@ -187,7 +201,7 @@ def flavour_boards(data_dir: Path, board: Board) -> list[Board]:
 
 
 def _check_features(
-    data_dir: Path, names: tuple[str, ...], doc: Doc, path: tuple[str | int, ...]
+    data_dir: Path, names: tuple[str, ...], arch: str, doc: Doc, path: tuple[str | int, ...]
 ) -> list[Feature]:
     known = feature_names(data_dir)
     out = []
@@ -196,8 +210,42 @@ def _check_features(
             raise doc.error(
                 (*path, i), f"unknown feature '{n}'", hint=f"known: {', '.join(known) or 'none'}"
             )
-        out.append(load_feature(data_dir, n))
+        out.append(load_feature(data_dir, n, arch))
     return out
+
+
+def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tuple[Supplied, ...]:
+    """Every need of the board met by a supplied file, each supplied file checked; otherwise
+    the error names what is missing, why, where to get it and how to hand it over."""
+    from tuoba.bootloader import check_supplied
+
+    takes = {n.file: n for n in board.boot.needs if n.file}
+    given: dict[str, str] = {}
+    for file, path in supplies:
+        if file not in takes:
+            raise InputError(
+                f"--supply {file}: board '{board.name}' takes no file named '{file}'",
+                hint=f"it takes: {', '.join(takes)}" if takes else "it takes no supplied files",
+            )
+        given[file] = path
+    out = []
+    for need in board.boot.needs:
+        if need.file is None or need.file not in given:
+            how = f"; then pass --supply {need.file}=PATH" if need.file else ""
+            raise InputError(
+                f"board '{board.name}' cannot be built here: it needs {need.what}",
+                hint=f"{need.why}. Get it from: {need.where}{how} (boards/{board.name}/board.yaml)",
+            )
+        path = Path(given[need.file]).expanduser().resolve()
+        if not path.is_file():
+            raise InputError(
+                f"--supply {need.file}={given[need.file]}: no such file",
+                hint=f"give the path of {need.what}",
+            )
+        if need.format is not None:
+            check_supplied(path, need.format, need.file)
+        out.append(Supplied(need.file, path, sources.sha256_file(path)))
+    return tuple(out)
 
 
 def resolve(req: Request) -> Plan:
@@ -211,12 +259,7 @@ def resolve(req: Request) -> Plan:
         }.get(req.stage, "stages are 1 (Debian) and 2 (LLVM + musl); 3 is not built yet")
         raise InputError(f"stage {req.stage} is not supported", hint=hint)
     board, board_doc = load_board(data_dir, req.board)
-    if board.boot.needs:
-        need = board.boot.needs[0]
-        raise InputError(
-            f"board '{board.name}' cannot be built here: it needs {need.what}",
-            hint=f"{need.why}. Get it from: {need.where} (boards/{board.name}/board.yaml)",
-        )
+    supplied = _check_supplies(board, req.supplies)
     from tuoba.bootloader import Bootloader
 
     if board.boot.method not in Bootloader.registry:
@@ -226,7 +269,9 @@ def resolve(req: Request) -> Plan:
         )
     features: dict[str, Feature] = {
         f.name: f
-        for f in _check_features(data_dir, board.kernel.features, board_doc, ("kernel", "features"))
+        for f in _check_features(
+            data_dir, board.kernel.features, board.arch, board_doc, ("kernel", "features")
+        )
     }
     recipes = []
     seen: set[str] = set()
@@ -238,6 +283,7 @@ def resolve(req: Request) -> Plan:
             continue
         seen.add(name)
         recipe, doc = load_recipe(data_dir, name)
+        recipe = recipe.for_arch(board.arch)
         if req.stage == 2 and recipe.stage2 is None:
             from_board = name in board.recipes
             raise InputError(
@@ -247,7 +293,9 @@ def resolve(req: Request) -> Plan:
                 hint="build it with --stage 1, or give the recipe a stage2 section",
             )
         recipes.append(recipe)
-        for f in _check_features(data_dir, recipe.kernel_features, doc, ("kernel_features",)):
+        for f in _check_features(
+            data_dir, recipe.kernel_features, board.arch, doc, ("kernel_features",)
+        ):
             features.setdefault(f.name, f)
         section = f"stage{req.stage}"
         for i, o in enumerate(recipe.overlays(req.stage)):
@@ -268,8 +316,14 @@ def resolve(req: Request) -> Plan:
 
     fragments = list(features.values())
     kernel_dtbs: tuple[str, ...] = ()
+    board_dts: tuple[Path, ...] = ()
     if board.kernel.source == "tuoba":
         base = load_fragment(data_dir / "kernel" / "base.config", "base", "kernel/base.config")
+        arch = load_fragment(
+            data_dir / "kernel" / "arch" / f"{board.arch}.config",
+            f"arch:{board.arch}",
+            f"kernel/arch/{board.arch}.config",
+        )
         # One kernel serves every board of a flavour: it gets all their platform fragments
         # and device trees, so building any of them builds (and caches) the same kernel.
         siblings = flavour_boards(data_dir, board)
@@ -280,8 +334,17 @@ def resolve(req: Request) -> Plan:
             for b in siblings
             if (b.directory / "kernel.config").is_file()
         ]
-        fragments = [base, *board_frags, *fragments]
+        fragments = [base, arch, *board_frags, *fragments]
         kernel_dtbs = tuple(sorted({d for b in siblings for d in b.kernel.dtbs}))
+        # A board whose device tree is not in Linux ships it as boards/<name>/<dtb>.dts.
+        board_dts = tuple(
+            sorted(
+                b.directory / f"{d}.dts"
+                for b in siblings
+                for d in b.kernel.dtbs
+                if (b.directory / f"{d}.dts").is_file()
+            )
+        )
 
     if req.stage == 2:
         userland.target(board.arch)  # an arch stage 2 cannot build for is an error here
@@ -328,6 +391,8 @@ def resolve(req: Request) -> Plan:
         features=tuple(features.values()),
         fragments=tuple(fragments),
         kernel_dtbs=kernel_dtbs,
+        board_dts=board_dts,
+        supplied=supplied,
         packages=tuple(dict.fromkeys(packages)),
         builds=tuple(
             dict.fromkeys(

@@ -66,9 +66,12 @@ def qemu_command(spec: BootSpec, ssh_port: int | None, serial: str, writable: bo
         net = "user,id=net0"
         if ssh_port is not None:
             net += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
-        # romfile= : no PXE option ROM is needed for direct kernel boot (nor installed).
-        cmd += ["-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile="]
-        cmd += ["-device", "virtio-rng-pci"]
+        if q.nic == "board":  # the machine's own first NIC (e.g. the Zynq's GEM0)
+            cmd += ["-nic", net.replace(",id=net0", "")]
+        else:
+            # romfile= : no PXE option ROM is needed for direct kernel boot (nor installed).
+            cmd += ["-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile="]
+            cmd += ["-device", "virtio-rng-pci"]
     if serial == "stdio":
         cmd += ["-nographic"]
     else:

@@ -23,6 +23,9 @@ class Stage1:
     overlays: tuple[str, ...] = ()
     services: tuple[str, ...] = ()
     tests: tuple[str, ...] = ()
+    # Per-arch replacements of the fields above (`arch: {armhf: {packages: [...]}}`), for what
+    # Debian does not build for every architecture.
+    arch: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,11 @@ class Recipe:
     kernel_features: tuple[str, ...]
     stage1: Stage1
     stage2: Stage2 | None  # None: no stage-2 form
+
+    def for_arch(self, arch: str) -> Recipe:
+        """This recipe as built for `arch`: its stage-1 arch replacements applied."""
+        fields = dict(dict(self.stage1.arch).get(arch, ()))
+        return dataclasses.replace(self, stage1=dataclasses.replace(self.stage1, **fields))
 
     def overlays(self, stage: int) -> tuple[str, ...]:
         s = self.stage1 if stage == 1 else self.stage2
@@ -63,7 +71,26 @@ STAGE2_FIELDS = [
 
 
 def _stage1(doc: Doc, path: tuple[PathPart, ...], value: Any) -> Stage1:
-    return Stage1(**parse_mapping(doc, path, value, STAGE1_FIELDS))
+    fields = [*STAGE1_FIELDS, Field("arch", _arch, (), help="per-arch replacements")]
+    return Stage1(**parse_mapping(doc, path, value, fields))
+
+
+def _arch(
+    doc: Doc, path: tuple[PathPart, ...], value: Any
+) -> tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...]:
+    from tuoba.board import ARCHES
+
+    if not isinstance(value, dict):
+        raise doc.error(path, f"expected a mapping of arch ({', '.join(ARCHES)}) to fields")
+    out = []
+    for arch, fields in value.items():
+        if arch not in ARCHES:
+            raise doc.error((*path, arch), f"unknown arch '{arch}' (known: {', '.join(ARCHES)})")
+        given = parse_mapping(
+            doc, (*path, arch), fields, [dataclasses.replace(f, default=None) for f in STAGE1_FIELDS]
+        )
+        out.append((arch, tuple((k, v) for k, v in given.items() if v is not None)))
+    return tuple(out)
 
 
 def _stage2(doc: Doc, path: tuple[PathPart, ...], value: Any) -> Stage2:

@@ -7,6 +7,7 @@ checkout (or a second output directory) reuses it instead of installing packages
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import textwrap
@@ -44,6 +45,10 @@ def rootfs_digest(plan: Plan, mkosi_version: str) -> str:
     )
 
 
+# mkosi's names for the boards' architectures (it says "arm" for Debian's armhf).
+MKOSI_ARCH = {"arm64": "arm64", "armhf": "arm"}
+
+
 def mkosi_conf(plan: Plan, output_dir: Path, workspace: Path) -> str:
     packages = "\n".join(f"         {p}" for p in sorted(plan.packages))
     skeleton = skeleton_dir(plan)
@@ -54,7 +59,7 @@ def mkosi_conf(plan: Plan, output_dir: Path, workspace: Path) -> str:
             [Distribution]
             Distribution=debian
             Release={plan.release}
-            Architecture={plan.board.arch}
+            Architecture={MKOSI_ARCH[plan.board.arch]}
             Mirror={plan.mirrors[0]}
 
             [Output]
@@ -113,6 +118,22 @@ def dpkg_packages(tree: Path) -> list[dict[str, str]]:
     return sorted(pkgs, key=lambda p: p["name"])
 
 
+_STALE_INDEX = re.compile(r"^E: Failed to fetch (\S+) +File has unexpected size", re.M)
+
+
+def stale_index_error(log: Path) -> None:
+    """apt's "unexpected size" is the archive's fault, not the build's: say which index."""
+    found = _STALE_INDEX.search(log.read_text(errors="replace")) if log.is_file() else None
+    if found is None:
+        return
+    raise BuildError(
+        f"the Debian archive served an index that does not match its signed Release file: "
+        f"{found.group(1)} (apt: 'File has unexpected size'; the mirror is mid-sync or stale)",
+        hint="try again later; or build from the main archive alone with --mirror URL (the "
+        f"-security suite is then left out); apt's words are in {log}",
+    )
+
+
 def build_rootfs(plan: Plan, log: Path) -> dict[str, Any]:
     """Build (or reuse) the rootfs tree; returns its record (digest, tree, packages)."""
     host.require_binfmt(plan.board.arch)
@@ -146,21 +167,25 @@ def build_rootfs(plan: Plan, log: Path) -> dict[str, Any]:
         log.unlink()
     pkg_cache = plan.cache_dir / "mkosi" / "packages"
     pkg_cache.mkdir(parents=True, exist_ok=True)
-    run.run(
-        [
-            sys.executable,
-            "-m",
-            "mkosi",
-            "--directory",
-            str(work),
-            "--package-cache-dir",
-            str(pkg_cache),
-            "--force",
-            "build",
-        ],
-        env={"PYTHONPATH": str(site)},
-        log=log,
-    )
+    try:
+        run.run(
+            [
+                sys.executable,
+                "-m",
+                "mkosi",
+                "--directory",
+                str(work),
+                "--package-cache-dir",
+                str(pkg_cache),
+                "--force",
+                "build",
+            ],
+            env={"PYTHONPATH": str(site)},
+            log=log,
+        )
+    except BuildError:
+        stale_index_error(log)
+        raise
     tree = work / "out" / "tree"
     # Build-time host keys would be identical in every image; they are made on first boot.
     for key_file in (tree / "etc/ssh").glob("ssh_host_*"):

@@ -55,6 +55,10 @@ TOOL_PACKAGES: dict[str, str] = {
     "qemu-img": "qemu-utils",
     "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
     "swig": "swig",
+    "mkimage": "u-boot-tools",
+    "dtc": "device-tree-compiler",
+    "qemu-system-arm": "qemu-system-arm",
+    "qemu-arm-static": "qemu-user-static",
 }
 
 

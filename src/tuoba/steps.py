@@ -161,6 +161,7 @@ def kernel_tuoba(plan: Plan) -> None:
         flavour=plan.board.kernel.flavour or plan.board.arch,
         fragments=[(f.name, list(f.options)) for f in plan.fragments],
         dtbs=plan.kernel_dtbs,
+        board_dts=plan.board_dts,
         log=log_path(plan, "kernel"),
     )
     built = Path(rec["dir"])
@@ -288,7 +289,9 @@ def build_image(plan: Plan) -> None:
             )
         overlay.apply_overlay(plan.build_dir / "overlay", staging)
         write_fstab(staging, parts)
-        loader = bootloader.for_board(plan.board, plan.cache_dir)
+        loader = bootloader.for_board(
+            plan.board, plan.cache_dir, {s.file: s.path for s in plan.supplied}
+        )
         loader.root_tree(staging, kernel_rec, cmdline)
         if plan.services:
             run.run(["systemctl", f"--root={staging}", "enable", *plan.services], log=log)
@@ -368,6 +371,9 @@ def build_image(plan: Plan) -> None:
             "cmdline": cmdline,
             "qemu": None if plan.board.qemu is None else vars(plan.board.qemu),
             "loaders": loaders,
+            "supplied": [
+                {"file": s.file, "sha256": s.sha256, "from": str(s.path)} for s in plan.supplied
+            ],
         },
         "partitions": [vars(p) for p in parts],
         "sources": read_record(plan, "fetch")["sources"],

@@ -59,6 +59,49 @@ def test_board_needing_what_cannot_be_had_stops_naming_it(
     assert f"board '{board}' cannot be built here: it needs {blob}" in out
     assert "Get it from:" in out and f"boards/{board}/board.yaml" in out
     assert not (project / "out").exists()
+    # only a single-file need can be handed over, and the hint says how
+    assert ("--supply BOOT.BIN=PATH" in out) == (board == "pynq-z2")
+
+
+def zynq_boot_image(dest: Path) -> Path:
+    """A boot image made by U-Boot's mkimage -T zynqimage (the Zynq boot ROM's format)."""
+    payload = dest.with_suffix(".payload")
+    payload.write_bytes(bytes(range(256)) * 16)
+    run.run(["mkimage", "-T", "zynqimage", "-d", str(payload), str(dest)], capture=True)
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("supply", "says"),
+    [
+        ("BOOT.BIN=/nonexistent/BOOT.BIN", "--supply BOOT.BIN=/nonexistent/BOOT.BIN: no such file"),
+        ("boot.bin={good}", "--supply boot.bin: board 'pynq-z2' takes no file named 'boot.bin'"),
+        ("BOOT.BIN", "expected FILE=PATH, got 'BOOT.BIN'"),
+        ("BOOT.BIN={garbage}", "not a Zynq-7000 boot image (no boot header: the word at 0x20 is"),
+        ("BOOT.BIN={corrupt}", "not a Zynq-7000 boot image (the header checksum at 0x48 is"),
+    ],
+)
+def test_supplied_file_is_checked_before_any_side_effect(
+    project: Path, tmp_path: Path, supply: str, says: str
+) -> None:
+    good = zynq_boot_image(tmp_path / "BOOT.BIN")
+    (tmp_path / "garbage").write_bytes(b"\xff" * 4096)
+    corrupt = bytearray(good.read_bytes())
+    corrupt[0x30] ^= 1  # the loader's offset, covered by the header checksum
+    (tmp_path / "corrupt").write_bytes(corrupt)
+    files = {"good": good, "garbage": tmp_path / "garbage", "corrupt": tmp_path / "corrupt"}
+    code, out = invoke(project, "build", "--board", "pynq-z2", "--supply", supply.format(**files))
+    assert code == 2
+    assert says in " ".join(out.split())
+    assert not (project / "out").exists()
+
+
+def test_supply_to_a_board_that_takes_none(project: Path, tmp_path: Path) -> None:
+    boot = zynq_boot_image(tmp_path / "BOOT.BIN")
+    code, out = invoke(project, "build", "--board", "rpi4", "--supply", f"BOOT.BIN={boot}")
+    assert code == 2
+    assert "board 'rpi4' takes no file named 'BOOT.BIN'" in out
+    assert "it takes no supplied files" in out
 
 
 def test_kernel_config_names_the_fragment_of_each_option(project: Path) -> None:

@@ -32,7 +32,7 @@ def test_default_board_resolves(project: Path) -> None:
     assert "linux-image-arm64" not in plan.packages  # the kernel is built here
     assert [r.name for r in plan.recipes] == ["base", "bpf"]
     assert [f.name for f in plan.features][:2] == ["bpf", "kvm"]
-    assert [f.name for f in plan.fragments][:2] == ["base", "board:qemu-aarch64"]
+    assert [f.name for f in plan.fragments][:3] == ["base", "arch:arm64", "board:qemu-aarch64"]
     assert "kernel" in plan.tests and "bpf" in plan.tests
     assert plan.image_name == f"tuoba-qemu-aarch64-s1-{plan.version}"
     assert plan.board.image.root.fs == "ext4"

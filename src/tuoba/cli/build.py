@@ -33,6 +33,14 @@ from tuoba.plan import DEFAULT_RECIPES, Request, resolve
     envvar="TUOBA_MIRROR",
     help="Debian mirror URL [default: the host's apt sources]. [env: TUOBA_MIRROR]",
 )
+@click.option(
+    "--supply",
+    "supplies",
+    multiple=True,
+    metavar="FILE=PATH",
+    help="Hand over a file the board needs and tuoba cannot fetch (e.g. pynq-z2's "
+    "BOOT.BIN=~/pynq/BOOT.BIN); repeatable. `tuoba boards` says which boards need one.",
+)
 @click.option("--explain", is_flag=True, help="Say why each step runs.")
 @click.pass_obj
 def command(
@@ -43,6 +51,7 @@ def command(
     ssh_key: Path | None,
     offline: bool,
     mirror: str | None,
+    supplies: tuple[str, ...],
     explain: bool,
 ) -> None:
     """Compose an image for a board from its recipes.
@@ -55,7 +64,14 @@ def command(
     Example:
       tuoba build --board qemu-aarch64
       tuoba build --board qemu-aarch64 --recipe base --explain
+      tuoba build --board pynq-z2 --supply BOOT.BIN=./BOOT.BIN
     """
+    pairs = []
+    for item in supplies:
+        file, sep, path = item.partition("=")
+        if not sep or not file or not path:
+            raise click.BadParameter(f"expected FILE=PATH, got {item!r}", param_hint="--supply")
+        pairs.append((file, path))
     plan = resolve(
         Request(
             board=board,
@@ -67,6 +83,7 @@ def command(
             ssh_key=str(ssh_key.resolve()) if ssh_key else None,
             offline=offline,
             mirror=mirror,
+            supplies=tuple(pairs),
         )
     )
     ui.info(
