@@ -246,7 +246,5 @@ class UBoot(Bootloader):
         return dest / u.output
 
 
-def for_board(
-    board: Board, cache_dir: Path, supplied: dict[str, Path] | None = None
-) -> Bootloader:
+def for_board(board: Board, cache_dir: Path, supplied: dict[str, Path] | None = None) -> Bootloader:
     return Bootloader.registry[board.boot.method](board, cache_dir, supplied)

@@ -221,13 +221,13 @@ def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tupl
 
     takes = {n.file: n for n in board.boot.needs if n.file}
     given: dict[str, str] = {}
-    for file, path in supplies:
+    for file, given_path in supplies:
         if file not in takes:
             raise InputError(
                 f"--supply {file}: board '{board.name}' takes no file named '{file}'",
                 hint=f"it takes: {', '.join(takes)}" if takes else "it takes no supplied files",
             )
-        given[file] = path
+        given[file] = given_path
     out = []
     for need in board.boot.needs:
         if need.file is None or need.file not in given:

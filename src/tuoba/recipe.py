@@ -45,7 +45,7 @@ class Recipe:
 
     def for_arch(self, arch: str) -> Recipe:
         """This recipe as built for `arch`: its stage-1 arch replacements applied."""
-        fields = dict(dict(self.stage1.arch).get(arch, ()))
+        fields: dict[str, Any] = dict(dict(self.stage1.arch).get(arch, ()))
         return dataclasses.replace(self, stage1=dataclasses.replace(self.stage1, **fields))
 
     def overlays(self, stage: int) -> tuple[str, ...]:
@@ -87,7 +87,10 @@ def _arch(
         if arch not in ARCHES:
             raise doc.error((*path, arch), f"unknown arch '{arch}' (known: {', '.join(ARCHES)})")
         given = parse_mapping(
-            doc, (*path, arch), fields, [dataclasses.replace(f, default=None) for f in STAGE1_FIELDS]
+            doc,
+            (*path, arch),
+            fields,
+            [dataclasses.replace(f, default=None) for f in STAGE1_FIELDS],
         )
         out.append((arch, tuple((k, v) for k, v in given.items() if v is not None)))
     return tuple(out)

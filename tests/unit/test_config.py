@@ -197,3 +197,61 @@ def test_dtb_edits_are_read_in_order(project: Path) -> None:
     assert board.qemu is not None and board.qemu.machine == "raspi4b"
     assert board.qemu.dtb_edits[0] == "delete-node /soc/mmc@7e300000/wifi@1"
     assert len(board.qemu.dtb_edits) == 3
+
+
+def zynq_boot_image(dest: Path) -> Path:
+    from tuoba import run
+
+    payload = dest.with_suffix(".payload")
+    payload.write_bytes(b"\x00\x01" * 1024)
+    run.run(["mkimage", "-T", "zynqimage", "-d", str(payload), str(dest)], capture=True)
+    return dest
+
+
+def test_armhf_board_gets_its_arch_everywhere(project: Path, tmp_path: Path) -> None:
+    """pynq-z2: the armhf kernel fragment and feature parts, its own .dts, armhf packages."""
+    boot = zynq_boot_image(tmp_path / "BOOT.BIN")
+    plan = resolve(
+        request(project, board="pynq-z2", recipes=("base",), supplies=(("BOOT.BIN", str(boot)),))
+    )
+    names = [f.name for f in plan.fragments]
+    assert names[:3] == ["base", "arch:armhf", "board:pynq-z2"]
+    options = {o.name: (o.value, o.feature) for f in plan.fragments for o in f.options}
+    assert options["CONFIG_ARM_PTDUMP_DEBUGFS"] == ("y", "kernel/features/debug.armhf.config")
+    assert "CONFIG_PTDUMP_DEBUGFS" not in options and "CONFIG_RANDOMIZE_BASE" not in options
+    assert plan.kernel_dtbs == ("zynq-pynq-z2",)
+    assert plan.board_dts == (project / "boards/pynq-z2/zynq-pynq-z2.dts",)
+    assert "bpfcc-tools" in plan.packages and "bpftrace" not in plan.packages
+    assert "bpf_bcc" in plan.tests and "bpf" not in plan.tests
+    (supplied,) = plan.supplied
+    assert (supplied.file, supplied.path) == ("BOOT.BIN", boot)
+    assert plan.image_inputs()["supplied"] == {"BOOT.BIN": supplied.sha256}
+
+
+def test_arm64_board_keeps_its_arch_parts(project: Path) -> None:
+    plan = resolve(request(project))
+    options = {o.name: o.feature for f in plan.fragments for o in f.options}
+    assert options["CONFIG_ARM64_VA_BITS_48"] == "kernel/arch/arm64.config"
+    assert options["CONFIG_PTDUMP_DEBUGFS"] == "kernel/features/debug.arm64.config"
+    assert "bpftrace" in plan.packages and plan.board_dts == ()
+
+
+def test_recipe_arch_part_names_an_unknown_arch(project: Path) -> None:
+    recipe = project / "recipes/bpf.yaml"
+    recipe.write_text(recipe.read_text().replace("    armhf:\n", "    riscv64:\n"))
+    with pytest.raises(InputError) as e:
+        resolve(request(project, recipes=("base", "bpf")))
+    assert e.value.message.startswith("recipes/bpf.yaml:")
+    assert "unknown arch 'riscv64' (known: arm64, armhf)" in e.value.message
+
+
+def test_feature_arch_part_is_not_a_feature_of_its_own(project: Path) -> None:
+    from tuoba.kernel import feature_names, load_feature
+
+    assert "debug" in feature_names(project)
+    assert not [n for n in feature_names(project) if "." in n]
+    with pytest.raises(InputError, match="unknown kernel feature 'debug.arm64'"):
+        load_feature(project, "debug.arm64")
+    plain = load_feature(project, "debug")
+    assert "CONFIG_PROC_KCORE" not in {o.name for o in plain.options}
+    assert "CONFIG_PROC_KCORE" in {o.name for o in load_feature(project, "debug", "arm64").options}
