@@ -252,7 +252,8 @@ def build_kernel(
         run.require(tool)
     _, clang = clang_version()
     text, requested = merged_fragment(fragments)
-    inputs: dict[str, Any] = {"src": str(src.name), "arch": arch, "config": text, "clang": clang, "dtbs": dtbs}
+    inputs: dict[str, Any] = {"src": str(src.name), "arch": arch, "config": text, "clang": clang,
+                              "dtbs": dtbs}  # fmt: skip
     if board_dts:  # (absent from the key when there are none: earlier builds stay valid)
         inputs["board_dts"] = {p.name: sources.sha256_file(p) for p in board_dts}
     key = digest(inputs)

@@ -15,7 +15,9 @@ HOST_KEY = {1: "/etc/ssh/ssh_host_ed25519_key", 2: "/etc/dropbear/dropbear_ed255
 
 def test_expected_kernel_running(host: Any, manifest: dict[str, Any]) -> None:
     assert host.check_output("uname -r") == manifest["kernel"]["version"]
-    assert host.check_output("uname -m") == "aarch64"
+    assert (
+        host.check_output("uname -m") == {"arm64": "aarch64", "armhf": "armv7l"}[manifest["arch"]]
+    )
 
 
 def test_root_is_ext4_read_write(host: Any) -> None:
