@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from tests.conftest import copy_project  # noqa: E402
+from tests.conftest import copy_project, zynq_boot_image  # noqa: E402
 from tuoba import apt  # noqa: E402
 from tuoba.guest import boot_spec, load_manifest  # noqa: E402
 from tuoba.plan import DEBIAN_RELEASE, image_name  # noqa: E402
@@ -186,11 +186,7 @@ def board_args(board: str, tmpdir: Path) -> list[str]:
     -security armhf index is stale: see tests/integration/test_zynq_board.py)."""
     if board != "pynq-z2":
         return []
-    payload = tmpdir / "fsbl.payload"
-    payload.write_bytes(b"TUOBA-BENCH-FSBL" * 256)
-    boot_bin = tmpdir / "BOOT.BIN"
-    subprocess.run(["mkimage", "-T", "zynqimage", "-d", str(payload), str(boot_bin)],
-                   capture_output=True, check=True)  # fmt: skip
+    boot_bin = zynq_boot_image(tmpdir / "BOOT.BIN")
     mirror = apt.debian_mirrors(DEBIAN_RELEASE)[0]
     return ["--supply", f"BOOT.BIN={boot_bin}", "--mirror", mirror]
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,19 @@ def copy_project(dest: Path) -> Path:
         else:
             (dest / part).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / part)
+    return dest
+
+
+def zynq_boot_image(dest: Path) -> Path:
+    """A Zynq-7000 boot image (the boot ROM's BOOT.BIN format) made by U-Boot's
+    `mkimage -T zynqimage` around a placeholder first-stage loader: a valid boot header for the
+    builds that need one supplied, not a loader for any real board."""
+    payload = dest.with_name(dest.name + ".payload")
+    payload.write_bytes(b"TUOBA-TEST-FSBL\n" * 256)
+    subprocess.run(
+        ["mkimage", "-T", "zynqimage", "-d", str(payload), str(dest)],
+        capture_output=True, check=True,
+    )  # fmt: skip
     return dest
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import zynq_boot_image
 from tuoba import run
 from tuoba.cli import cli
 
@@ -61,14 +62,6 @@ def test_board_needing_what_cannot_be_had_stops_naming_it(
     assert not (project / "out").exists()
     # only a single-file need can be handed over, and the hint says how
     assert ("--supply BOOT.BIN=PATH" in out) == (board == "pynq-z2")
-
-
-def zynq_boot_image(dest: Path) -> Path:
-    """A boot image made by U-Boot's mkimage -T zynqimage (the Zynq boot ROM's format)."""
-    payload = dest.with_suffix(".payload")
-    payload.write_bytes(bytes(range(256)) * 16)
-    run.run(["mkimage", "-T", "zynqimage", "-d", str(payload), str(dest)], capture=True)
-    return dest
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project
+from tests.conftest import copy_project, zynq_boot_image
 from tuoba import apt, run
 from tuoba.plan import DEBIAN_RELEASE, image_name
 
@@ -34,13 +34,6 @@ def tuoba(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
          str(project / "out"), *args],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-
-
-def zynq_boot_image(dest: Path) -> Path:
-    payload = dest.with_suffix(".payload")
-    payload.write_bytes(b"TUOBA-TEST-FSBL\n" * 256)
-    run.run(["mkimage", "-T", "zynqimage", "-d", str(payload), str(dest)], capture=True)
-    return dest
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import zynq_boot_image
 from tuoba.board import load_board
 from tuoba.config import load_yaml
 from tuoba.errors import InputError
@@ -197,15 +198,6 @@ def test_dtb_edits_are_read_in_order(project: Path) -> None:
     assert board.qemu is not None and board.qemu.machine == "raspi4b"
     assert board.qemu.dtb_edits[0] == "delete-node /soc/mmc@7e300000/wifi@1"
     assert len(board.qemu.dtb_edits) == 3
-
-
-def zynq_boot_image(dest: Path) -> Path:
-    from tuoba import run
-
-    payload = dest.with_suffix(".payload")
-    payload.write_bytes(b"\x00\x01" * 1024)
-    run.run(["mkimage", "-T", "zynqimage", "-d", str(payload), str(dest)], capture=True)
-    return dest
 
 
 def test_armhf_board_gets_its_arch_everywhere(project: Path, tmp_path: Path) -> None:
