@@ -84,9 +84,14 @@ def main() -> None:
     parser.add_argument("--boots", type=int, default=3, help="boot-to-ssh samples")
     parser.add_argument("--stage", type=int, default=1, choices=(1, 2))
     parser.add_argument("--boards", action="store_true", help="every buildable board")
+    parser.add_argument(
+        "--only", action="append", metavar="BOARD", help="with --boards: just these (repeatable)"
+    )
     parser.add_argument("--json", type=Path, help="[default: bench/results/latest[-s2].json]")
     args = parser.parse_args()
     suffix = "-boards" if args.boards else "" if args.stage == 1 else "-s2"
+    if args.boards and args.only:  # a subset does not replace the all-boards figures
+        suffix += "-" + "-".join(args.only)
     args.json = args.json or ROOT / "bench" / "results" / f"latest{suffix}.json"
     if args.boards:
         return boards(args)
@@ -206,6 +211,8 @@ def boards(args: argparse.Namespace) -> None:
         cache = tmpdir / "cache"
         kernel_only_cache(cache)
         for board, stage in BOARDS:
+            if args.only and board not in args.only:
+                continue
             extra = board_args(board, tmpdir)
             secs, ran = timed_build(project, out, cache, stage, board, *extra)
             img = out / f"{image_name(board, stage)}.img"
