@@ -39,6 +39,7 @@ class Request:
     offline: bool = False
     mirror: str | None = None
     supplies: tuple[tuple[str, str], ...] = ()  # (file name, path): --supply FILE=PATH
+    check_needs: bool = True  # False: no image is made (`tuoba kernel config`), needs don't matter
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -259,7 +260,7 @@ def resolve(req: Request) -> Plan:
         }.get(req.stage, "stages are 1 (Debian) and 2 (LLVM + musl); 3 is not built yet")
         raise InputError(f"stage {req.stage} is not supported", hint=hint)
     board, board_doc = load_board(data_dir, req.board)
-    supplied = _check_supplies(board, req.supplies)
+    supplied = _check_supplies(board, req.supplies) if req.check_needs else ()
     from tuoba.bootloader import Bootloader
 
     if board.boot.method not in Bootloader.registry:

@@ -106,6 +106,16 @@ def test_kernel_config_names_the_fragment_of_each_option(project: Path) -> None:
     assert lines["CONFIG_MODULES=y"].startswith("kernel/base.config:")
 
 
+def test_kernel_config_of_a_board_whose_boot_file_is_not_supplied(project: Path) -> None:
+    """pynq-z2's kernel config needs no BOOT.BIN; its armhf parts are named."""
+    code, out = invoke(project, "kernel", "config", "--board", "pynq-z2")
+    assert code == 0, out
+    lines = {ln.split()[0]: ln.split()[-1] for ln in out.splitlines() if ln.startswith("CONFIG_")}
+    assert lines["CONFIG_COMPAT_32BIT_TIME=y"].startswith("kernel/arch/armhf.config:")
+    assert lines["CONFIG_ARCH_ZYNQ=y"].startswith("boards/pynq-z2/kernel.config:")
+    assert lines["CONFIG_ARM_PTDUMP_DEBUGFS=y"].startswith("kernel/features/debug.armhf.config:")
+
+
 def test_recipes_lists_one_line_each(project: Path) -> None:
     code, out = invoke(project, "recipes")
     assert code == 0

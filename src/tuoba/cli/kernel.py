@@ -33,6 +33,7 @@ def config(app: App, board: str, recipes: tuple[str, ...]) -> None:
             data_dir=str(app.data_dir),
             out_dir=str(app.out_dir),
             cache_dir=str(app.cache_dir),
+            check_needs=False,  # a board's kernel config does not depend on its boot files
         )
     )
     if plan.board.kernel.source != "tuoba":
