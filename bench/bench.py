@@ -23,6 +23,7 @@ image size (raw apparent, raw allocated, xz).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,12 +104,7 @@ def main() -> None:
         "board": BOARD,
         **run_context(),
     }
-    with tempfile.TemporaryDirectory(prefix="tuoba-bench-") as tmp:
-        tmpdir = Path(tmp)
-        project = copy_project(tmpdir / "project")
-        out = tmpdir / "out"
-        cache = Path.home() / ".cache" / "tuoba" if args.warm_cache else tmpdir / "cache"
-
+    with workspace("", "home" if args.warm_cache else "empty") as (tmpdir, project, out, cache):
         label = "warm-cache build" if args.warm_cache else "cold build (empty cache)"
         secs, ran = timed_build(project, out, cache)
         results["first_build_s"] = round(secs, 1)
@@ -171,6 +168,19 @@ def measure_boots(img: Path, tmpdir: Path, n: int, results: dict[str, object], w
     )
 
 
+@contextlib.contextmanager
+def workspace(name: str, cache: str = "kernel-only") -> Iterator[tuple[Path, Path, Path, Path]]:
+    """(scratch dir, a copy of the project, output dir, cache dir) for one bench run; the cache
+    is empty, ~/.cache/tuoba ("home") or one holding only its shared kernel build."""
+    with tempfile.TemporaryDirectory(prefix=f"tuoba-bench-{name}") as tmp:
+        tmpdir = Path(tmp)
+        project = copy_project(tmpdir / "project")
+        cache_dir = Path.home() / ".cache" / "tuoba" if cache == "home" else tmpdir / "cache"
+        if cache == "kernel-only":
+            kernel_only_cache(cache_dir)
+        yield tmpdir, project, tmpdir / "out", cache_dir
+
+
 def kernel_only_cache(cache: Path) -> None:
     """A cache holding only the shared kernel build (and its ccache) of ~/.cache/tuoba."""
     home = Path.home() / ".cache" / "tuoba"
@@ -204,12 +214,7 @@ def boards(args: argparse.Namespace) -> None:
     mib = 1 << 20
     print(f"{'board':<14}{'stage':>6}{'build s':>9}{'boot s':>8}{'raw MiB':>9}{'alloc MiB':>10}"
           f"{'xz MiB':>8}  steps run (kernel: shared, cached)")  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="tuoba-bench-boards-") as tmp:
-        tmpdir = Path(tmp)
-        project = copy_project(tmpdir / "project")
-        out = tmpdir / "out"
-        cache = tmpdir / "cache"
-        kernel_only_cache(cache)
+    with workspace("boards-") as (tmpdir, project, out, cache):
         for board, stage in BOARDS:
             if args.only and board not in args.only:
                 continue
@@ -251,13 +256,7 @@ def stage2(args: argparse.Namespace) -> None:
         **run_context(),
     }
     mib = 1 << 20
-    with tempfile.TemporaryDirectory(prefix="tuoba-bench-s2-") as tmp:
-        tmpdir = Path(tmp)
-        project = copy_project(tmpdir / "project")
-        out = tmpdir / "out"
-        cache = tmpdir / "cache"
-        kernel_only_cache(cache)
-
+    with workspace("s2-") as (tmpdir, project, out, cache):
         secs, ran = timed_build(project, out, cache, stage=2)
         results["cold_userland_build_s"] = round(secs, 1)
         print(f"{'stage-2 cold build (kernel cached)':<36} {secs:8.1f} s   ({ran})")

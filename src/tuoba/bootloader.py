@@ -53,6 +53,17 @@ class Bootloader:
         mine = {Path(d).name for d in self.board.kernel.dtbs}
         return [d for d in kernel["dtbs"] if Path(d).stem in mine]
 
+    def copy_kernel(self, kernel: dict[str, Any], dest: Path, dtb_dir: Path) -> list[str]:
+        """The built kernel image into `dest` and this board's device trees into `dtb_dir`;
+        returns the device trees' file names."""
+        built = Path(kernel["dir"])
+        dtb_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(built / kernel["image"], dest / kernel["image"])
+        dtbs = self.board_dtbs(kernel)
+        for dtb in dtbs:
+            shutil.copyfile(built / "dtbs" / dtb, dtb_dir / dtb)
+        return dtbs
+
 
 class Direct(Bootloader):
     """QEMU loads kernel (and initrd) itself: nothing goes on the disk."""
@@ -87,10 +98,7 @@ class RpiFirmware(Bootloader):
                     hint=f"fix boot -> firmware -> files in boards/{self.board.name}/board.yaml",
                 )
             shutil.copyfile(src, dest / name)
-        built = Path(kernel["dir"])
-        shutil.copyfile(built / kernel["image"], dest / kernel["image"])
-        for dtb in self.board_dtbs(kernel):
-            shutil.copyfile(built / "dtbs" / dtb, dest / dtb)
+        self.copy_kernel(kernel, dest, dest)
         (dest / "config.txt").write_text("\n".join(self.board.boot.config) + "\n")
         (dest / "cmdline.txt").write_text(cmdline + "\n")
 
@@ -121,11 +129,7 @@ class Zynq(Bootloader):
     def boot_partition(self, dest: Path, kernel: dict[str, Any], cmdline: str) -> None:
         for file, path in self.supplied.items():
             shutil.copyfile(path, dest / file)
-        built = Path(kernel["dir"])
-        shutil.copyfile(built / kernel["image"], dest / kernel["image"])
-        dtbs = self.board_dtbs(kernel)
-        for dtb in dtbs:
-            shutil.copyfile(built / "dtbs" / dtb, dest / dtb)
+        dtbs = self.copy_kernel(kernel, dest, dest)
         (dest / "extlinux").mkdir()
         (dest / "extlinux" / "extlinux.conf").write_text(
             extlinux_conf(kernel, cmdline, "", dtbs[0] if dtbs else None)
@@ -136,12 +140,13 @@ ZYNQ_WIDTH_WORD = 0xAA995566  # boot header at 0x20: the boot ROM's bus-width de
 ZYNQ_IDENT = b"XNLX"  # at 0x24
 
 
-def zynq_boot_image_problem(data: bytes) -> str | None:
+def zynq_boot_image_problem(data: bytes, size: int) -> str | None:
     """What is wrong with a Zynq-7000 boot image's header (Xilinx UG585, "BootROM Header"), or
     None: width word at 0x20, 'XNLX' at 0x24, the checksum at 0x48 (the complement of the sum
-    of the words 0x20-0x44) and the first stage loader lying inside the file."""
-    if len(data) < 0x8C0:
-        return f"{len(data)} bytes, shorter than a boot header (2240 bytes)"
+    of the words 0x20-0x44) and the first stage loader lying inside the file. `data` is the
+    file's start (at least its 2240-byte header), `size` the whole file's."""
+    if size < 0x8C0:
+        return f"{size} bytes, shorter than a boot header (2240 bytes)"
     words = struct.unpack_from("<10I", data, 0x20)
     if words[0] != ZYNQ_WIDTH_WORD:
         return f"no boot header: the word at 0x20 is {words[0]:#010x}, not {ZYNQ_WIDTH_WORD:#x}"
@@ -152,7 +157,7 @@ def zynq_boot_image_problem(data: bytes) -> str | None:
     if checksum != want:
         return f"the header checksum at 0x48 is {checksum:#010x}, the header sums to {want:#010x}"
     offset, length = words[4], words[5]
-    if offset < 0x8C0 or offset >= len(data) or length == 0:
+    if offset < 0x8C0 or offset >= size or length == 0:
         return f"the first stage loader (offset {offset:#x}, {length} bytes) is not in the file"
     return None
 
@@ -161,7 +166,7 @@ def check_supplied(path: Path, fmt: str, file: str) -> None:
     """Refuse a supplied file that is not what the board needs (`format` in board.yaml)."""
     if fmt == "zynq-boot-image":
         with path.open("rb") as f:
-            problem = zynq_boot_image_problem(f.read(0x10000))
+            problem = zynq_boot_image_problem(f.read(0x8C0), path.stat().st_size)
         if problem is not None:
             raise InputError(
                 f"--supply {file}={path}: not a Zynq-7000 boot image ({problem})",
@@ -183,14 +188,9 @@ class UBoot(Bootloader):
         return [] if u is None else [u.source, u.bl31]
 
     def root_tree(self, root: Path, kernel: dict[str, Any], cmdline: str) -> None:
-        built = Path(kernel["dir"])
         boot = root / "boot"
-        (boot / "dtbs").mkdir(parents=True, exist_ok=True)
-        (boot / "extlinux").mkdir(exist_ok=True)
-        shutil.copyfile(built / kernel["image"], boot / kernel["image"])
-        dtbs = self.board_dtbs(kernel)
-        for dtb in dtbs:
-            shutil.copyfile(built / "dtbs" / dtb, boot / "dtbs" / dtb)
+        (boot / "extlinux").mkdir(parents=True, exist_ok=True)
+        dtbs = self.copy_kernel(kernel, boot, boot / "dtbs")
         (boot / "extlinux" / "extlinux.conf").write_text(
             extlinux_conf(kernel, cmdline, "/boot", f"dtbs/{dtbs[0]}" if dtbs else None)
         )

@@ -63,14 +63,17 @@ def qemu_command(spec: BootSpec, ssh_port: int | None, serial: str, writable: bo
     if spec.dtb is not None:
         cmd += ["-dtb", str(spec.dtb)]
     if q.network:
-        net = "user,id=net0"
-        if ssh_port is not None:
-            net += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+        fwd = "" if ssh_port is None else f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
         if q.nic == "board":  # the machine's own first NIC (e.g. the Zynq's GEM0)
-            cmd += ["-nic", net.replace(",id=net0", "")]
+            cmd += ["-nic", f"user{fwd}"]
         else:
             # romfile= : no PXE option ROM is needed for direct kernel boot (nor installed).
-            cmd += ["-netdev", net, "-device", "virtio-net-pci,netdev=net0,romfile="]
+            cmd += [
+                "-netdev",
+                f"user,id=net0{fwd}",
+                "-device",
+                "virtio-net-pci,netdev=net0,romfile=",
+            ]
             cmd += ["-device", "virtio-rng-pci"]
     if serial == "stdio":
         cmd += ["-nographic"]
