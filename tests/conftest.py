@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -36,6 +37,21 @@ def zynq_boot_image(dest: Path) -> Path:
         ["mkimage", "-T", "zynqimage", "-d", str(payload), str(dest)],
         capture_output=True, check=True,
     )  # fmt: skip
+    return dest
+
+
+AML_BOOT_CODE = b"TUOBA-TEST-MBR-BOOT-CODE\n"
+
+
+def amlogic_sd_fip(dest: Path, size: int = 1536 * 1024) -> Path:
+    """A placeholder Amlogic u-boot.bin.sd.bin: a first sector with recognisable boot code, then
+    BL2's 16-byte nonce and "@AML" header magic, then filler. It has the shape the vim3 build
+    checks and places, not a loader any VIM3 would run."""
+    first = (AML_BOOT_CODE * 17)[:440].ljust(512, b"\0")
+    body = bytearray(hashlib.sha256(b"tuoba-test-fip").digest()[:16] + b"@AML")
+    while len(body) < size - 512:
+        body += hashlib.sha256(bytes(body[-32:])).digest()
+    dest.write_bytes(first + bytes(body[: size - 512]))
     return dest
 
 

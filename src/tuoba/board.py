@@ -100,6 +100,7 @@ class BootSpec:
     config: tuple[str, ...]  # lines of the firmware's config file (config.txt)
     needs: tuple[Need, ...] = ()  # what the board needs that cannot be had here
     u_boot: UBootSpec | None = None  # a U-Boot built here, for method u-boot
+    hardware: str = ""  # what must already be on the board itself (not on the card)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,11 +250,11 @@ def _dtb_edits(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, .
     return edits
 
 
-BOOT_METHODS = ("direct", "rpi-firmware", "u-boot", "zynq", "extlinux")
+BOOT_METHODS = ("direct", "rpi-firmware", "u-boot", "zynq", "extlinux", "amlogic-fip")
 
 
 # What a supplied file can be checked to be (bootloader.check_supplied knows each).
-SUPPLY_FORMATS = ("zynq-boot-image",)
+SUPPLY_FORMATS = ("zynq-boot-image", "amlogic-sd-fip")
 
 NEED_FIELDS = [
     Field("what", string, help="the component, by name"),
@@ -283,6 +284,9 @@ def _boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> BootSpec:
             Field("config", string_list, (), help="firmware config file lines"),
             Field("needs", _needs, (), help="boot components that cannot be had here"),
             Field("u_boot", lambda d, p, x: x, None, help="U-Boot built from source"),
+            Field(
+                "hardware", string, "", help="what must already be on the board (not the card)"
+            ),
         ],
     )
     u_boot = None if v["u_boot"] is None else _u_boot(doc, (*path, "u_boot"), v["u_boot"])
@@ -305,7 +309,9 @@ def _boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> BootSpec:
         fw_dir, fw_files = extra["dir"], extra["files"]
     if v["method"] == "rpi-firmware" and firmware is None:
         raise doc.error(path, "method 'rpi-firmware' needs a 'firmware' package")
-    return BootSpec(v["method"], firmware, fw_dir, fw_files, v["config"], v["needs"], u_boot)
+    return BootSpec(
+        v["method"], firmware, fw_dir, fw_files, v["config"], v["needs"], u_boot, v["hardware"]
+    )
 
 
 def _u_boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> UBootSpec:

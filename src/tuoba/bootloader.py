@@ -162,8 +162,9 @@ def zynq_boot_image_problem(data: bytes, size: int) -> str | None:
     return None
 
 
-def check_supplied(path: Path, fmt: str, file: str) -> None:
-    """Refuse a supplied file that is not what the board needs (`format` in board.yaml)."""
+def check_supplied(path: Path, fmt: str, file: str, room: int) -> None:
+    """Refuse a supplied file that is not what the board needs (`format` in board.yaml);
+    `room` is what the card has before its first partition, for a file written there."""
     if fmt == "zynq-boot-image":
         with path.open("rb") as f:
             problem = zynq_boot_image_problem(f.read(0x8C0), path.stat().st_size)
@@ -173,10 +174,58 @@ def check_supplied(path: Path, fmt: str, file: str) -> None:
                 hint="give the BOOT.BIN made by bootgen (or U-Boot's mkimage -T zynqimage)",
             )
         return
+    if fmt == "amlogic-sd-fip":
+        with path.open("rb") as f:
+            head = f.read(AML_SD_OFFSET + 0x40)
+        problem = amlogic_sd_fip_problem(head, path.stat().st_size, room)
+        if problem is not None:
+            raise InputError(
+                f"--supply {file}={path}: not an Amlogic SD-card boot image ({problem})",
+                hint="give the u-boot.bin.sd.bin that Amlogic's FIP packing (amlogic-boot-fip's "
+                "build-fip.sh, or the board vendor's fip/ Makefile) made around U-Boot",
+            )
+        return
     raise AssertionError(f"no check for supplied format {fmt!r}")
 
 
-class UBoot(Bootloader):
+# An Amlogic SD-card boot image (u-boot.bin.sd.bin): 512 bytes for the card's MBR sector, then
+# the signed boot image the G12B boot ROM reads from sector 1: BL2's 16-byte nonce, then its
+# header starting with "@AML" (the layout meson-tools' AmlogicHeader and gxlimg's BL2 signing
+# write), then the FIP with BL30/BL31/U-Boot.
+AML_SD_OFFSET = 512
+AML_MAGIC = b"@AML"
+
+
+def amlogic_sd_fip_problem(head: bytes, size: int, room: int) -> str | None:
+    """What is wrong with an Amlogic u-boot.bin.sd.bin, or None. `head` is the file's first
+    0x240 bytes, `size` the whole file's, `room` the bytes free before the first partition."""
+    if size < AML_SD_OFFSET + 0x1000:
+        return f"{size} bytes, shorter than the MBR sector and a BL2 header"
+    at = AML_SD_OFFSET + 0x10
+    if head[at : at + 4] != AML_MAGIC:
+        return f"bytes {at:#x}-{at + 3:#x} are {head[at:at + 4]!r}, not BL2's {AML_MAGIC!r}"
+    if size > room:
+        return f"{size} bytes do not fit in the {room} bytes before the first partition"
+    return None
+
+
+class Extlinux(Bootloader):
+    """A U-Boot that is already on the board (in its SPI/QSPI flash, put there by the vendor's
+    tools) runs distro boot, which finds /boot/extlinux/extlinux.conf on the card's first
+    partition and boots the kernel and device tree named there: the card holds no loader."""
+
+    method = "extlinux"
+
+    def root_tree(self, root: Path, kernel: dict[str, Any], cmdline: str) -> None:
+        boot = root / "boot"
+        (boot / "extlinux").mkdir(parents=True, exist_ok=True)
+        dtbs = self.copy_kernel(kernel, boot, boot / "dtbs")
+        (boot / "extlinux" / "extlinux.conf").write_text(
+            extlinux_conf(kernel, cmdline, "/boot", f"dtbs/{dtbs[0]}" if dtbs else None)
+        )
+
+
+class UBoot(Extlinux):
     """U-Boot built here from its release source with the SoC's BL31, written where the boot ROM
     reads; its distro boot finds /boot/extlinux/extlinux.conf on the root filesystem and boots
     the kernel and device tree named there."""
@@ -186,14 +235,6 @@ class UBoot(Bootloader):
     def sources(self) -> list[sources.Source]:
         u = self.board.boot.u_boot
         return [] if u is None else [u.source, u.bl31]
-
-    def root_tree(self, root: Path, kernel: dict[str, Any], cmdline: str) -> None:
-        boot = root / "boot"
-        (boot / "extlinux").mkdir(parents=True, exist_ok=True)
-        dtbs = self.copy_kernel(kernel, boot, boot / "dtbs")
-        (boot / "extlinux" / "extlinux.conf").write_text(
-            extlinux_conf(kernel, cmdline, "/boot", f"dtbs/{dtbs[0]}" if dtbs else None)
-        )
 
     def raw_writes(self, log: Path) -> list[tuple[int, Path]]:
         u = self.board.boot.u_boot
@@ -244,6 +285,26 @@ class UBoot(Bootloader):
                 shutil.copyfile(src / ".config", tmp / "u-boot.config")
         shutil.rmtree(work, ignore_errors=True)
         return dest / u.output
+
+
+class AmlogicFip(Extlinux):
+    """Amlogic G12 (VIM3): the boot ROM reads the signed boot image (BL2, DDR firmware, BL30,
+    BL31 and U-Boot as BL33, packed by Amlogic's tools: the user's u-boot.bin.sd.bin) from the
+    card at sector 1; its first sector's boot code goes to the MBR's boot code area, whose disk
+    signature and partition table stay the image's. U-Boot's distro boot then reads
+    /boot/extlinux/extlinux.conf from the root partition."""
+
+    method = "amlogic-fip"
+
+    def raw_writes(self, log: Path) -> list[tuple[int, Path]]:
+        (sd_bin,) = self.supplied.values()
+        data = sd_bin.read_bytes()
+        work = log.parent / "amlogic-fip"
+        work.mkdir(parents=True, exist_ok=True)
+        code, fip = work / "mbr-boot-code.bin", work / "boot-image.bin"
+        code.write_bytes(data[: image.MBR_BOOT_CODE])
+        fip.write_bytes(data[AML_SD_OFFSET:])
+        return [(0, code), (AML_SD_OFFSET, fip)]
 
 
 def for_board(board: Board, cache_dir: Path, supplied: dict[str, Path] | None = None) -> Bootloader:

@@ -20,6 +20,7 @@ from tuoba import run
 from tuoba.board import PARTITION_TYPES, ImageSpec
 
 SECTOR = 512
+MBR_BOOT_CODE = 440  # the MBR's boot code area; the disk signature and partition table follow
 ALIGN = 1 << 20  # partitions start on 1 MiB boundaries
 BMAP_BLOCK = 4096
 # Fixed timestamp for filesystem metadata, so the same inputs give the same bytes.

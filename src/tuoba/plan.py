@@ -188,7 +188,7 @@ def flavour_boards(data_dir: Path, board: Board) -> list[Board]:
     found = []
     for name in board_names(data_dir):
         other = board if name == board.name else load_board(data_dir, name)[0]
-        if other.boot.needs and other.name != board.name:
+        if other.name != board.name and any(n.file is None for n in other.boot.needs):
             continue  # a board that cannot be built here does not shape the shared kernel
         if other.kernel.source == "tuoba" and (other.kernel.flavour or other.arch) == flavour:
             if other.arch != board.arch:
@@ -244,7 +244,7 @@ def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tupl
                 hint=f"give the path of {need.what}",
             )
         if need.format is not None:
-            check_supplied(path, need.format, need.file)
+            check_supplied(path, need.format, need.file, board.image.first_partition)
         out.append(Supplied(need.file, path, sources.sha256_file(path)))
     return tuple(out)
 

@@ -398,12 +398,14 @@ GPT_END = 34 * 512  # protective MBR, GPT header and a 128-entry table (the back
 def check_raw_writes(
     raw: list[tuple[int, Path]], parts: list[image.PlacedPartition], table: str, board: str
 ) -> None:
-    """A loader written outside the partitions must not overlap the table or a partition."""
+    """A loader written outside the partitions must not overlap the table or a partition. On
+    an MBR disk the boot code area before the disk signature (bytes 0-439) is a loader's."""
     table_end = GPT_END if table == "gpt" else 512
     for offset, blob in raw:
         end = offset + blob.stat().st_size
         clash = [p.name for p in parts if offset < p.start + p.size and p.start < end]
-        if offset < table_end or clash:
+        boot_code = table == "mbr" and end <= image.MBR_BOOT_CODE
+        if (offset < table_end and not boot_code) or clash:
             what = f"partition '{clash[0]}'" if clash else "the partition table"
             raise BuildError(
                 f"{blob.name} ({blob.stat().st_size} bytes at byte {offset}) overlaps {what}",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import zynq_boot_image
+from tests.conftest import amlogic_sd_fip, zynq_boot_image
 from tuoba import run
 from tuoba.cli import cli
 
@@ -41,14 +41,14 @@ def test_boards_lists_one_line_each(project: Path) -> None:
     assert "arm64" in lines["qemu-aarch64"] and "booted in QEMU virt" in lines["qemu-aarch64"]
     assert "rpi-firmware" in lines["rpi4"]
     assert "armhf" in lines["pynq-z2"] and "Zynq-7020" in lines["pynq-z2"]
-    assert "not buildable here" in lines["vim3"]
+    assert "amlogic-fip" in lines["vim3"] and "--supply" in lines["vim3"]
+    assert "extlinux" in lines["jetson-nano"] and "QSPI" in lines["jetson-nano"]
 
 
 @pytest.mark.parametrize(
     ("board", "blob"),
     [
-        ("vim3", "Amlogic G12B FIP blobs"),
-        ("jetson-nano", "NVIDIA L4T R32.5+ QSPI boot firmware"),
+        ("vim3", "the VIM3's signed Amlogic boot image u-boot.bin.sd.bin"),
         ("pynq-z2", "BOOT.BIN"),
     ],
 )
@@ -60,8 +60,8 @@ def test_board_needing_what_cannot_be_had_stops_naming_it(
     assert f"board '{board}' cannot be built here: it needs {blob}" in out
     assert "Get it from:" in out and f"boards/{board}/board.yaml" in out
     assert not (project / "out").exists()
-    # only a single-file need can be handed over, and the hint says how
-    assert ("--supply BOOT.BIN=PATH" in out) == (board == "pynq-z2")
+    # the hint says how to hand it over
+    assert f"--supply {'BOOT.BIN' if board == 'pynq-z2' else 'u-boot.bin.sd.bin'}=PATH" in out
 
 
 @pytest.mark.parametrize(
@@ -84,6 +84,32 @@ def test_supplied_file_is_checked_before_any_side_effect(
     (tmp_path / "corrupt").write_bytes(corrupt)
     files = {"good": good, "garbage": tmp_path / "garbage", "corrupt": tmp_path / "corrupt"}
     code, out = invoke(project, "build", "--board", "pynq-z2", "--supply", supply.format(**files))
+    assert code == 2
+    assert says in " ".join(out.split())
+    assert not (project / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        ("garbage", "not an Amlogic SD-card boot image (bytes 0x210-0x213 are"),
+        ("short", "not an Amlogic SD-card boot image (4096 bytes, shorter than"),
+        ("huge", "do not fit in the 16777216 bytes before the first partition"),
+    ],
+)
+def test_amlogic_boot_image_is_checked_before_any_side_effect(
+    project: Path, tmp_path: Path, make: str, says: str
+) -> None:
+    path = tmp_path / "u-boot.bin.sd.bin"
+    if make == "garbage":
+        path.write_bytes(b"\xff" * (1 << 20))
+    elif make == "short":
+        path.write_bytes(amlogic_sd_fip(path).read_bytes()[:4096])
+    else:
+        amlogic_sd_fip(path, size=17 << 20)
+    code, out = invoke(
+        project, "build", "--board", "vim3", "--supply", f"u-boot.bin.sd.bin={path}"
+    )
     assert code == 2
     assert says in " ".join(out.split())
     assert not (project / "out").exists()

@@ -96,3 +96,5 @@ def command(
     ui.info(f"image: {result.image}")
     ui.info(f"manifest: {result.manifest}")
     ui.info(f"built in {result.seconds:.1f} s")
+    if plan.board.boot.hardware:
+        ui.warn(f"before this card boots a {plan.board.name}: {plan.board.boot.hardware}")
