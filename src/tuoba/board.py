@@ -284,9 +284,7 @@ def _boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> BootSpec:
             Field("config", string_list, (), help="firmware config file lines"),
             Field("needs", _needs, (), help="boot components that cannot be had here"),
             Field("u_boot", lambda d, p, x: x, None, help="U-Boot built from source"),
-            Field(
-                "hardware", string, "", help="what must already be on the board (not the card)"
-            ),
+            Field("hardware", string, "", help="what must already be on the board (not the card)"),
         ],
     )
     u_boot = None if v["u_boot"] is None else _u_boot(doc, (*path, "u_boot"), v["u_boot"])

@@ -203,7 +203,7 @@ def amlogic_sd_fip_problem(head: bytes, size: int, room: int) -> str | None:
         return f"{size} bytes, shorter than the MBR sector and a BL2 header"
     at = AML_SD_OFFSET + 0x10
     if head[at : at + 4] != AML_MAGIC:
-        return f"bytes {at:#x}-{at + 3:#x} are {head[at:at + 4]!r}, not BL2's {AML_MAGIC!r}"
+        return f"bytes {at:#x}-{at + 3:#x} are {head[at : at + 4]!r}, not BL2's {AML_MAGIC!r}"
     if size > room:
         return f"{size} bytes do not fit in the {room} bytes before the first partition"
     return None

@@ -107,9 +107,7 @@ def test_amlogic_boot_image_is_checked_before_any_side_effect(
         path.write_bytes(amlogic_sd_fip(path).read_bytes()[:4096])
     else:
         amlogic_sd_fip(path, size=17 << 20)
-    code, out = invoke(
-        project, "build", "--board", "vim3", "--supply", f"u-boot.bin.sd.bin={path}"
-    )
+    code, out = invoke(project, "build", "--board", "vim3", "--supply", f"u-boot.bin.sd.bin={path}")
     assert code == 2
     assert says in " ".join(out.split())
     assert not (project / "out").exists()
