@@ -138,3 +138,41 @@ def test_vfat_filesystem_holds_the_tree(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert "x.dtbo" in listing
+
+
+@pytest.mark.parametrize(
+    ("table", "offset", "size", "clash"),
+    [
+        ("mbr", 0, 440, None),  # the MBR's boot code area is a loader's
+        ("mbr", 0, 441, "the partition table"),  # ... the disk signature is not
+        ("mbr", 512, (1 << 20) - 512, None),  # up to the first partition
+        ("mbr", 512, 1 << 20, "partition 'boot'"),
+        ("gpt", 0, 440, "the partition table"),  # a GPT's protective MBR is the table's
+        ("gpt", 34 * 512, 4096, None),
+    ],
+)
+def test_raw_writes_keep_off_the_table_and_partitions(
+    tmp_path: Path, table: str, offset: int, size: int, clash: str | None
+) -> None:
+    from tuoba.errors import BuildError
+    from tuoba.steps import check_raw_writes
+
+    blob = tmp_path / "loader.bin"
+    blob.write_bytes(b"\x01" * size)
+    parts = layout(spec(), "seed")
+    if clash is None:
+        check_raw_writes([(offset, blob)], parts, table, "b")
+    else:
+        with pytest.raises(BuildError, match=f"overlaps {clash}"):
+            check_raw_writes([(offset, blob)], parts, table, "b")
+
+
+def test_amlogic_sd_fip_checks() -> None:
+    from tuoba.bootloader import amlogic_sd_fip_problem
+
+    good = bytes(512) + bytes(16) + b"@AML" + bytes(0x1000)
+    assert amlogic_sd_fip_problem(good[:0x240], len(good), 1 << 20) is None
+    assert "shorter than" in (amlogic_sd_fip_problem(good[:0x240], 0x1000, 1 << 20) or "")
+    bad = good[:0x210] + b"XAML" + good[0x214:]
+    assert "not BL2's b'@AML'" in (amlogic_sd_fip_problem(bad[:0x240], len(bad), 1 << 20) or "")
+    assert "do not fit" in (amlogic_sd_fip_problem(good[:0x240], 2 << 20, 1 << 20) or "")
