@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from tests.conftest import copy_project, zynq_boot_image  # noqa: E402
+from tests.conftest import amlogic_sd_fip, copy_project, zynq_boot_image  # noqa: E402
 from tuoba import apt  # noqa: E402
 from tuoba.guest import boot_spec, load_manifest  # noqa: E402
 from tuoba.plan import DEBIAN_RELEASE, image_name  # noqa: E402
@@ -192,13 +192,17 @@ def kernel_only_cache(cache: Path) -> None:
 
 
 BOARDS = [("qemu-aarch64", 1), ("qemu-aarch64", 2), ("rpi4", 1), ("rpi4", 2), ("rpi3", 1),
-          ("rpi3", 2), ("roc-rk3328-cc", 1), ("pynq-z2", 1)]  # fmt: skip
+          ("rpi3", 2), ("roc-rk3328-cc", 1), ("jetson-nano", 1), ("vim3", 1),
+          ("pynq-z2", 1)]  # fmt: skip
 
 
 def board_args(board: str, tmpdir: Path) -> list[str]:
-    """What a board's build needs from the user: pynq-z2 a BOOT.BIN (a placeholder boot image
-    made by mkimage, as the test suite does) and, on this archive, the main suite only (its
-    -security armhf index is stale: see tests/integration/test_zynq_board.py)."""
+    """What a board's build needs from the user: vim3 its Amlogic boot image, pynq-z2 a
+    BOOT.BIN (placeholders made as the test suite makes them) and, on this archive, pynq-z2 the
+    main suite only (its -security armhf index is stale: see tests/integration/
+    test_zynq_board.py)."""
+    if board == "vim3":
+        return ["--supply", f"u-boot.bin.sd.bin={amlogic_sd_fip(tmpdir / 'u-boot.bin.sd.bin')}"]
     if board != "pynq-z2":
         return []
     boot_bin = zynq_boot_image(tmpdir / "BOOT.BIN")

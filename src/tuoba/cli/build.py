@@ -38,8 +38,9 @@ from tuoba.plan import DEFAULT_RECIPES, Request, resolve
     "supplies",
     multiple=True,
     metavar="FILE=PATH",
-    help="Hand over a file the board needs and tuoba cannot fetch (e.g. pynq-z2's "
-    "BOOT.BIN=~/pynq/BOOT.BIN); repeatable. `tuoba boards` says which boards need one.",
+    help="Hand over a file the board needs and tuoba cannot fetch, checked before anything is "
+    "built: pynq-z2's BOOT.BIN=~/pynq/BOOT.BIN, vim3's u-boot.bin.sd.bin=PATH (its signed "
+    "Amlogic boot image); repeatable. Without it the build names the file and where to get it.",
 )
 @click.option("--explain", is_flag=True, help="Say why each step runs.")
 @click.pass_obj
@@ -65,6 +66,7 @@ def command(
       tuoba build --board qemu-aarch64
       tuoba build --board qemu-aarch64 --recipe base --explain
       tuoba build --board pynq-z2 --supply BOOT.BIN=./BOOT.BIN
+      tuoba build --board vim3 --supply u-boot.bin.sd.bin=./fip/u-boot.bin.sd.bin
     """
     pairs = []
     for item in supplies:
