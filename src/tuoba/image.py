@@ -114,10 +114,24 @@ def make_ext4(tree: Path, dest: Path, size: int, label: str, fs_uuid: str, log: 
     )
 
 
+def vfat_volume_id(fs_uuid: str) -> str:
+    """The 32-bit FAT volume serial (8 hex digits) made from a partition's filesystem UUID."""
+    return fs_uuid.replace("-", "")[:8]
+
+
+def fs_uuid_as_seen(part: PlacedPartition) -> str:
+    """A partition's filesystem UUID as blkid and busybox's volume_id print it (for UUID=):
+    FAT's volume serial is XXXX-XXXX in upper case."""
+    if part.fs == "vfat":
+        serial = vfat_volume_id(part.fs_uuid).upper()
+        return f"{serial[:4]}-{serial[4:]}"
+    return part.fs_uuid
+
+
 def make_vfat(tree: Path, dest: Path, size: int, label: str, fs_uuid: str, log: Path) -> None:
     """A FAT32 filesystem holding `tree`, made without mounting (mtools)."""
     dest.unlink(missing_ok=True)
-    volume_id = fs_uuid.replace("-", "")[:8]
+    volume_id = vfat_volume_id(fs_uuid)
     run.run(
         ["mkfs.vfat", "-F", "32", "-n", label.upper()[:11], "-i", volume_id, "-C", str(dest),
          str(size // 1024)],

@@ -288,7 +288,7 @@ def build_image(plan: Plan) -> None:
                 symlinks=True,
             )
         overlay.apply_overlay(plan.build_dir / "overlay", staging)
-        write_fstab(staging, parts)
+        write_fstab(staging, parts, plan.stage)
         loader = bootloader.for_board(
             plan.board, plan.cache_dir, {s.file: s.path for s in plan.supplied}
         )
@@ -414,8 +414,11 @@ def check_raw_writes(
             )
 
 
-def write_fstab(root: Path, parts: list[image.PlacedPartition]) -> None:
-    """Mount every partition that has a mountpoint, by PARTUUID (stable across card readers)."""
+def write_fstab(root: Path, parts: list[image.PlacedPartition], stage: int = 1) -> None:
+    """Mount every partition that has a mountpoint, by PARTUUID (stable across card readers).
+    Stage 2's busybox mount resolves no PARTUUID= (only UUID= and LABEL=, through its
+    volume_id), and has no `nofail`: its other partitions are named by filesystem UUID. Its
+    root line is for `mount -o remount,rw /`, which needs no lookup."""
     lines = ["# written by tuoba: <partition> <mountpoint> <type> <options> <dump> <pass>"]
     for p in parts:
         if p.mountpoint is None:
@@ -424,7 +427,10 @@ def write_fstab(root: Path, parts: list[image.PlacedPartition]) -> None:
             lines.append(f"PARTUUID={p.uuid} / {p.fs} rw,errors=remount-ro 0 1")
         else:
             (root / p.mountpoint.lstrip("/")).mkdir(parents=True, exist_ok=True)
-            lines.append(f"PARTUUID={p.uuid} {p.mountpoint} {p.fs} defaults,nofail 0 2")
+            if stage == 2:
+                lines.append(f"UUID={image.fs_uuid_as_seen(p)} {p.mountpoint} {p.fs} defaults 0 2")
+            else:
+                lines.append(f"PARTUUID={p.uuid} {p.mountpoint} {p.fs} defaults,nofail 0 2")
     fstab = root / "etc/fstab"
     fstab.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write into
     fstab.write_text("\n".join(lines) + "\n")

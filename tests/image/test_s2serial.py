@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 pytestmark = pytest.mark.guest
@@ -26,3 +28,11 @@ def test_rcs_ran_without_errors(console: str) -> None:
     """busybox's messages for a command rcS could not run or that failed."""
     bad = [ln for ln in console.splitlines() if ": not found" in ln or "can't " in ln]
     assert bad == []
+
+
+def test_card_partitions_are_mounted(console: str, manifest: dict[str, Any]) -> None:
+    """rcS mounts what /etc/fstab lists besides the root (busybox mount, by filesystem UUID)
+    and says so: on the raspi boards, the firmware partition at /boot/firmware."""
+    for part in manifest["partitions"]:
+        if part["mountpoint"] not in (None, "/"):
+            assert f"rcS: {part['mountpoint']} mounted ({part['fs']}, UUID=" in console

@@ -176,3 +176,34 @@ def test_amlogic_sd_fip_checks() -> None:
     bad = good[:0x210] + b"XAML" + good[0x214:]
     assert "not BL2's b'@AML'" in (amlogic_sd_fip_problem(bad[:0x240], len(bad), 1 << 20) or "")
     assert "do not fit" in (amlogic_sd_fip_problem(good[:0x240], 2 << 20, 1 << 20) or "")
+
+
+def test_fstab_names_partitions_the_way_each_stage_can_mount_them(tmp_path: Path) -> None:
+    from tuoba.image import fs_uuid_as_seen
+    from tuoba.steps import write_fstab
+
+    boot, root = layout(spec(), "seed")
+    (tmp_path / "etc").mkdir()
+    write_fstab(tmp_path, [boot, root], stage=1)  # systemd resolves PARTUUID=
+    s1 = (tmp_path / "etc/fstab").read_text()
+    assert f"PARTUUID={boot.uuid} /boot vfat defaults,nofail 0 2" in s1
+    write_fstab(tmp_path, [boot, root], stage=2)  # busybox: UUID= only, no nofail
+    s2 = (tmp_path / "etc/fstab").read_text()
+    serial = fs_uuid_as_seen(boot)
+    assert re.fullmatch(r"[0-9A-F]{4}-[0-9A-F]{4}", serial)
+    assert f"UUID={serial} /boot vfat defaults 0 2" in s2
+    assert f"PARTUUID={root.uuid} / ext4 " in s1 and f"PARTUUID={root.uuid} / ext4 " in s2
+    assert (tmp_path / "boot").is_dir()
+
+
+def test_fat_serial_is_what_blkid_reads(tmp_path: Path) -> None:
+    from tuoba.image import fs_uuid_as_seen, make_vfat
+
+    boot, _ = layout(spec(), "seed")
+    fs = tmp_path / "boot.vfat"
+    (tmp_path / "tree").mkdir()
+    make_vfat(tmp_path / "tree", fs, 33 << 20, "boot", boot.fs_uuid, tmp_path / "log")
+    seen = subprocess.run(
+        ["blkid", "-o", "value", "-s", "UUID", str(fs)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert seen == fs_uuid_as_seen(boot)
