@@ -305,6 +305,14 @@ def _boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> BootSpec:
             ],
         )
         fw_dir, fw_files = extra["dir"], extra["files"]
+    if v["method"] == "amlogic-fip" and not any(
+        n.file and n.format == "amlogic-sd-fip" for n in v["needs"]
+    ):
+        raise doc.error(
+            path,
+            "method 'amlogic-fip' needs a 'needs' entry with a 'file' of format 'amlogic-sd-fip' "
+            "(the signed boot image the user supplies)",
+        )
     if v["method"] == "rpi-firmware" and firmware is None:
         raise doc.error(path, "method 'rpi-firmware' needs a 'firmware' package")
     return BootSpec(

@@ -297,8 +297,9 @@ class AmlogicFip(Extlinux):
     method = "amlogic-fip"
 
     def raw_writes(self, log: Path) -> list[tuple[int, Path]]:
-        (sd_bin,) = self.supplied.values()
-        data = sd_bin.read_bytes()
+        (file,) = [n.file for n in self.board.boot.needs if n.format == "amlogic-sd-fip"]
+        assert file is not None  # board.yaml's validation
+        data = self.supplied[file].read_bytes()
         work = log.parent / "amlogic-fip"
         work.mkdir(parents=True, exist_ok=True)
         code, fip = work / "mbr-boot-code.bin", work / "boot-image.bin"

@@ -233,8 +233,13 @@ def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tupl
     for need in board.boot.needs:
         if need.file is None or need.file not in given:
             how = f"; then pass --supply {need.file}=PATH" if need.file else ""
+            said = (
+                f"board '{board.name}' needs a file tuoba cannot fetch: {need.what}"
+                if need.file
+                else f"board '{board.name}' cannot be built here: it needs {need.what}"
+            )
             raise InputError(
-                f"board '{board.name}' cannot be built here: it needs {need.what}",
+                said,
                 hint=f"{need.why}. Get it from: {need.where}{how} (boards/{board.name}/board.yaml)",
             )
         path = Path(given[need.file]).expanduser().resolve()

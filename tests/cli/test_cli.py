@@ -57,7 +57,7 @@ def test_board_needing_what_cannot_be_had_stops_naming_it(
 ) -> None:
     code, out = invoke(project, "build", "--board", board)
     assert code == 2
-    assert f"board '{board}' cannot be built here: it needs {blob}" in out
+    assert f"board '{board}' needs a file tuoba cannot fetch: {blob}" in out
     assert "Get it from:" in out and f"boards/{board}/board.yaml" in out
     assert not (project / "out").exists()
     # the hint says how to hand it over

@@ -152,6 +152,6 @@ def test_unsupplied_boot_bin_stops_before_any_side_effect(tmp_path: Path) -> Non
     proc = tuoba(project, "build", "--board", BOARD)
     assert proc.returncode == 2
     said = " ".join(proc.stderr.split())
-    assert "board 'pynq-z2' cannot be built here: it needs BOOT.BIN" in said
+    assert "board 'pynq-z2' needs a file tuoba cannot fetch: BOOT.BIN" in said
     assert "--supply BOOT.BIN=PATH" in said
     assert not (project / "out").exists()

@@ -255,3 +255,31 @@ def test_feature_arch_part_is_not_a_feature_of_its_own(project: Path) -> None:
     plain = load_feature(project, "debug")
     assert "CONFIG_PROC_KCORE" not in {o.name for o in plain.options}
     assert "CONFIG_PROC_KCORE" in {o.name for o in load_feature(project, "debug", "arm64").options}
+
+
+def test_board_with_a_need_nobody_can_supply(project: Path) -> None:
+    """A need with no file to hand over stops the board's build, and such a board does not
+    shape the kernel the other boards of its flavour share."""
+    board = project / "boards/jetson-nano/board.yaml"
+    board.write_text(
+        board.read_text().replace(
+            "  method: extlinux\n",
+            "  method: extlinux\n  needs:\n    - what: a vendor blob\n      why: it is "
+            "nowhere\n      where: the vendor\n",
+        )
+    )
+    with pytest.raises(InputError) as e:
+        resolve(request(project, board="jetson-nano"))
+    assert e.value.message == "board 'jetson-nano' cannot be built here: it needs a vendor blob"
+    assert "--supply" not in (e.value.hint or "")
+    names = [f.name for f in resolve(request(project)).fragments]
+    assert "board:jetson-nano" not in names and "board:vim3" in names
+
+
+def test_amlogic_method_needs_the_boot_image_to_be_supplied(project: Path) -> None:
+    board = project / "boards/vim3/board.yaml"
+    board.write_text(board.read_text().replace("      format: amlogic-sd-fip\n", ""))
+    with pytest.raises(
+        InputError, match=r"boards/vim3/board\.yaml:\d+ -> boot: method 'amlogic-fip"
+    ):
+        resolve(request(project, board="vim3"))
