@@ -21,10 +21,10 @@ BOARD = "roc-rk3328-cc"
 MIB = 1 << 20
 
 
-def tuoba_build(project: Path) -> subprocess.CompletedProcess[str]:
+def tuoba_build(project: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out",
-         str(project / "out"), "build", "--board", BOARD],
+         str(project / "out"), "build", "--board", BOARD, *extra],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
 
@@ -37,6 +37,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, obj
     img = project / "out" / f"{image_name(BOARD, 1)}.img"
     manifest = json.loads(img.with_name(img.stem + ".manifest.json").read_text())
     return img, manifest
+
+
+@pytest.fixture(scope="module")
+def built_s2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    project = copy_project(tmp_path_factory.mktemp("roc-s2") / "project")
+    proc = tuoba_build(project, "--stage", "2")
+    assert proc.returncode == 0, proc.stderr
+    img = project / "out" / f"{image_name(BOARD, 2)}.img"
+    return img, json.loads(img.with_name(img.stem + ".manifest.json").read_text())
 
 
 def ext4_file(img: Path, path: str) -> bytes:
@@ -108,3 +117,30 @@ def test_a_loader_over_a_partition_is_refused(tmp_path: Path) -> None:
     said = " ".join(proc.stderr.split())
     assert "u-boot-rockchip.bin (" in said and "overlaps partition 'root'" in said
     assert not (project / "out" / f"{image_name(BOARD, 1)}.img").exists()
+
+
+def test_stage2_image_boots_the_same_way(
+    built: tuple[Path, dict[str, object]], built_s2: tuple[Path, dict[str, object]]
+) -> None:
+    """Stage 2 (busybox, dropbear, musl) on the same card layout: the same loader bytes at the
+    same offsets, extlinux.conf and the shared kernel, busybox as init, first-boot growth hook."""
+    img, manifest = built
+    img2, manifest2 = built_s2
+    (loader,) = manifest["boot"]["loaders"]  # type: ignore[index]
+    (loader2,) = manifest2["boot"]["loaders"]  # type: ignore[index]
+    assert loader2["offset"] == loader["offset"] and loader2["size"] == loader["size"]
+    with img2.open("rb") as f:
+        f.seek(loader2["offset"])
+        assert f.read(loader2["size"]) == (img.parent / loader["file"]).read_bytes()
+    conf = ext4_file(img2, "/boot/extlinux/extlinux.conf").decode()
+    assert "linux /boot/Image" in conf and "fdt /boot/dtbs/rk3328-roc-cc.dtb" in conf
+    kernel2 = manifest2["kernel"]  # type: ignore[index]
+    assert kernel2["config_sha256"] == manifest["kernel"]["config_sha256"]  # type: ignore[index]
+    assert ext4_file(img2, "/boot/Image") == (img2.parent / kernel2["kernel"]).read_bytes()
+    listing = subprocess.run(
+        ["debugfs", "-R", "stat /sbin/init", f"{img2}?offset={16 * MIB}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "Fast link dest:" in listing and "busybox" in listing
+    assert ext4_file(img2, "/etc/rcS.d/S20grow-root")  # stage 2's first-boot growth
+    assert manifest2["audit"]  # every ELF file audited (clang + musl)
