@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,15 @@ def zynq_boot_image(dest: Path) -> Path:
         capture_output=True, check=True,
     )  # fmt: skip
     return dest
+
+
+def tuoba_build(project: Path, board: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`tuoba build --board BOARD` on a project copy, out in PROJECT/out, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out",
+         str(project / "out"), "build", "--board", board, *extra],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
 
 
 AML_BOOT_CODE = b"TUOBA-TEST-MBR-BOOT-CODE\n"

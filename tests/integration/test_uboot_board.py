@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project
+from tests.conftest import copy_project, tuoba_build
 from tuoba.plan import image_name
 
 pytestmark = pytest.mark.integration
@@ -21,18 +20,10 @@ BOARD = "roc-rk3328-cc"
 MIB = 1 << 20
 
 
-def tuoba_build(project: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out",
-         str(project / "out"), "build", "--board", BOARD, *extra],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
     project = copy_project(tmp_path_factory.mktemp("roc") / "project")
-    proc = tuoba_build(project)
+    proc = tuoba_build(project, BOARD)
     assert proc.returncode == 0, proc.stderr
     img = project / "out" / f"{image_name(BOARD, 1)}.img"
     manifest = json.loads(img.with_name(img.stem + ".manifest.json").read_text())
@@ -42,7 +33,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, obj
 @pytest.fixture(scope="module")
 def built_s2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
     project = copy_project(tmp_path_factory.mktemp("roc-s2") / "project")
-    proc = tuoba_build(project, "--stage", "2")
+    proc = tuoba_build(project, BOARD, "--stage", "2")
     assert proc.returncode == 0, proc.stderr
     img = project / "out" / f"{image_name(BOARD, 2)}.img"
     return img, json.loads(img.with_name(img.stem + ".manifest.json").read_text())
@@ -112,7 +103,7 @@ def test_a_loader_over_a_partition_is_refused(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
     board = project / "boards" / BOARD / "board.yaml"
     board.write_text(board.read_text().replace("first_partition: 16M", "first_partition: 4M"))
-    proc = tuoba_build(project)
+    proc = tuoba_build(project, BOARD)
     assert proc.returncode == 4, proc.stderr
     said = " ".join(proc.stderr.split())
     assert "u-boot-rockchip.bin (" in said and "overlaps partition 'root'" in said

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import amlogic_sd_fip, copy_project
+from tests.conftest import amlogic_sd_fip, copy_project, tuoba_build
 from tuoba.plan import image_name
 
 pytestmark = pytest.mark.integration
@@ -42,14 +41,6 @@ class Built:
 
     def built_file(self, name: str) -> bytes:
         return (self.img.parent / name).read_bytes()
-
-
-def tuoba_build(project: Path, board: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out",
-         str(project / "out"), "build", "--board", board, *extra],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
