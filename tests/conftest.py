@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +50,29 @@ def tuoba_build(project: Path, board: str, *extra: str) -> subprocess.CompletedP
          str(project / "out"), "build", "--board", board, *extra],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
+
+
+def tuoba_test(img: Path, board: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`tuoba test --board BOARD` on an image tuoba_build made (its project is two levels up)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuoba", "--data-dir", str(img.parents[1]), "--out",
+         str(img.parent), "test", "--board", board, *extra],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def partition_table(img: Path) -> dict[str, Any]:
+    """The image's partition table as `sfdisk --json` reads it."""
+    out = subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True)
+    table: dict[str, Any] = json.loads(out.stdout)["partitiontable"]
+    return table
+
+
+def ext4_file(img: Path, start: int, path: str) -> bytes:
+    """A file's bytes from the ext4 filesystem at byte `start` of the image (debugfs)."""
+    return subprocess.run(
+        ["debugfs", "-R", f"cat {path}", f"{img}?offset={start}"], capture_output=True, check=True
+    ).stdout
 
 
 AML_BOOT_CODE = b"TUOBA-TEST-MBR-BOOT-CODE\n"

@@ -21,7 +21,7 @@ from tuoba.errors import HostToolError
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 QEMU_ARCH = {"arm64": "aarch64", "armhf": "arm"}
-QEMU_BINARY = {"arm64": "qemu-system-aarch64", "armhf": "qemu-system-arm"}
+QEMU_BINARY = {arch: f"qemu-system-{q}" for arch, q in QEMU_ARCH.items()}
 # Where a newer QEMU comes from when the host release's lacks a board's machine (raspi4b needs
 # QEMU >= 9; Debian 12 has 7.2, its backports 10). The archive URI is the host's own.
 BACKPORTS_LIST = Path("/etc/apt/sources.list.d/tuoba-backports.sources")

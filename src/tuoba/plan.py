@@ -220,7 +220,7 @@ def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tupl
     the error names what is missing, why, where to get it and how to hand it over."""
     from tuoba.bootloader import check_supplied
 
-    takes = {n.file: n for n in board.boot.needs if n.file}
+    takes = [n.file for n in board.boot.needs if n.file]
     given: dict[str, str] = {}
     for file, given_path in supplies:
         if file not in takes:

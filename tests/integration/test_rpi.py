@@ -8,12 +8,11 @@ import hashlib
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project
+from tests.conftest import copy_project, ext4_file, partition_table, tuoba_build, tuoba_test
 from tuoba.plan import image_name
 
 pytestmark = pytest.mark.integration
@@ -41,34 +40,14 @@ def built(request: pytest.FixtureRequest, project: Path) -> tuple[str, Path]:
 
 
 def build(project: Path, board: str, stage: int = 1) -> tuple[str, Path]:
-    out = project / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out", str(out),
-         "build", "--board", board, "--stage", str(stage)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    proc = tuoba_build(project, board, "--stage", str(stage))
     assert proc.returncode == 0, proc.stderr
-    return board, out / f"{image_name(board, stage)}.img"
-
-
-def tuoba_test(img: Path, board: str, stage: int, *args: str) -> subprocess.CompletedProcess[str]:
-    """`tuoba test` on a built image (its project is two levels up)."""
-    return subprocess.run(
-        [sys.executable, "-m", "tuoba", "--data-dir", str(img.parents[1]), "--out",
-         str(img.parent), "test", "--board", board, "--stage", str(stage), *args],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-
-
-def sfdisk(img: Path) -> dict[str, object]:
-    out = subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True)
-    table: dict[str, object] = json.loads(out.stdout)["partitiontable"]
-    return table
+    return board, project / "out" / f"{image_name(board, stage)}.img"
 
 
 def partuuids(img: Path) -> tuple[str, str]:
     """(boot, root) PARTUUIDs as the kernel sees an MBR disk: <disk id>-<partition number>."""
-    disk_id = str(sfdisk(img)["id"]).removeprefix("0x")
+    disk_id = str(partition_table(img)["id"]).removeprefix("0x")
     return f"{disk_id}-01", f"{disk_id}-02"
 
 
@@ -81,20 +60,11 @@ def fat_file(img: Path, start: int, name: str) -> bytes:
     ).stdout
 
 
-def ext4_file(img: Path, start: int, path: str) -> str:
-    return subprocess.run(
-        ["debugfs", "-R", f"cat {path}", f"{img}?offset={start}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-
 def test_partition_table(built: tuple[str, Path]) -> None:
     _, img = built
-    table = sfdisk(img)
+    table = partition_table(img)
     assert table["label"] == "dos"
-    boot, root = table["partitions"]  # type: ignore[misc]
+    boot, root = table["partitions"]
     assert boot["type"] == "c" and boot["start"] == 2048 and boot["size"] == 256 * MIB // 512
     assert root["type"] == "83"
 
@@ -105,7 +75,7 @@ def test_boot_partition_files_match_the_build(built: tuple[str, Path]) -> None:
     manifest = json.loads(
         img.with_name(img.name.removesuffix(".img") + ".manifest.json").read_text()
     )
-    boot, _ = sfdisk(img)["partitions"]  # type: ignore[misc]
+    boot, _ = partition_table(img)["partitions"]
     start = boot["start"] * 512
     kernel = fat_file(img, start, "Image")
     assert kernel == (img.parent / manifest["kernel"]["kernel"]).read_bytes()
@@ -124,17 +94,17 @@ def test_boot_partition_files_match_the_build(built: tuple[str, Path]) -> None:
 
 def test_root_filesystem_mounts_boot_and_has_the_kernel_modules(built: tuple[str, Path]) -> None:
     _, img = built
-    _, root = sfdisk(img)["partitions"]  # type: ignore[misc]
+    _, root = partition_table(img)["partitions"]
     start = root["start"] * 512
-    fstab = ext4_file(img, start, "/etc/fstab")
+    fstab = ext4_file(img, start, "/etc/fstab").decode()
     boot_id, root_id = partuuids(img)
     assert f"PARTUUID={root_id} / ext4" in fstab
     assert f"PARTUUID={boot_id} /boot/firmware vfat" in fstab
-    modules = ext4_file(img, start, "/usr/lib/modules/6.1.170-tuoba/modules.dep")
+    modules = ext4_file(img, start, "/usr/lib/modules/6.1.170-tuoba/modules.dep").decode()
     assert "vhost_net.ko" in modules
-    unit = ext4_file(img, start, "/etc/systemd/system/tuoba-grow-root.service")
+    unit = ext4_file(img, start, "/etc/systemd/system/tuoba-grow-root.service").decode()
     assert "ExecStart=/usr/lib/tuoba/grow-root" in unit
-    assert "growpart" in ext4_file(img, start, "/usr/lib/tuoba/grow-root")
+    assert "growpart" in ext4_file(img, start, "/usr/lib/tuoba/grow-root").decode()
     listing = subprocess.run(
         ["debugfs", "-R", "ls -l /etc/systemd/system/multi-user.target.wants",
          f"{img}?offset={start}"],
@@ -170,7 +140,7 @@ def test_boots_in_qemu_raspi(project: Path, board: str, stage: int, machine: str
     raspi4b gets the board's dtb_edits (said on the way), raspi3b the DTB unchanged."""
     _, img = build(project, board, stage)
     junit = img.parent / f"{board}-s{stage}-report.xml"
-    proc = tuoba_test(img, board, stage, "--junit", str(junit), "--timeout", "400",
+    proc = tuoba_test(img, board, "--stage", str(stage), "--junit", str(junit), "--timeout", "400",
                       "--card-size", "4G")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     said = " ".join(proc.stderr.split())  # rich wraps long lines
@@ -201,6 +171,6 @@ def test_card_size_must_hold_the_image_and_suit_qemus_sd(project: Path) -> None:
         ("1G", "a 1024 MiB card cannot hold"),
         ("3G", "QEMU's SD cards are a power of two in size; 3072 MiB is not"),
     ]:
-        proc = tuoba_test(img, "rpi4", 2, "--card-size", size)
+        proc = tuoba_test(img, "rpi4", "--stage", "2", "--card-size", size)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr

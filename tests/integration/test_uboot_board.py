@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project, tuoba_build
+from tests.conftest import copy_project, ext4_file, partition_table, tuoba_build
 from tuoba.plan import image_name
 
 pytestmark = pytest.mark.integration
 
 BOARD = "roc-rk3328-cc"
 MIB = 1 << 20
+ROOT_START = 16 * MIB  # image -> first_partition
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +40,9 @@ def built_s2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     return img, json.loads(img.with_name(img.stem + ".manifest.json").read_text())
 
 
-def ext4_file(img: Path, path: str) -> bytes:
-    return subprocess.run(
-        ["debugfs", "-R", f"cat {path}", f"{img}?offset={16 * MIB}"],
-        capture_output=True, check=True,
-    ).stdout  # fmt: skip
-
-
 def test_gpt_leaves_room_for_the_loader(built: tuple[Path, dict[str, object]]) -> None:
     img, _ = built
-    table = json.loads(
-        subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, check=True).stdout
-    )["partitiontable"]
+    table = partition_table(img)
     assert table["label"] == "gpt"
     (root,) = table["partitions"]
     assert root["start"] == 16 * MIB // 512  # first_partition: 16M
@@ -85,17 +77,15 @@ def test_bmap_maps_the_loader(built: tuple[Path, dict[str, object]]) -> None:
 
 def test_extlinux_boots_this_kernel_and_device_tree(built: tuple[Path, dict[str, object]]) -> None:
     img, manifest = built
-    conf = ext4_file(img, "/boot/extlinux/extlinux.conf").decode()
-    table = json.loads(
-        subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, check=True).stdout
-    )["partitiontable"]
+    conf = ext4_file(img, ROOT_START, "/boot/extlinux/extlinux.conf").decode()
+    table = partition_table(img)
     root_uuid = table["partitions"][0]["uuid"].lower()
     assert "linux /boot/Image" in conf
     assert "fdt /boot/dtbs/rk3328-roc-cc.dtb" in conf
     assert f"root=PARTUUID={root_uuid}" in conf and "console=ttyS2,1500000" in conf
     kernel = manifest["kernel"]  # type: ignore[index]
-    assert ext4_file(img, "/boot/Image") == (img.parent / kernel["kernel"]).read_bytes()
-    dtb = ext4_file(img, "/boot/dtbs/rk3328-roc-cc.dtb")
+    assert ext4_file(img, ROOT_START, "/boot/Image") == (img.parent / kernel["kernel"]).read_bytes()
+    dtb = ext4_file(img, ROOT_START, "/boot/dtbs/rk3328-roc-cc.dtb")
     assert dtb[:4] == b"\xd0\x0d\xfe\xed" and b"firefly,roc-rk3328-cc" in dtb
 
 
@@ -123,15 +113,17 @@ def test_stage2_image_boots_the_same_way(
     with img2.open("rb") as f:
         f.seek(loader2["offset"])
         assert f.read(loader2["size"]) == (img.parent / loader["file"]).read_bytes()
-    conf = ext4_file(img2, "/boot/extlinux/extlinux.conf").decode()
+    conf = ext4_file(img2, ROOT_START, "/boot/extlinux/extlinux.conf").decode()
     assert "linux /boot/Image" in conf and "fdt /boot/dtbs/rk3328-roc-cc.dtb" in conf
     kernel2 = manifest2["kernel"]  # type: ignore[index]
     assert kernel2["config_sha256"] == manifest["kernel"]["config_sha256"]  # type: ignore[index]
-    assert ext4_file(img2, "/boot/Image") == (img2.parent / kernel2["kernel"]).read_bytes()
+    assert (
+        ext4_file(img2, ROOT_START, "/boot/Image") == (img2.parent / kernel2["kernel"]).read_bytes()
+    )
     listing = subprocess.run(
-        ["debugfs", "-R", "stat /sbin/init", f"{img2}?offset={16 * MIB}"],
+        ["debugfs", "-R", "stat /sbin/init", f"{img2}?offset={ROOT_START}"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "Fast link dest:" in listing and "busybox" in listing
-    assert ext4_file(img2, "/etc/rcS.d/S20grow-root")  # stage 2's first-boot growth
+    assert ext4_file(img2, ROOT_START, "/etc/rcS.d/S20grow-root")  # stage 2's first-boot growth
     assert manifest2["audit"]  # every ELF file audited (clang + musl)

@@ -10,12 +10,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import amlogic_sd_fip, copy_project, tuoba_build
+from tests.conftest import amlogic_sd_fip, copy_project, ext4_file, partition_table, tuoba_build
 from tuoba.plan import image_name
 
 pytestmark = pytest.mark.integration
@@ -28,16 +27,10 @@ class Built:
         self.img = img
         self.output = output
         self.manifest = json.loads(img.with_name(img.stem + ".manifest.json").read_text())
-        self.table = json.loads(
-            subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, check=True).stdout
-        )["partitiontable"]
+        self.table = partition_table(img)
 
     def root_file(self, path: str) -> bytes:
-        start = self.table["partitions"][0]["start"] * 512
-        return subprocess.run(
-            ["debugfs", "-R", f"cat {path}", f"{self.img}?offset={start}"],
-            capture_output=True, check=True,
-        ).stdout  # fmt: skip
+        return ext4_file(self.img, self.table["partitions"][0]["start"] * 512, path)
 
     def built_file(self, name: str) -> bytes:
         return (self.img.parent / name).read_bytes()

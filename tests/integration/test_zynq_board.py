@@ -12,13 +12,18 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project, zynq_boot_image
+from tests.conftest import (
+    copy_project,
+    partition_table,
+    tuoba_build,
+    tuoba_test,
+    zynq_boot_image,
+)
 from tuoba import apt, run
 from tuoba.plan import DEBIAN_RELEASE, image_name
 
@@ -26,14 +31,6 @@ pytestmark = pytest.mark.integration
 
 BOARD = "pynq-z2"
 MIB = 1 << 20
-
-
-def tuoba(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out",
-         str(project / "out"), *args],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +41,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, obj
     # serves does not match its signed Release file (apt: "File has unexpected size"), which
     # stops the default build with a message saying so.
     mirror = apt.debian_mirrors(DEBIAN_RELEASE)[0]
-    proc = tuoba(project, "build", "--board", BOARD, "--supply", f"BOOT.BIN={boot_bin}",
+    proc = tuoba_build(project, BOARD, "--supply", f"BOOT.BIN={boot_bin}",
                  "--mirror", mirror)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     img = project / "out" / f"{image_name(BOARD, 1)}.img"
@@ -52,14 +49,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, obj
     return img, manifest, boot_bin
 
 
-def sfdisk(img: Path) -> dict[str, object]:
-    out = subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True)
-    table: dict[str, object] = json.loads(out.stdout)["partitiontable"]
-    return table
-
-
 def fat_file(img: Path, name: str) -> bytes:
-    start = sfdisk(img)["partitions"][0]["start"] * 512  # type: ignore[index]
+    start = partition_table(img)["partitions"][0]["start"] * 512
     return subprocess.run(
         ["mcopy", "-n", "-i", f"{img}@@{start}", f"::/{name}", "-"],
         capture_output=True, check=True, env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"},
@@ -70,9 +61,9 @@ def test_boot_partition_holds_what_the_boot_rom_and_u_boot_read(
     built: tuple[Path, dict[str, object], Path],
 ) -> None:
     img, manifest, boot_bin = built
-    table = sfdisk(img)
+    table = partition_table(img)
     assert table["label"] == "dos"
-    boot, root = table["partitions"]  # type: ignore[misc]
+    boot, root = table["partitions"]
     assert boot["type"] == "c" and root["type"] == "83"  # FAT32 (LBA), Linux
     assert fat_file(img, "BOOT.BIN") == boot_bin.read_bytes()  # the supplied file, unchanged
     (supplied,) = manifest["boot"]["supplied"]  # type: ignore[index]
@@ -125,7 +116,7 @@ def test_boots_in_qemu_zynq(built: tuple[Path, dict[str, object], Path]) -> None
     grown into a 4 GiB card; the guest checks run over ssh through the emulated GEM0."""
     img, _, _ = built
     junit = img.parent / "pynq-report.xml"
-    proc = tuoba(img.parents[1], "test", "--board", BOARD, "--junit", str(junit),
+    proc = tuoba_test(img, BOARD, "--junit", str(junit),
                  "--timeout", "900", "--card-size", "4G")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
@@ -149,7 +140,7 @@ def test_boots_in_qemu_zynq(built: tuple[Path, dict[str, object], Path]) -> None
 
 def test_unsupplied_boot_bin_stops_before_any_side_effect(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
-    proc = tuoba(project, "build", "--board", BOARD)
+    proc = tuoba_build(project, BOARD)
     assert proc.returncode == 2
     said = " ".join(proc.stderr.split())
     assert "board 'pynq-z2' needs a file tuoba cannot fetch: BOOT.BIN" in said
