@@ -93,3 +93,12 @@ def amlogic_sd_fip(dest: Path, size: int = 1536 * 1024) -> Path:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project")
+
+
+def kernel_config(img: Path, manifest: dict[str, Any]) -> str:
+    """The .config of the kernel an image was built with: the manifest names it only by its
+    cache key (it carries no host paths); the build's own record knows its cache entry."""
+    record = img.parent / ".build" / f"{manifest['board']}-s{manifest['stage']}" / "kernel.json"
+    entry = Path(json.loads(record.read_text())["dir"])
+    assert entry.name == manifest["kernel"]["config_digest"]
+    return (entry / "config").read_text()

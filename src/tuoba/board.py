@@ -17,6 +17,8 @@ from tuoba.config import (
     name_list,
     one_of,
     parse_mapping,
+    path_list,
+    relative_path,
     size,
     string,
     string_list,
@@ -157,7 +159,7 @@ def _kernel(doc: Doc, path: tuple[PathPart, ...], value: Any) -> KernelSpec:
             Field("package", string, "", help="distribution package for source=distro"),
             Field("flavour", name, "", help="shared build directory name [default: arch]"),
             Field("features", name_list, (), help="kernel feature fragments required"),
-            Field("dtbs", string_list, (), help="device trees to build, e.g. broadcom/x"),
+            Field("dtbs", path_list, (), help="device trees to build, e.g. broadcom/x"),
             Field("cmdline", string_list, (), help="extra kernel command line words"),
         ],
     )
@@ -206,7 +208,51 @@ def _image(doc: Doc, path: tuple[PathPart, ...], value: Any) -> ImageSpec:
             raise doc.error((*ppath, i), "only the last partition may omit its size")
     if sum(1 for p in parts if p.mountpoint == "/") != 1:
         raise doc.error(ppath, "exactly one partition must have mountpoint '/'")
+    _check_fit(doc, path, v["size"], v["first_partition"], parts)
     return ImageSpec(v["table"], v["size"], parts, v["first_partition"])
+
+
+MIB = 1 << 20
+MIN_IMAGE, MAX_IMAGE = 64 * MIB, 256 << 30
+MIN_PARTITION = {"vfat": 32 * MIB, "ext4": 64 * MIB}  # FAT32's cluster minimum; room for a root
+
+
+def _check_fit(
+    doc: Doc, path: tuple[PathPart, ...], total: int, first: int, parts: tuple[Partition, ...]
+) -> None:
+    """The layout the image step will make, checked before any side effect: whole MiB, every
+    partition big enough for its filesystem, all of them inside the image (its last MiB holds
+    GPT's backup table)."""
+    fmt = f"{total >> 20} MiB"
+    if total % MIB or not MIN_IMAGE <= total <= MAX_IMAGE:
+        raise doc.error(
+            (*path, "size"),
+            f"image size {total} bytes is not a whole number of MiB from "
+            f"{MIN_IMAGE >> 20} MiB to {MAX_IMAGE >> 30} GiB",
+            hint="write it like 2G or 512M",
+        )
+    offset, end = first, total - MIB
+    for i, p in enumerate(parts):
+        ppath = (*path, "partitions", i, "size")
+        room = end - offset
+        size = p.size if p.size is not None else room
+        if size < MIN_PARTITION[p.fs]:
+            left = f"the {max(room, 0) >> 20} MiB left"
+            what = f"{size >> 20} MiB" if p.size is not None else left
+            raise doc.error(
+                ppath if p.size is not None else (*path, "partitions", i),
+                f"partition '{p.name}' gets {what}; {p.fs} needs at least "
+                f"{MIN_PARTITION[p.fs] >> 20} MiB",
+                hint=f"make the image (size: {fmt}) larger or the partitions before it smaller",
+            )
+        if size > room:
+            raise doc.error(
+                ppath,
+                f"partition '{p.name}' ({size >> 20} MiB from MiB {offset >> 20}) does not fit "
+                f"in the {fmt} image ({room >> 20} MiB left before its last MiB)",
+                hint="make the partition smaller or the image larger",
+            )
+        offset += -(-size // MIB) * MIB
 
 
 def _qemu(doc: Doc, path: tuple[PathPart, ...], value: Any) -> QemuSpec:
@@ -220,7 +266,7 @@ def _qemu(doc: Doc, path: tuple[PathPart, ...], value: Any) -> QemuSpec:
             Field("smp", integer, None, help="virtual CPUs"),
             Field("memory", integer, 1024, help="memory in MiB"),
             Field("drive", one_of("virtio", "sd"), "virtio", help="how the image is attached"),
-            Field("dtb", string, None, help="device tree file name from this build"),
+            Field("dtb", relative_path, None, help="device tree file name from this build"),
             Field("console", string, None, help="console= under emulation"),
             Field("network", boolean, True, help="whether the emulated board has a NIC"),
             Field("nic", one_of("virtio", "board"), "virtio", help="which NIC the network uses"),
@@ -386,4 +432,12 @@ def load_board(data_dir: Path, board: str) -> tuple[Board, Doc]:
         raise InputError(f"no board named '{board}'", hint=f"known boards: {known}")
     doc = load_yaml(path, display=f"boards/{board}/board.yaml")
     v = parse_mapping(doc, (), doc.data, BOARD_FIELDS)
+    u_boot = v["boot"].u_boot
+    if u_boot is not None and u_boot.offset >= v["image"].first_partition:
+        raise doc.error(
+            ("boot", "u_boot", "offset"),
+            f"the loader's offset ({u_boot.offset} bytes) is not before the first partition "
+            f"({v['image'].first_partition >> 20} MiB)",
+            hint="move image -> first_partition past the loader's end",
+        )
     return Board(name=board, directory=path.parent, **v), doc

@@ -31,14 +31,24 @@ class Doc:
         key = tuple(path)
         while key and key not in self.lines:
             key = key[:-1]
-        line = self.lines.get(key)
-        loc = f"{self.file}:{line}" if line else self.file
+        loc = f"{self.file}:{self.lines.get(key, 1)}"  # (an empty file: its first line)
         if path:
             loc += " -> " + " -> ".join(_fmt_part(p) for p in path).replace(" -> [", "[")
         return loc
 
     def error(self, path: Sequence[PathPart], message: str, hint: str | None = None) -> InputError:
-        return InputError(f"{self.where(path)}: {message}", hint=hint)
+        return InputError(f"{self.where(path)}: {message}", hint=hint or self.default_hint(path))
+
+    def default_hint(self, path: Sequence[PathPart]) -> str:
+        """For a message that names no remedy of its own: where the expected form is seen."""
+        key = next((p for p in reversed(path) if isinstance(p, str)), None)
+        what = f"'{key}'" if key else "this file"
+        parts = self.file.split("/")
+        if len(parts) == 3:
+            parts[1] = "*"
+        elif len(parts) == 2:
+            parts[1] = "*" + Path(parts[1]).suffix
+        return f"compare {what} with the other {'/'.join(parts)} files"
 
 
 def _fmt_part(p: PathPart) -> str:
@@ -58,16 +68,101 @@ def _walk(
             _walk(item, (*path, i), lines)
 
 
-def load_yaml(path: Path, display: str | None = None) -> Doc:
-    """Parse a YAML file; a syntax error names file:line and what the parser expected."""
+MAX_FILE_BYTES = 1 << 20  # data files are small; a larger one is a mistake, not data
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+MAX_DEPTH = 32  # the deepest data tuoba reads is 5 levels; 32 leaves room and stops a bomb
+
+
+def read_text(path: Path, display: str | None = None) -> str:
+    """The text of a data file (YAML, kernel fragment): the one way tuoba reads its input.
+    Refuses, naming the file and place, what no data file should be: unreadable, larger than
+    MAX_FILE_BYTES, not UTF-8, or holding control characters."""
     name = display or str(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
-        raise InputError(f"{name}: cannot read: {e.strerror}") from e
+        raise InputError(
+            f"{name}: cannot read: {e.strerror}", hint="check the file's permissions"
+        ) from e
+    if len(raw) > MAX_FILE_BYTES:
+        raise InputError(
+            f"{name}: larger than {MAX_FILE_BYTES >> 10} KiB, too large for a data file",
+            hint="data files hold settings; is this the file you meant?",
+        )
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(
+            f"{name}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})",
+            hint="data files are UTF-8 text; re-save the file as UTF-8",
+        ) from e
+    if m := _CONTROL.search(text):
+        line = text.count("\n", 0, m.start()) + 1
+        raise InputError(
+            f"{name}:{line}: control character {m.group()!r} in the text",
+            hint="data files are plain text; remove it",
+        )
+    return text
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader for tuoba's data: no aliases (the data never needs them, and an alias bomb
+    expands exponentially), bounded nesting (the composer recurses), no duplicate keys (YAML
+    would silently keep the last one)."""
+
+    def __init__(self, stream: str, name: str) -> None:
+        super().__init__(stream)
+        self.display = name
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        where = f"{self.display}:{event.start_mark.line + 1}"
+        if isinstance(event, yaml.AliasEvent):
+            raise InputError(
+                f"{where}: YAML aliases (*name) are not allowed here",
+                hint="write the value out in full",
+            )
+        if getattr(event, "anchor", None) is not None:
+            raise InputError(
+                f"{where}: YAML anchors (&name) are not allowed here",
+                hint="write the value out in full where it is used",
+            )
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise InputError(
+                f"{where}: nested deeper than {MAX_DEPTH} levels",
+                hint="tuoba's data files are a few levels deep; check the brackets",
+            )
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key, _ in node.value:
+                value = key.value if isinstance(key, yaml.ScalarNode) else None
+                if value is not None and value in seen:
+                    raise InputError(
+                        f"{self.display}:{key.start_mark.line + 1}: key '{value}' given "
+                        "twice in one mapping",
+                        hint="keep one of them",
+                    )
+                seen.add(value)
+        return node
+
+
+def load_yaml(path: Path, display: str | None = None) -> Doc:
+    """Parse a YAML data file through read_text and a strict loader; every problem names
+    file:line (a syntax error also what the parser expected)."""
+    name = display or str(path)
+    text = read_text(path, name)
+    loader = _StrictLoader(text, name)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -75,6 +170,12 @@ def load_yaml(path: Path, display: str | None = None) -> Doc:
             f"{name}{line}: malformed YAML: {e.problem or e.context}",
             hint="check indentation and quoting around that line",
         ) from e
+    except yaml.YAMLError as e:  # the reader's own errors (e.g. a character YAML forbids)
+        raise InputError(f"{name}: malformed YAML: {e}", hint="check the file's text") from e
+    except RecursionError as e:  # a backstop: the depth limit stops it first
+        raise InputError(f"{name}: nested too deeply", hint="check the brackets") from e
+    finally:
+        loader.dispose()
     lines: dict[tuple[PathPart, ...], int] = {}
     if node is not None:
         _walk(node, (), lines)
@@ -102,9 +203,13 @@ def parse_mapping(
     """Validate a mapping against a field table; unknown keys are errors (typos never pass)."""
     if value is None:
         value = {}
-    if not isinstance(value, dict):
-        raise doc.error(path, f"expected a mapping, got {_kind(value)}")
     known = {f.key for f in fields}
+    if not isinstance(value, dict):
+        raise doc.error(
+            path,
+            f"expected a mapping, got {_kind(value)}",
+            hint=f"a mapping of: {', '.join(sorted(known))}",
+        )
     for key in value:
         if key not in known:
             raise doc.error(
@@ -115,9 +220,16 @@ def parse_mapping(
     out: dict[str, Any] = {}
     for f in fields:
         if f.key in value:
-            out[f.key] = f.type(doc, (*path, f.key), value[f.key])
+            try:
+                out[f.key] = f.type(doc, (*path, f.key), value[f.key])
+            except InputError as e:
+                if e.hint is None:  # the innermost field says what the value is for
+                    e.hint = f"'{f.key}' is the {f.help}" if f.help else None
+                raise
         elif f.default is REQUIRED:
-            raise doc.error(path, f"missing required key '{f.key}' ({f.help})")
+            raise doc.error(
+                path, f"missing required key '{f.key}' ({f.help})", hint=f"add '{f.key}:' here"
+            )
         else:
             out[f.key] = f.default
     return out
@@ -131,10 +243,36 @@ def _kind(value: Any) -> str:
     )
 
 
+MAX_STRING = 4096  # the longest value in the tree is a one-line description
+
+
 def string(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
     if not isinstance(value, str):
         raise doc.error(path, f"expected a string, got {_kind(value)}")
+    if len(value) > MAX_STRING:
+        raise doc.error(
+            path, f"{len(value)} characters, longer than {MAX_STRING}", hint="shorten the value"
+        )
     return value
+
+
+def relative_path(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
+    """A path inside the project or a source tree: relative, no '..', each part a file name."""
+    s = string(doc, path, value)
+    parts = s.split("/")
+    if not s or s.startswith("/") or any(p in ("", ".", "..") or len(p) > 255 for p in parts):
+        raise doc.error(
+            path,
+            f"'{s[:80]}' is not a relative path of file names",
+            hint="write it like broadcom/bcm2711-rpi-4-b (no leading /, no '..')",
+        )
+    return s
+
+
+def path_list(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise doc.error(path, f"expected a list, got {_kind(value)}")
+    return tuple(relative_path(doc, (*path, i), v) for i, v in enumerate(value))
 
 
 def integer(doc: Doc, path: tuple[PathPart, ...], value: Any) -> int:
@@ -189,8 +327,12 @@ def size(doc: Doc, path: tuple[PathPart, ...], value: Any) -> int:
 
 def name(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
     s = string(doc, path, value)
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", s):
-        raise doc.error(path, f"'{s}' is not a valid name (lower-case letters, digits, . _ -)")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", s):
+        raise doc.error(
+            path,
+            f"'{s}' is not a valid name (lower-case letters, digits, . _ -)",
+            hint="at most 64 characters, starting with a letter or digit",
+        )
     return s
 
 

@@ -60,7 +60,18 @@ def boot_spec(image: Path, manifest: dict[str, Any], card_size: int | None = Non
         cmdline=cmdline,
         qemu=spec,
         card_size=card_size,
+        console_ready=CONSOLE_READY[manifest["stage"]],
     )
+
+
+# What a finished boot shows on the serial console, per stage. Stage 1: systemd says "Startup
+# finished" once every job of the boot transaction is done (ssh, first-boot growth), which can
+# come after getty's prompt. Stage 2: busybox init runs rcS to its end before the inittab
+# entries, so the prompt comes last.
+CONSOLE_READY: dict[int, tuple[str, ...]] = {
+    1: (r" login: ", r"systemd\[1\]: Startup finished in "),
+    2: (r" login: ",),
+}
 
 
 SSH_CONFIG = """\

@@ -325,7 +325,7 @@ def build_kernel(
         "source": "tuoba",
         "version": release,
         "compiler": config.get("CONFIG_CC_VERSION_TEXT", "").strip('"'),
-        "linker": config.get("CONFIG_LD_VERSION", ""),
+        "linker": linker(config),
         "config_sha256": sources.sha256_file(tmp / "config"),
         "config_digest": key,
         "image": image_target,
@@ -337,6 +337,16 @@ def build_kernel(
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return rec
+
+
+def linker(config: dict[str, str]) -> str:
+    """The linker that linked the kernel, as its .config records it (Kconfig's LLD_VERSION is
+    major*10000 + minor*100 + patch; LD_VERSION is 0 for lld)."""
+    if config.get("CONFIG_LD_IS_LLD") == "y":
+        n = int(config.get("CONFIG_LLD_VERSION", "0") or 0)
+        return f"LLD {n // 10000}.{n // 100 % 100}.{n % 100}"
+    n = int(config.get("CONFIG_LD_VERSION", "0") or 0)
+    return f"GNU ld {n // 100000000}.{n // 1000000 % 100}" if n else "unknown"
 
 
 def compile_dts(src: Path, arch: str, dts: Path, dtb: Path, log: Path) -> None:

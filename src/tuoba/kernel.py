@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from tuoba.config import read_text
 from tuoba.errors import BuildError, InputError
 
 _LINE = re.compile(r'^(CONFIG_[A-Za-z0-9_]+)=(y|m|n|"[^"]*"|-?\d+|0x[0-9a-fA-F]+)$')
@@ -56,7 +57,7 @@ def load_fragment(path: Path, name: str, display: str) -> Feature:
     """A fragment file: `CONFIG_X=y|m|n|"value"|number` or `# CONFIG_X is not set` lines."""
     feature = display
     options = []
-    for n, raw in enumerate(path.read_text().splitlines(), start=1):
+    for n, raw in enumerate(read_text(path, display).splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue

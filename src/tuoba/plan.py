@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from tuoba import __version__, apt, sources
+from tuoba import __version__, apt, run, sources
 from tuoba.board import Board, board_names, load_board
 from tuoba.config import Doc
 from tuoba.errors import InputError
@@ -157,6 +158,35 @@ def image_name(board: str, stage: int, version: str = __version__) -> str:
     return f"tuoba-{board}-s{stage}-{version}"
 
 
+_KEY_TYPES = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+)$")
+
+
+def check_public_key(key: Path) -> None:
+    """--ssh-key must be one OpenSSH public key that ssh-keygen accepts: it becomes root's
+    authorized key, so a private key or any other file is refused before the build starts."""
+    flag = f"--ssh-key {key}"
+    hint = "give an OpenSSH public key file, e.g. ~/.ssh/id_ed25519.pub (ssh-keygen -t ed25519)"
+    if not key.is_file():
+        raise InputError(f"{flag}: no such file", hint=hint)
+    try:
+        with key.open("rb") as f:
+            raw = f.read(16385)
+    except OSError as e:
+        raise InputError(f"{flag}: cannot read: {e.strerror}", hint=hint) from e
+    if b"PRIVATE KEY" in raw:
+        raise InputError(f"{flag}: is a private key", hint="give the .pub file beside it")
+    lines = [ln for ln in raw.decode("utf-8", "replace").splitlines() if ln.strip()]
+    fields = lines[0].split() if len(lines) == 1 and len(raw) <= 16384 else []
+    if len(fields) < 2 or not _KEY_TYPES.match(fields[0]):
+        raise InputError(f"{flag}: not an OpenSSH public key (one line: TYPE BASE64 [comment])",
+                         hint=hint)  # fmt: skip
+    # (stdin empty: on a file it cannot read as a public key it asks for a passphrase)
+    proc = run.run(["ssh-keygen", "-l", "-f", str(key)], capture=True, check=False, input="",
+                   timeout=30)  # fmt: skip
+    if proc.returncode != 0:
+        raise InputError(f"{flag}: ssh-keygen does not accept it as a public key", hint=hint)
+
+
 def default_ssh_key(out_dir: Path) -> Path:
     return out_dir / "ssh" / "tuoba_ed25519"
 
@@ -265,6 +295,10 @@ def resolve(req: Request) -> Plan:
         }.get(req.stage, "stages are 1 (Debian) and 2 (LLVM + musl); 3 is not built yet")
         raise InputError(f"stage {req.stage} is not supported", hint=hint)
     board, board_doc = load_board(data_dir, req.board)
+    if board.kernel.source == "tuoba":
+        from tuoba import kbuild  # (kbuild imports this module)
+
+        kbuild.load_source(data_dir)  # validated here, not first read by the kernel step
     supplied = _check_supplies(board, req.supplies) if req.check_needs else ()
     from tuoba.bootloader import Bootloader
 
@@ -284,7 +318,12 @@ def resolve(req: Request) -> Plan:
     wanted = [*req.recipes[:1], *board.recipes, *req.recipes[1:]]
     for name in wanted:
         if name in board.recipes and not (data_dir / "recipes" / f"{name}.yaml").is_file():
-            raise board_doc.error(("recipes", board.recipes.index(name)), f"no recipe '{name}'")
+            known = ", ".join(p.stem for p in sorted((data_dir / "recipes").glob("*.yaml")))
+            raise board_doc.error(
+                ("recipes", board.recipes.index(name)),
+                f"no recipe '{name}'",
+                hint=f"known: {known}",
+            )
         if name in seen:
             continue
         seen.add(name)
@@ -293,8 +332,7 @@ def resolve(req: Request) -> Plan:
         if req.stage == 2 and recipe.stage2 is None:
             from_board = name in board.recipes
             raise InputError(
-                f"recipe '{name}' has no stage-2 form (recipes/{name}.yaml has no stage2 "
-                "section)"
+                f"{doc.where(())}: recipe '{name}' has no stage-2 form (no stage2 section)"
                 + (f"; board '{board.name}' includes it by default" if from_board else ""),
                 hint="build it with --stage 1, or give the recipe a stage2 section",
             )
@@ -385,10 +423,8 @@ def resolve(req: Request) -> Plan:
             f"no Debian mirror for '{DEBIAN_RELEASE}' in the host's apt sources",
             hint="add one to /etc/apt/sources.list.d/, or pass --mirror URL (TUOBA_MIRROR)",
         )
-    if req.ssh_key and not Path(req.ssh_key).is_file():
-        raise InputError(
-            f"--ssh-key {req.ssh_key}: no such file", hint="give an ssh public key file (.pub)"
-        )
+    if req.ssh_key:
+        check_public_key(Path(req.ssh_key))
 
     return Plan(
         request=req,

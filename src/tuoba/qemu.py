@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,9 @@ class BootSpec:
     cmdline: str
     qemu: QemuSpec
     card_size: int | None = None  # attach the image as a larger disk (a copy-on-write overlay)
+    # Without a network the checks read the serial console: it must show every one of these
+    # (regular expressions) before they run; the image's stage says what marks a finished boot.
+    console_ready: tuple[str, ...] = (r" login: ",)
 
 
 def free_port() -> int:
@@ -186,8 +190,12 @@ def _run_until_up(spec: BootSpec, console_log: Path, timeout: float) -> Iterator
             what = f"an ssh answer on 127.0.0.1:{port}"
             ready = functools.partial(ssh_banner, port)
         else:
-            what = "a login prompt on the serial console"
-            ready = functools.partial(login_prompt, console_log)
+            what = (
+                "the serial console to show a finished boot ("
+                + ", ".join(repr(p) for p in spec.console_ready)
+                + f", then {CONSOLE_QUIET:.0f} s without output)"
+            )
+            ready = ConsoleWatch(console_log, spec.console_ready)
         while not ready():
             if proc.poll() is not None:
                 raise GuestCheckError(
@@ -208,11 +216,33 @@ def _run_until_up(spec: BootSpec, console_log: Path, timeout: float) -> Iterator
         signal.signal(signal.SIGTERM, previous)
 
 
-def login_prompt(log: Path) -> bool:
-    try:
-        return " login: " in log.read_text(errors="replace")[-4096:]
-    except OSError:
-        return False
+CONSOLE_QUIET = 5.0  # seconds without console output that count as a settled boot
+
+
+class ConsoleWatch:
+    """Ready once the console log shows every pattern and then stays quiet for CONSOLE_QUIET
+    seconds: a login prompt alone races units that finish after getty (ssh, first-boot growth)
+    on a slower machine, and the checks read a console that must hold the whole boot."""
+
+    def __init__(self, log: Path, patterns: tuple[str, ...]) -> None:
+        self.log = log
+        self.patterns = [re.compile(p) for p in patterns]
+        self.size = -1
+        self.quiet_since = 0.0
+
+    def __call__(self) -> bool:
+        try:
+            size = self.log.stat().st_size
+        except OSError:
+            return False
+        now = time.monotonic()
+        if size != self.size:
+            self.size, self.quiet_since = size, now
+            return False
+        if now - self.quiet_since < CONSOLE_QUIET:
+            return False
+        text = self.log.read_text(errors="replace")
+        return all(p.search(text) for p in self.patterns)
 
 
 def _console_tail(log: Path, lines: int = 20) -> str:

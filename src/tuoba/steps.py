@@ -178,6 +178,8 @@ def kernel_tuoba(plan: Plan) -> None:
         "kernel",
         {
             **rec,
+            # (entries cached before the linker was read from the config said "0")
+            "linker": kbuild.linker(parse_config((built / "config").read_text())),
             "source_tarball": ks.source.name,
             "requested": {o.name: o.value for f in plan.fragments for o in f.options},
             "features": {f.name: [o.name for o in f.options] for f in plan.features},
@@ -364,7 +366,7 @@ def build_image(plan: Plan) -> None:
         "tests": list(plan.tests),
         "hostname": plan.board.hostname,
         "inputs_digest": seed,
-        "kernel": kernel_rec,
+        "kernel": {k: v for k, v in kernel_rec.items() if k not in HOST_ONLY},
         "boot": {
             "kernel": kernel_rec["kernel"],
             "initrd": kernel_rec["initrd"],
@@ -372,11 +374,14 @@ def build_image(plan: Plan) -> None:
             "qemu": None if plan.board.qemu is None else vars(plan.board.qemu),
             "loaders": loaders,
             "supplied": [
-                {"file": s.file, "sha256": s.sha256, "from": str(s.path)} for s in plan.supplied
+                {"file": s.file, "sha256": s.sha256, "from": s.path.name} for s in plan.supplied
             ],
         },
         "partitions": [vars(p) for p in parts],
-        "sources": read_record(plan, "fetch")["sources"],
+        "sources": {
+            n: {k: v for k, v in src.items() if k not in HOST_ONLY}
+            for n, src in read_record(plan, "fetch")["sources"].items()
+        },
         "rootfs": {
             "digest": rootfs_rec["digest"],
             **{k: rootfs_rec[k] for k in ("mkosi", "toolchain") if k in rootfs_rec},
@@ -391,6 +396,10 @@ def build_image(plan: Plan) -> None:
     image.sha256sums(out, [img, xz, bmap, manifest_file, *boot_files])
     write_record(plan, "image", {"image": str(img), "manifest": str(manifest_file)})
 
+
+# Build-record keys that name places on the build host (cache entries): the records need them,
+# the manifest that travels with the image does not (the kernel is named by config_digest).
+HOST_ONLY = frozenset({"dir", "modules", "path"})
 
 GPT_END = 34 * 512  # protective MBR, GPT header and a 128-entry table (the backup is at the end)
 

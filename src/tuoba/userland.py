@@ -25,7 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from tuoba import kbuild, run, sources, ui
-from tuoba.config import Doc, Field, PathPart, load_yaml, mapping_of, parse_mapping, string
+from tuoba.config import (
+    Doc,
+    Field,
+    PathPart,
+    load_yaml,
+    mapping_of,
+    parse_mapping,
+    path_list,
+    relative_path,
+    string,
+)
 from tuoba.config import string_list as strings
 from tuoba.errors import BuildError, InputError
 from tuoba.kernel import load_fragment, parse_config
@@ -92,11 +102,11 @@ def load_package(data_dir: Path, pkg: str) -> Package:
         raise InputError(f"no stage-2 package named '{pkg}'", hint=f"known: {known}")
     doc = load_yaml(path, display=f"userland/{pkg}/package.yaml")
     if not isinstance(doc.data, dict):
-        raise doc.error((), "expected a mapping")
+        raise doc.error((), "expected a mapping", hint="see another userland/*/package.yaml")
     kind = doc.data.get("build")
-    if kind not in BUILDERS:
+    if not isinstance(kind, str) or kind not in BUILDERS:
         raise doc.error(
-            ("build",), f"unknown builder '{kind}'", hint=f"builders: {', '.join(BUILDERS)}"
+            ("build",), f"unknown builder {kind!r}", hint=f"builders: {', '.join(BUILDERS)}"
         )
     fields, _ = BUILDERS[kind]
     v = parse_mapping(doc, (), doc.data, [*COMMON_FIELDS, *fields])
@@ -523,12 +533,12 @@ BUILDERS: dict[str, tuple[list[Field], Builder | None]] = {
     "musl": ([], None),
     "compiler-rt": ([], None),
     "busybox": (
-        [Field("config", string, help="Kconfig fragment applied on allnoconfig")],
+        [Field("config", relative_path, help="Kconfig fragment applied on allnoconfig")],
         build_busybox,
     ),
     "autotools": (
         [
-            Field("files", strings, (), help="files copied into the source tree first"),
+            Field("files", path_list, (), help="files copied into the source tree first"),
             Field("configure", strings, (), help="extra ./configure arguments"),
             Field("make", strings, (), help="extra make arguments"),
             Field("install", _links_field, help="built file -> path in the image"),
@@ -538,7 +548,7 @@ BUILDERS: dict[str, tuple[list[Field], Builder | None]] = {
     ),
     "c": (
         [
-            Field("files", strings, help="the C sources, in the package directory"),
+            Field("files", path_list, help="the C sources, in the package directory"),
             Field("program", string, help="path of the program in the image"),
             Field("links", _links_field, {}, help="symlink -> what it points to"),
         ],

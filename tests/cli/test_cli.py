@@ -177,12 +177,19 @@ def test_debug_shows_traceback(project: Path) -> None:
         )  # fmt: skip
 
 
+PUBLIC_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIESIgl0bq4s0mj/Nf9R5E6XYtyKqEM3okcF/e7UQGYkJ test\n"
+)
+
+
 def test_missing_host_tool_names_package_and_fix(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr(run.shutil, "which", lambda tool, path=None: None)
-    code, out = invoke(project, "build", "--ssh-key", str(project / "SConstruct"))
+    key = project / "key.pub"
+    key.write_text(PUBLIC_KEY)
+    code, out = invoke(project, "build", "--ssh-key", str(key))
     assert code == 3
     assert "host tool" in out
     assert "tuoba doctor --fix" in out

@@ -32,3 +32,21 @@ def console() -> str:
     """The serial console log of the boot (checks for boards without a network read it)."""
     with open(os.environ["TUOBA_CONSOLE_LOG"], errors="replace") as f:
         return re.sub(r"\x1b\[[0-9;]*m", "", f.read())  # drop colour codes
+
+
+@pytest.fixture(autouse=True)
+def _boot_finished(request: pytest.FixtureRequest, manifest: dict[str, Any]) -> None:
+    """ssh answers before systemd has finished the boot (units still starting, first-boot work
+    still running): stage-1 checks over ssh wait for systemd's own verdict first, once."""
+    if "host" not in request.fixturenames or manifest["stage"] != 1:
+        return
+    if _BOOT_STATE:
+        return
+    state = request.getfixturevalue("host").run("timeout 600 systemctl is-system-running --wait")
+    verdict = state.stdout.strip()
+    if verdict not in ("running", "degraded"):  # degraded: test_no_failed_units names the unit
+        pytest.fail(f"systemd did not finish the boot: {verdict!r} {state.stderr}")
+    _BOOT_STATE.append(verdict)
+
+
+_BOOT_STATE: list[str] = []

@@ -39,7 +39,7 @@ def test_recipe_without_stage2_form_is_an_error_naming_it(project: Path) -> None
     with pytest.raises(InputError) as e:
         resolve(request(project, stage=2, board="rpi4"))
     assert e.value.message == (
-        "recipe 'sdcard' has no stage-2 form (recipes/sdcard.yaml has no stage2 section); "
+        "recipes/sdcard.yaml:3: recipe 'sdcard' has no stage-2 form (no stage2 section); "
         "board 'rpi4' includes it by default"
     )
     assert e.value.exit_code == 2

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from tuoba import __version__, ui
 from tuoba.errors import TuobaError
@@ -46,9 +47,10 @@ class TuobaGroup(click.Group):
             app = ctx.obj if isinstance(ctx.obj, App) else None
             if app is not None and app.debug:
                 raise
-            ui.console.print(f"[bold red]error:[/bold red] {e.message}", soft_wrap=True)
+            # messages quote the user's text, which must never be read as rich markup
+            ui.console.print(f"[bold red]error:[/bold red] {escape(e.message)}", soft_wrap=True)
             if e.hint:
-                ui.console.print(f"[cyan]hint:[/cyan] {e.hint}", soft_wrap=True)
+                ui.console.print(f"[cyan]hint:[/cyan] {escape(e.hint)}", soft_wrap=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             ui.console.print("[bold red]interrupted[/bold red]")
@@ -60,35 +62,73 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "tuoba"
 
 
+@dataclasses.dataclass(frozen=True)
+class GlobalOption:
+    """One global option: accepted before the command (`tuoba --out D build`) and after it
+    (`tuoba build --out D`), as people type it; one table drives both."""
+
+    decls: tuple[str, ...]
+    field: str
+    kwargs: dict[str, Any]
+
+    def for_group(self) -> click.Option:
+        return click.Option(self.decls, **self.kwargs)
+
+    def for_command(self) -> click.Option:
+        """The same option on a subcommand: no default and no env var (the group took those),
+        so only a value typed after the command changes the App."""
+        kwargs = {k: v for k, v in self.kwargs.items() if k not in ("envvar", "default")}
+        if kwargs.get("count"):
+            kwargs["default"] = 0
+        return click.Option(self.decls, expose_value=False, callback=self._apply, **kwargs)
+
+    def _apply(self, ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        app = ctx.find_object(App)
+        if app is None or value in (None, False, 0):
+            return
+        if self.field == "verbose":
+            ui.set_verbosity(ui.verbosity() + value)
+        elif isinstance(value, Path):
+            setattr(app, self.field, value.resolve())
+        else:
+            setattr(app, self.field, value)
+
+
+DIR = click.Path(path_type=Path, file_okay=False)
+GLOBAL_OPTIONS = (
+    GlobalOption(("--debug",), "debug",
+                 {"is_flag": True, "envvar": "TUOBA_DEBUG", "help": "Show tracebacks on errors."}),
+    GlobalOption(("-v", "--verbose"), "verbose",
+                 {"count": True, "help": "Show every command tuoba runs."}),
+    GlobalOption(("--out", "out_dir"), "out_dir", {
+        "type": DIR, "envvar": "TUOBA_OUT", "default": Path("out"),
+        "help": "Where images and build records go. [default: out] [env: TUOBA_OUT]",
+    }),
+    GlobalOption(("--cache-dir",), "cache_dir", {
+        "type": DIR, "envvar": "TUOBA_CACHE_DIR", "default": None,
+        "help": "Downloads, root filesystems and tools, shared by all builds. "
+        "[default: ~/.cache/tuoba] [env: TUOBA_CACHE_DIR]",
+    }),
+    GlobalOption(("--data-dir",), "data_dir", {
+        "type": click.Path(path_type=Path, file_okay=False, exists=True),
+        "envvar": "TUOBA_DATA_DIR", "default": None,
+        "help": "Project tree with boards/, recipes/, kernel/, overlays/. "
+        "[default: found from here] [env: TUOBA_DATA_DIR]",
+    }),
+)  # fmt: skip
+
+
+def with_global_options(command: click.Command) -> None:
+    """Give a command (and a group's subcommands) the global options after its name."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            with_global_options(sub)
+        return
+    command.params.extend(o.for_command() for o in GLOBAL_OPTIONS)
+
+
 @click.group(cls=TuobaGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tuoba")
-@click.option("--debug", is_flag=True, envvar="TUOBA_DEBUG", help="Show tracebacks on errors.")
-@click.option("-v", "--verbose", count=True, help="Show every command tuoba runs.")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    envvar="TUOBA_OUT",
-    default=Path("out"),
-    show_default=True,
-    help="Where images and build records go. [env: TUOBA_OUT]",
-)
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    envvar="TUOBA_CACHE_DIR",
-    default=None,
-    help="Downloads, root filesystems and tools, shared by all builds. "
-    "[default: ~/.cache/tuoba] [env: TUOBA_CACHE_DIR]",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    envvar="TUOBA_DATA_DIR",
-    default=None,
-    help="Project tree with boards/, recipes/, kernel/, overlays/. "
-    "[default: found from here] [env: TUOBA_DATA_DIR]",
-)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -99,6 +139,9 @@ def cli(
     data_dir: Path | None,
 ) -> None:
     """Compose TuobaOS images for ARM boards from board and recipe data.
+
+    Global options go before or after the command: `tuoba --out D build` or
+    `tuoba build --out D`.
 
     \b
     Typical use:
@@ -116,10 +159,14 @@ def cli(
     )
 
 
+cli.params[:0] = [o.for_group() for o in GLOBAL_OPTIONS]
+
+
 def _register() -> None:
     from tuoba.cli import boards, boot, build, doctor, flash, kernel, recipes, test
 
     for module in (build, test, boot, flash, boards, recipes, kernel, doctor):
+        with_global_options(module.command)
         cli.add_command(module.command)
 
 

@@ -43,6 +43,12 @@ from tuoba.plan import DEFAULT_RECIPES, Request, resolve
     "Amlogic boot image); repeatable. Without it the build names the file and where to get it.",
 )
 @click.option("--explain", is_flag=True, help="Say why each step runs.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Only validate: read the board, recipes and every data file they use, report what "
+    "would be built, write nothing.",
+)
 @click.pass_obj
 def command(
     app: App,
@@ -54,6 +60,7 @@ def command(
     mirror: str | None,
     supplies: tuple[str, ...],
     explain: bool,
+    check: bool,
 ) -> None:
     """Compose an image for a board from its recipes.
 
@@ -65,6 +72,7 @@ def command(
     Example:
       tuoba build --board qemu-aarch64
       tuoba build --board qemu-aarch64 --recipe base --explain
+      tuoba build --board rpi4 --check
       tuoba build --board pynq-z2 --supply BOOT.BIN=./BOOT.BIN
       tuoba build --board vim3 --supply u-boot.bin.sd.bin=./fip/u-boot.bin.sd.bin
     """
@@ -88,6 +96,13 @@ def command(
             supplies=tuple(pairs),
         )
     )
+    if check:
+        ui.info(
+            f"valid: {plan.image_name} (board {plan.board.name}, stage {plan.stage}, recipes "
+            f"{', '.join(r.name for r in plan.recipes)}, {len(plan.packages)} packages, "
+            f"{len(plan.fragments)} kernel fragments); nothing built"
+        )
+        return
     ui.info(
         f"building [bold]{plan.image_name}[/bold]: board {plan.board.name}, stage {plan.stage}, "
         f"recipes {', '.join(r.name for r in plan.recipes)}"

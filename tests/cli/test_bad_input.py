@@ -1,0 +1,153 @@
+"""Bad input, as a new user types it: one located sentence, a hint, exit 2, nothing written.
+One test per case found by trying the landed tool (issue 12's table)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_cli import PUBLIC_KEY, invoke
+from tuoba.errors import InputError
+
+BOARD = "boards/rpi3/board.yaml"
+
+
+def refused(project: Path, *args: str) -> str:
+    """Run `tuoba build --board rpi3 --check ARGS` (--check: input that passes never starts a
+    build here): it must refuse (exit 2) with 'error:' and 'hint:' lines and write nothing."""
+    code, out = invoke(project, "build", "--board", "rpi3", "--check", *args)
+    assert code == 2, out
+    assert out.startswith("error: ") and "\nhint: " in out, out
+    assert "Traceback" not in out
+    assert not (project / "out").exists(), "a refused build wrote into out/"
+    return " ".join(out.split())  # rich wraps long lines
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe\x00g", bytes(range(256)) + os.urandom(144)],
+    ids=["bom-and-nul", "random-bytes"],
+)
+def test_board_file_not_utf8(project: Path, content: bytes) -> None:
+    (project / BOARD).write_bytes(content)
+    said = refused(project)
+    first_bad = next(i for i, b in enumerate(content) if b >= 0x80)
+    line = content[:first_bad].count(b"\n") + 1
+    assert f"error: {BOARD}:{line}: not UTF-8 text" in said
+
+
+def test_board_file_nested_5000_levels(project: Path) -> None:
+    (project / BOARD).write_text("description: " + "[" * 5000 + "]" * 5000 + "\n")
+    said = refused(project)
+    assert f"error: {BOARD}:1: nested deeper than 32 levels" in said
+
+
+@pytest.mark.timeout(20)  # the bomb expanded for minutes before; a hang fails here
+def test_yaml_alias_bomb(project: Path) -> None:
+    bomb = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    bomb += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    board = project / BOARD
+    board.write_text("\n".join(bomb) + "\n" + board.read_text())
+    said = refused(project)
+    assert f"error: {BOARD}:1: YAML anchors (&name) are not allowed here" in said
+
+
+def test_yaml_alias_alone(project: Path) -> None:
+    board = project / BOARD
+    board.write_text(board.read_text().replace("soc: BCM2837", "soc: *somewhere"))
+    assert "YAML aliases (*name) are not allowed here" in refused(project)
+
+
+def test_duplicate_key(project: Path) -> None:
+    board = project / BOARD
+    text = board.read_text()
+    board.write_text(text.replace("arch: arm64\n", "arch: arm64\narch: armhf\n"))
+    line = text.splitlines().index("arch: arm64") + 2
+    assert f"error: {BOARD}:{line}: key 'arch' given twice in one mapping" in refused(project)
+
+
+def test_file_too_large(project: Path) -> None:
+    board = project / BOARD
+    board.write_text(board.read_text() + "#" * (1 << 20) + "\n")
+    assert "too large for a data file" in refused(project)
+
+
+def test_boot_partition_larger_than_the_image(project: Path) -> None:
+    board = project / BOARD
+    text = board.read_text()
+    board.write_text(text.replace("size: 256M", "size: 4G"))
+    line = text.splitlines().index("      size: 256M") + 1
+    said = refused(project)
+    assert (
+        f"error: {BOARD}:{line} -> image -> partitions[0] -> size: partition 'boot' (4096 MiB "
+        "from MiB 1) does not fit in the 2048 MiB image" in said
+    )
+
+
+def test_root_partition_left_too_small(project: Path) -> None:
+    board = project / BOARD
+    board.write_text(board.read_text().replace("size: 256M", "size: 2000M"))
+    said = refused(project)
+    assert "partition 'root' gets the 46 MiB left; ext4 needs at least 64 MiB" in said
+
+
+def test_image_size_that_makes_no_sense(project: Path) -> None:
+    board = project / BOARD
+    board.write_text(board.read_text().replace("size: 2G", "size: 5000T"))
+    assert "is not a whole number of MiB from 64 MiB to 256 GiB" in refused(project)
+
+
+@pytest.mark.parametrize("what", ["passwd", "private", "two-keys", "garbled"])
+def test_ssh_key_that_is_not_a_public_key(project: Path, tmp_path: Path, what: str) -> None:
+    key = tmp_path / "key"
+    body = PUBLIC_KEY.split()[1]
+    key.write_text(
+        {
+            "passwd": Path("/etc/passwd").read_text(),
+            "private": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n"
+            "-----END OPENSSH PRIVATE KEY-----\n",
+            "two-keys": PUBLIC_KEY * 2,
+            "garbled": f"ssh-ed25519 {body[:28]} x\n",  # the key's bytes cut short
+        }[what]
+    )
+    said = refused(project, "--ssh-key", str(key))
+    assert f"error: --ssh-key {key}: " in said
+    expected = {
+        "passwd": "not an OpenSSH public key (one line: TYPE BASE64 [comment])",
+        "private": "is a private key",
+        "two-keys": "not an OpenSSH public key",
+        "garbled": "ssh-keygen does not accept it as a public key",
+    }[what]
+    assert expected in said
+
+
+def test_a_public_key_passes(project: Path, tmp_path: Path) -> None:
+    key = tmp_path / "key.pub"
+    key.write_text(PUBLIC_KEY)
+    code, out = invoke(project, "build", "--board", "rpi3", "--ssh-key", str(key), "--check")
+    assert code == 0, out
+    assert "nothing built" in out
+
+
+def test_global_options_after_the_command(project: Path, tmp_path: Path) -> None:
+    """`tuoba build --board B --out DIR`, as people type it: the option is taken (here the
+    unbuilt image is looked for in DIR), and --help lists it on the command."""
+    out_dir = tmp_path / "elsewhere"
+    code, out = invoke(project, "test", "--board", "qemu-aarch64", "--out", str(out_dir))
+    assert code == 2
+    assert f"no image at {out_dir}/" in " ".join(out.split())
+    code, out = invoke(project, "build", "--help")
+    assert "--out DIRECTORY" in out and "--cache-dir" in out and "--data-dir" in out
+    code, out = invoke(project, "kernel", "config", "-v", "--board", "nope")
+    assert code == 2 and "no board named 'nope'" in out  # typed after a subcommand: known
+    with pytest.raises(InputError):  # --debug after the command: the traceback is wanted
+        invoke(project, "kernel", "config", "--debug", "--board", "nope")
+
+
+def test_check_validates_every_board_and_writes_nothing(project: Path) -> None:
+    for board in ("qemu-aarch64", "rpi4", "rpi3", "roc-rk3328-cc", "jetson-nano"):
+        code, out = invoke(project, "build", "--board", board, "--check")
+        assert code == 0, out
+    assert not (project / "out").exists()
