@@ -187,17 +187,38 @@ def _modern_kconfig(kconfiglib: Any) -> Any:
     return Kconfig
 
 
-def _progress(log: Path, stop: threading.Event, label: str) -> None:
-    """Show how many files the build has compiled so far (the build log grows as it runs)."""
-    with ui.console.status(label) as status:
-        while not stop.wait(2.0):
-            try:
-                text = log.read_text(errors="replace")
-            except OSError:
-                continue
-            n = sum(1 for ln in text.splitlines() if ln.lstrip().startswith(("CC ", "LD ", "AR ")))
-            last = text.rstrip().rsplit("\n", 1)[-1].strip()[:60]
-            status.update(f"{label}: {n} objects built — {last}")
+class ObjectCount:
+    """How far a kernel build is: objects compiled so far (CC/LD/AR lines of its log, read
+    incrementally), against the count of the last complete build of the same build directory
+    when there was one."""
+
+    def __init__(self, log: Path, total_file: Path) -> None:
+        self.log, self.total_file = log, total_file
+        self.offset, self.done, self.last = 0, 0, ""
+        try:
+            self.total = int(total_file.read_text())
+        except (OSError, ValueError):
+            self.total = 0
+
+    def __call__(self) -> str:
+        try:
+            with self.log.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return f"{self.done} objects"
+        end = chunk.rfind(b"\n") + 1  # whole lines only; the rest is read next time
+        self.offset += end
+        for ln in chunk[:end].decode(errors="replace").splitlines():
+            if ln.lstrip().startswith(("CC ", "LD ", "AR ")):
+                self.done += 1
+                self.last = ln.strip()[:60]
+        of = f"/{max(self.total, self.done)}" if self.total else ""
+        return f"{self.done}{of} objects built — {self.last}"
+
+    def finished(self) -> None:
+        # the largest count seen: an incremental build compiles fewer
+        self.total_file.write_text(f"{max(self.total, self.done)}\n")
 
 
 def make(
@@ -207,6 +228,7 @@ def make(
     targets: list[str],
     log: Path,
     ccache_dir: Path | None = None,
+    heartbeat: bool = True,
     **extra: str,
 ) -> None:
     env = {
@@ -231,7 +253,7 @@ def make(
         *[f"{k}={v}" for k, v in extra.items()],
         *targets,
     ]
-    run.run(cmd, env=env, log=log)
+    run.run(cmd, env=env, log=log, heartbeat=heartbeat)
 
 
 def build_kernel(
@@ -288,11 +310,15 @@ def build_kernel(
     own = {p.stem: p for p in board_dts}
     targets = [image_target, "modules", *(f"{d}.dtb" for d in dtbs if d not in own)]
     stop = threading.Event()
-    t = threading.Thread(target=_progress, args=(log, stop, "Compiling the kernel"), daemon=True)
+    count = ObjectCount(log, build / "tuoba-objects.count")
+    t = threading.Thread(target=ui.watch, args=("Compiling the kernel", count, stop), daemon=True)
     start = time.monotonic()
     t.start()
     try:
-        make(src, build, arch, targets, log, ccache)
+        make(src, build, arch, targets, log, ccache, heartbeat=False)  # (count reports)
+        count()
+        if count.done:
+            count.finished()  # the next cold build of this directory shows done/total
     finally:
         stop.set()
         t.join()

@@ -6,10 +6,12 @@ tail of the command's output, so the user sees what ran and why it failed.
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -89,11 +91,14 @@ def run(
     input: str | None = None,
     timeout: float | None = None,
     stdout_file: IO[bytes] | None = None,
+    heartbeat: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion.
 
     capture: return stdout (stderr goes to the log or our stderr).
-    log: append stdout+stderr to this file instead of the terminal.
+    log: append stdout+stderr to this file instead of the terminal; when tuoba's own output is
+      not a terminal either, a line every ui.LOG_EVERY seconds says the command still runs
+      (heartbeat=False: the caller reports progress itself).
     stdout_file: binary stdout goes to this open file (e.g. a compressor's output).
     """
     ui.debug(f"+ {_fmt(cmd)}")
@@ -111,6 +116,13 @@ def run(
         out = stdout_file
     else:
         out = subprocess.PIPE if capture else None
+    stop = threading.Event()
+    if log is not None and heartbeat and not ui.console.is_terminal:
+        name = Path(os.fspath(cmd[0])).name
+        threading.Thread(
+            target=ui.watch, args=(f"{name} still running", functools.partial(_last_line, log),
+                                   stop), daemon=True,
+        ).start()  # fmt: skip
     try:
         proc = subprocess.run(
             [os.fspath(c) for c in cmd],
@@ -125,6 +137,7 @@ def run(
     except subprocess.TimeoutExpired as e:
         raise BuildError(f"command timed out after {timeout:.0f} s: {_fmt(cmd)}") from e
     finally:
+        stop.set()
         if log_fh is not None:
             log_fh.close()
     if check and proc.returncode != 0:
@@ -133,6 +146,17 @@ def run(
             hint=_tail_hint(log),
         )
     return proc
+
+
+def _last_line(log: Path) -> str:
+    """The last line of a log, for progress lines (read from its end: logs grow large)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, log.stat().st_size - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return f"log: {log}"
+    return f"{lines[-1].strip()[:80] if lines else ''} (log: {log})"
 
 
 def _tail_hint(log: Path | None) -> str | None:

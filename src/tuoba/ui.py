@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -50,6 +51,25 @@ def step(title: str) -> Iterator[None]:
     start = time.monotonic()
     yield
     console.print(f"  [green]done[/green] in {time.monotonic() - start:.1f} s")
+
+
+LOG_EVERY = 30.0  # seconds between progress lines when the output is not a terminal
+
+
+def watch(label: str, poll: Callable[[], str], stop: threading.Event, every: float = 2.0) -> None:
+    """Report a long step until `stop` is set: a live status line on a terminal; otherwise
+    (CI, a log file) a plain line every LOG_EVERY seconds, so a log never goes silent.
+    `poll` says how far the step is (e.g. '4100/9800 objects')."""
+    start = time.monotonic()
+    if console.is_terminal:
+        with console.status(label) as status:
+            while not stop.wait(every):
+                status.update(f"{label}: {poll()} ({time.monotonic() - start:.0f} s)")
+        return
+    while not stop.wait(LOG_EVERY):
+        console.print(
+            f"  {label}: {poll()}, {time.monotonic() - start:.0f} s elapsed", soft_wrap=True
+        )
 
 
 def download_progress() -> Progress:
