@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tuoba import errors, image, run, ui
+from tuoba import errors, image, lock, run, ui
 from tuoba.plan import Plan, default_ssh_key
 from tuoba.steps import STEPS
 
@@ -36,6 +36,12 @@ def ensure_ssh_key(plan: Plan) -> None:
 
 
 def build(plan: Plan, explain: bool = False) -> BuildResult:
+    """One build at a time per cache and per output directory (a second one waits)."""
+    with lock.exclusive(plan.cache_dir, "the cache"), lock.exclusive(plan.out_dir, "the output"):
+        return _build(plan, explain)
+
+
+def _build(plan: Plan, explain: bool) -> BuildResult:
     start = time.monotonic()
     ensure_ssh_key(plan)
     plan.build_dir.mkdir(parents=True, exist_ok=True)

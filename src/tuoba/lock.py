@@ -1,0 +1,37 @@
+"""Exclusive use of a directory by one build at a time (the cache, an output directory).
+
+Two builds into the same out/ or cache would write the same entries and build directories
+(the kernel's out-of-tree directory, staging trees): the second one waits for the first,
+saying whom it waits for. The lock is an flock on a file inside the directory, released by
+the kernel when its holder exits, even after kill -9: no stale lock survives a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from tuoba import ui
+
+LOCK_NAME = ".tuoba.lock"
+
+
+@contextlib.contextmanager
+def exclusive(directory: Path, what: str) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            ui.info(f"waiting: {what} {directory} is in use by {holder}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"tuoba build (pid {os.getpid()})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
