@@ -61,7 +61,8 @@ def _build(plan: Plan, explain: bool) -> BuildResult:
     ]  # fmt: skip
     if explain:
         cmd.append("--debug=explain")
-    proc = run.run(cmd, check=False)
+    # SCons and every step's commands in a group of their own, ended as one on Ctrl-C or SIGTERM
+    proc = run.run(cmd, check=False, own_group=True)
     ran = tuple(s for s in ran_file.read_text().split() if s in STEPS)
     if proc.returncode != 0:
         if error_file.exists():

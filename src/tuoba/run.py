@@ -6,15 +6,17 @@ tail of the command's output, so the user sees what ran and why it failed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tuoba import ui
 from tuoba.errors import BuildError, HostToolError, TuobaError
@@ -92,6 +94,7 @@ def run(
     timeout: float | None = None,
     stdout_file: IO[bytes] | None = None,
     heartbeat: bool = True,
+    own_group: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion.
 
@@ -99,6 +102,9 @@ def run(
     log: append stdout+stderr to this file instead of the terminal; when tuoba's own output is
       not a terminal either, a line every ui.LOG_EVERY seconds says the command still runs
       (heartbeat=False: the caller reports progress itself).
+    own_group: run it in a process group of its own, and end that whole group (SIGTERM, then
+      SIGKILL) when tuoba is interrupted or times out: what it started (make, mkosi, QEMU)
+      never outlives tuoba.
     stdout_file: binary stdout goes to this open file (e.g. a compressor's output).
     """
     ui.debug(f"+ {_fmt(cmd)}")
@@ -124,18 +130,25 @@ def run(
                                    stop), daemon=True,
         ).start()  # fmt: skip
     try:
-        proc = subprocess.run(
+        popen = subprocess.Popen(
             [os.fspath(c) for c in cmd],
             env=full_env,
             cwd=cwd,
+            stdin=subprocess.PIPE if input is not None else None,
             stdout=out,
             stderr=subprocess.STDOUT if log_fh is not None else None,
             text=stdout_file is None,
-            input=input,
-            timeout=timeout,
+            start_new_session=own_group,
         )
-    except subprocess.TimeoutExpired as e:
-        raise BuildError(f"command timed out after {timeout:.0f} s: {_fmt(cmd)}") from e
+        try:
+            stdout, _ = popen.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            _end(popen, own_group)
+            raise BuildError(f"command timed out after {timeout:.0f} s: {_fmt(cmd)}") from e
+        except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt)
+            _end(popen, own_group)
+            raise
+        proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, None)
     finally:
         stop.set()
         if log_fh is not None:
@@ -185,6 +198,24 @@ def spawn(
         env=full_env,
         start_new_session=True,
     )
+
+
+GROUP_GRACE = 30.0  # seconds an interrupted group gets to clean up (mkosi unmounts, make deletes)
+
+
+def _end(proc: subprocess.Popen[Any], group: bool) -> None:
+    """End an interrupted command: its whole process group when it has one of its own."""
+    if not group:
+        proc.kill()
+        proc.wait()
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(GROUP_GRACE)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the leader's stragglers, or a leader that hung
+    proc.wait()
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
