@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -200,22 +201,34 @@ def spawn(
     )
 
 
-GROUP_GRACE = 30.0  # seconds an interrupted group gets to clean up (mkosi unmounts, make deletes)
+LEADER_GRACE = 3.0  # SCons finishes its running Python step before it exits: it gets this long
+GROUP_GRACE = 30.0  # what the group's commands get to clean up (mkosi unmounts, make deletes)
 
 
 def _end(proc: subprocess.Popen[Any], group: bool) -> None:
-    """End an interrupted command: its whole process group when it has one of its own."""
+    """End an interrupted command: its whole process group when it has one of its own. Every
+    member gets SIGTERM; the leader is killed after LEADER_GRACE (so no step goes on to publish
+    anything), the rest after GROUP_GRACE if they are still there."""
     if not group:
         proc.kill()
         proc.wait()
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(GROUP_GRACE)
+    try:
+        proc.wait(LEADER_GRACE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + GROUP_GRACE
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return  # the whole group has gone
+        time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # the leader's stragglers, or a leader that hung
-    proc.wait()
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:

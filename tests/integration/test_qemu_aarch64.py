@@ -8,6 +8,7 @@ overlay here never touches the checkout. Tests run in file order and build on ea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -128,6 +129,16 @@ def test_manifest_records_what_went_in(built: Project) -> None:
     assert "mkosi_25.3-7_all.deb" in m["sources"]  # type: ignore[operator]
 
 
+def test_manifest_holds_no_host_paths(built: Project) -> None:
+    """The manifest travels with the image: no path of the build host (cache, out/, project)."""
+    text = built.artifact(".manifest.json").read_text()
+    for place in (str(built.root), str(Path.home()), "/tmp/", "/root/", "/.cache/"):
+        assert place not in text, place
+    kernel = built.manifest()["kernel"]
+    assert str(kernel["linker"]).startswith("LLD 1")  # type: ignore[index]
+    assert len(str(kernel["config_digest"])) == 64  # type: ignore[index]
+
+
 def test_partition_table(built: Project) -> None:
     dump = json.loads(
         subprocess.run(
@@ -201,6 +212,56 @@ def test_interrupted_build_leaves_no_finished_image_and_next_build_finishes(
     assert built.artifact(".manifest.json").is_file()
     assert built.artifact(".img").is_file()
     assert not list(built.out.glob(".*.tmp"))  # ...and the next build clears them
+
+
+def _process_tree(pid: int) -> list[int]:
+    """pid and everything below it (SCons runs in a session of its own, so a group kill of
+    tuoba's does not reach it: kill -9 of "the whole build" is of this tree)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def test_kill_9_of_the_whole_build_loses_nothing(built: Project) -> None:
+    """kill -9 of tuoba, SCons and every command below them while the image is written: no
+    artifact under a final name, and the next build completes with SHA256SUMS verifying."""
+    (built.root / "overlays/base/etc/motd").write_text("killed build\n")
+    proc = subprocess.Popen(
+        built.cmd("build", "--board", BOARD),
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:
+        if "Writing" in line or time.monotonic() > deadline:
+            break
+    time.sleep(2)
+    tree = _process_tree(proc.pid)
+    assert len(tree) > 2, "tuoba, SCons and a command of the image step"
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(60)
+    assert not built.artifact(".img").exists()
+    assert not built.artifact(".manifest.json").exists()
+
+    again = built.tuoba("build", "--board", BOARD)
+    assert "image" in steps_run(again.stderr)
+    check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=built.out,
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"{built.artifact('.img').name}: OK" in check.stdout
+    assert not list(built.out.glob(".*.tmp"))
 
 
 def test_dropped_kernel_option_fails_naming_its_unmet_dependency(built: Project) -> None:
