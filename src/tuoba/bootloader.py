@@ -11,7 +11,7 @@ import struct
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tuoba import image, run, sources, ui
+from tuoba import image, publish, run, sources, ui
 from tuoba.board import Board
 from tuoba.errors import BuildError, InputError
 
@@ -83,7 +83,7 @@ class RpiFirmware(Bootloader):
         deb = sources.cache_path(self.cache_dir, fw.sha256)
         dest = self.cache_dir / "firmware" / fw.sha256[:16]
         if not dest.is_dir():
-            with image.atomic_dir(dest) as tmp:
+            with publish.atomic_dir(dest) as tmp:
                 run.run(["dpkg-deb", "-x", str(deb), str(tmp)])
         return dest / self.board.boot.firmware_dir.lstrip("/")
 
@@ -280,7 +280,7 @@ class UBoot(Extlinux):
                     hint=f"see {log}; fix boot -> u_boot -> output in "
                     f"boards/{self.board.name}/board.yaml",
                 )
-            with image.atomic_dir(dest) as tmp:
+            with publish.atomic_dir(dest) as tmp:
                 shutil.copyfile(src / u.output, tmp / u.output)
                 shutil.copyfile(src / ".config", tmp / "u-boot.config")
         shutil.rmtree(work, ignore_errors=True)

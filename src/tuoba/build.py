@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tuoba import errors, image, lock, run, ui
+from tuoba import errors, lock, publish, run, ui
 from tuoba.plan import Plan, default_ssh_key
 from tuoba.steps import STEPS
 
@@ -46,7 +46,7 @@ def _build(plan: Plan, explain: bool) -> BuildResult:
     ensure_ssh_key(plan)
     plan.build_dir.mkdir(parents=True, exist_ok=True)
     request = plan.build_dir / "request.json"
-    with image.atomic(request) as tmp:
+    with publish.atomic(request) as tmp:
         tmp.write_text(plan.request.to_json())
     ran_file = plan.build_dir / "ran.txt"
     error_file = plan.build_dir / "error.json"

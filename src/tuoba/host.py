@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from tuoba import apt, image, run, sources, ui
+from tuoba import apt, publish, run, sources, ui
 from tuoba import board as boards
 from tuoba.config import Field, load_yaml, string
 from tuoba.errors import HostToolError
@@ -249,7 +249,7 @@ def mkosi_dir(data_dir: Path, cache_dir: Path, offline: bool = False) -> Path:
     deb = sources.fetch(
         src, cache_dir, debian_mirrors=apt.debian_mirrors("bookworm"), offline=offline
     )
-    with image.atomic_dir(dest) as tmp:
+    with publish.atomic_dir(dest) as tmp:
         run.run(["dpkg-deb", "-x", str(deb), str(tmp)])
     ui.debug(f"mkosi {version} unpacked into {dest}")
     return site

@@ -6,18 +6,18 @@ build never leaves a finished-looking artifact.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from tuoba import run
 from tuoba.board import PARTITION_TYPES, ImageSpec
+from tuoba.publish import atomic
+from tuoba.sources import sha256_file
 
 SECTOR = 512
 MBR_BOOT_CODE = 440  # the MBR's boot code area; the disk signature and partition table follow
@@ -224,7 +224,6 @@ def compress_xz(src: Path, dest: Path) -> None:
 
 def sha256sums(directory: Path, files: list[Path]) -> None:
     """Merge entries for `files` into directory/SHA256SUMS (other images' lines are kept)."""
-    from tuoba.sources import sha256_file
 
     sums = directory / "SHA256SUMS"
     entries: dict[str, str] = {}
@@ -237,30 +236,3 @@ def sha256sums(directory: Path, files: list[Path]) -> None:
         entries[f.name] = sha256_file(f)
     with atomic(sums) as tmp:
         tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(entries.items())))
-
-
-@contextlib.contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield an empty work directory beside dest; it replaces dest only if the block succeeds,
-    so an interrupted or failed build never leaves a half-made cache entry under dest's name."""
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside dest; rename it over dest only if the block succeeds."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        yield tmp
-        tmp.replace(dest)
-    finally:
-        tmp.unlink(missing_ok=True)

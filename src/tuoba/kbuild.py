@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuoba import image, run, sources, ui
+from tuoba import publish, run, sources, ui
 from tuoba.config import Field, load_yaml, parse_mapping, string
+from tuoba.digest import digest
 from tuoba.errors import BuildError, HostToolError
 from tuoba.kernel import Feature, Option, describe_missing, missing_options, parse_config
-from tuoba.plan import digest
 
 KARCH = {"arm64": "arm64", "armhf": "arm"}
 CLANG_TARGET = {"arm64": "aarch64-linux-gnu", "armhf": "arm-linux-gnueabi"}
@@ -88,7 +88,7 @@ def unpack_source(ks: KernelSource, tarball: Path, cache_dir: Path) -> Path:
     dest = cache_dir / "kernel" / "src" / f"{ks.version}-{ks.source.sha256[:12]}"
     if (dest / "Makefile").is_file():
         return dest
-    with ui.step(f"Unpacking Linux {ks.version}"), image.atomic_dir(dest) as tmp:
+    with ui.step(f"Unpacking Linux {ks.version}"), publish.atomic_dir(dest) as tmp:
         run.run(["tar", "-xf", str(tarball), "-C", str(tmp), "--strip-components=1"])
     return dest
 

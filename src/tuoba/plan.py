@@ -7,14 +7,14 @@ overlays, guest checks. The Plan is what every build step reads.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-from tuoba import __version__, apt, run, sources
+from tuoba import __version__, apt, kbuild, run, sources, userland
 from tuoba.board import Board, board_names, load_board
+from tuoba.bootloader import Bootloader, check_supplied
 from tuoba.config import Doc
 from tuoba.errors import InputError
 from tuoba.kernel import Feature, feature_names, load_feature, load_fragment
@@ -191,10 +191,6 @@ def default_ssh_key(out_dir: Path) -> Path:
     return out_dir / "ssh" / "tuoba_ed25519"
 
 
-def digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def render_context(plan: Plan, ssh_public_key: str) -> dict[str, Any]:
     """What overlay templates (*.j2) see."""
     return {
@@ -248,7 +244,6 @@ def _check_features(
 def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tuple[Supplied, ...]:
     """Every need of the board met by a supplied file, each supplied file checked; otherwise
     the error names what is missing, why, where to get it and how to hand it over."""
-    from tuoba.bootloader import check_supplied
 
     takes = [n.file for n in board.boot.needs if n.file]
     given: dict[str, str] = {}
@@ -285,8 +280,6 @@ def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tupl
 
 
 def resolve(req: Request) -> Plan:
-    from tuoba import userland  # imports this module
-
     data_dir = Path(req.data_dir)
     if req.stage not in SUPPORTED_STAGES:
         hint = {
@@ -296,12 +289,8 @@ def resolve(req: Request) -> Plan:
         raise InputError(f"stage {req.stage} is not supported", hint=hint)
     board, board_doc = load_board(data_dir, req.board)
     if board.kernel.source == "tuoba":
-        from tuoba import kbuild  # (kbuild imports this module)
-
         kbuild.load_source(data_dir)  # validated here, not first read by the kernel step
     supplied = _check_supplies(board, req.supplies) if req.check_needs else ()
-    from tuoba.bootloader import Bootloader
-
     if board.boot.method not in Bootloader.registry:
         raise board_doc.error(
             ("boot", "method"),

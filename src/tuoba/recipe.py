@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from tuoba.board import ARCHES
 from tuoba.config import Doc, Field, PathPart, load_yaml, name_list, parse_mapping, string
 from tuoba.errors import InputError
 
@@ -78,7 +79,6 @@ def _stage1(doc: Doc, path: tuple[PathPart, ...], value: Any) -> Stage1:
 def _arch(
     doc: Doc, path: tuple[PathPart, ...], value: Any
 ) -> tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...]:
-    from tuoba.board import ARCHES
 
     if not isinstance(value, dict):
         raise doc.error(path, f"expected a mapping of arch ({', '.join(ARCHES)}) to fields")

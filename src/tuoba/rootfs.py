@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tuoba import host, run
+from tuoba.digest import digest
 from tuoba.errors import BuildError
-from tuoba.plan import Plan, digest
+from tuoba.plan import Plan
+from tuoba.sources import sha256_file
 
 
 def skeleton_dir(plan: Plan) -> Path:
@@ -25,7 +27,6 @@ def skeleton_dir(plan: Plan) -> Path:
 
 def tree_files(root: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under root (for signatures)."""
-    from tuoba.sources import sha256_file
 
     if not root.is_dir():
         return {}

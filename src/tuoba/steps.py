@@ -23,15 +23,17 @@ from tuoba import (
     image,
     kbuild,
     overlay,
+    publish,
     rootfs,
     run,
     sources,
     ui,
     userland,
 )
+from tuoba.digest import digest
 from tuoba.errors import BuildError, TuobaError
 from tuoba.kernel import assert_config, parse_config
-from tuoba.plan import Plan, Request, digest, render_context, resolve
+from tuoba.plan import Plan, Request, render_context, resolve
 
 STEPS = ("fetch", "rootfs", "kernel", "overlay", "image")
 
@@ -59,7 +61,7 @@ def read_record(plan: Plan, step: str) -> dict[str, Any]:
 
 
 def write_record(plan: Plan, step: str, data: dict[str, Any]) -> None:
-    with image.atomic(record_path(plan, step)) as tmp:
+    with publish.atomic(record_path(plan, step)) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -167,11 +169,11 @@ def kernel_tuoba(plan: Plan) -> None:
     built = Path(rec["dir"])
     out_kernel = plan.out_dir / f"{plan.image_name}.{rec['image']}"
     plan.out_dir.mkdir(parents=True, exist_ok=True)
-    with image.atomic(out_kernel) as tmp:
+    with publish.atomic(out_kernel) as tmp:
         shutil.copyfile(built / rec["image"], tmp)
     board_dtbs = [f"{Path(d).name}.dtb" for d in plan.board.kernel.dtbs]
     for dtb in board_dtbs:  # beside the image, for emulators that take the device tree
-        with image.atomic(plan.out_dir / f"{plan.image_name}.{dtb}") as tmp:
+        with publish.atomic(plan.out_dir / f"{plan.image_name}.{dtb}") as tmp:
             shutil.copyfile(built / "dtbs" / dtb, tmp)
     write_record(
         plan,
@@ -211,7 +213,7 @@ def kernel_distro(plan: Plan) -> None:
     out_initrd = plan.out_dir / f"{plan.image_name}.initrd"
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     for src, dest in ((kernels[0], out_kernel), (initrd, out_initrd)):
-        with image.atomic(dest) as tmp:
+        with publish.atomic(dest) as tmp:
             shutil.copyfile(src, tmp)
     write_record(
         plan,
@@ -329,7 +331,7 @@ def build_image(plan: Plan) -> None:
         shutil.rmtree(staging)
         raw = loader.raw_writes(log)
         check_raw_writes(raw, parts, plan.board.image.table, plan.board.name)
-        with image.atomic(img) as tmp:
+        with publish.atomic(img) as tmp:
             with tmp.open("wb") as f:
                 f.truncate(plan.board.image.size)
             run.run(
@@ -342,9 +344,9 @@ def build_image(plan: Plan) -> None:
                 fs_file.unlink()
             for offset, blob in raw:
                 image.copy_sparse(blob, tmp, offset)
-            with image.atomic(bmap) as tmp_bmap:
+            with publish.atomic(bmap) as tmp_bmap:
                 image.write_bmap(tmp, tmp_bmap)
-            with image.atomic(xz) as tmp_xz:
+            with publish.atomic(xz) as tmp_xz:
                 image.compress_xz(tmp, tmp_xz)
 
     boot_files = [out / kernel_rec[k] for k in ("kernel", "initrd") if kernel_rec.get(k)]
@@ -352,7 +354,7 @@ def build_image(plan: Plan) -> None:
     loaders = []
     for offset, blob in raw:  # beside the image too: what was written where
         exported = out / f"{name}.{blob.name}"
-        with image.atomic(exported) as tmp:
+        with publish.atomic(exported) as tmp:
             shutil.copyfile(blob, tmp)
         boot_files.append(exported)
         loaders.append({"file": exported.name, "offset": offset, "size": blob.stat().st_size})
@@ -391,7 +393,7 @@ def build_image(plan: Plan) -> None:
     }
     if audit is not None:
         manifest["audit"] = audit
-    with image.atomic(manifest_file) as tmp:
+    with publish.atomic(manifest_file) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     image.sha256sums(out, [img, xz, bmap, manifest_file, *boot_files])
     write_record(plan, "image", {"image": str(img), "manifest": str(manifest_file)})

@@ -37,9 +37,9 @@ from tuoba.config import (
     string,
 )
 from tuoba.config import string_list as strings
+from tuoba.digest import digest
 from tuoba.errors import BuildError, InputError
 from tuoba.kernel import load_fragment, parse_config
-from tuoba.plan import digest
 
 # Board arch -> (clang target triple, compiler-rt arch name, musl's dynamic linker name)
 TARGETS = {"arm64": ("aarch64-linux-musl", "aarch64", "ld-musl-aarch64.so.1")}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tuoba.board import ImageSpec, Partition
-from tuoba.image import atomic, layout, sfdisk_script, sha256sums, write_bmap
+from tuoba.image import layout, sfdisk_script, sha256sums, write_bmap
+from tuoba.publish import atomic
 
 
 def spec() -> ImageSpec:
