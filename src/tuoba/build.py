@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -37,11 +38,14 @@ def ensure_ssh_key(plan: Plan) -> None:
 
 def build(plan: Plan, explain: bool = False) -> BuildResult:
     """One build at a time per cache and per output directory (a second one waits)."""
-    with lock.exclusive(plan.cache_dir, "the cache"), lock.exclusive(plan.out_dir, "the output"):
-        return _build(plan, explain)
+    with contextlib.ExitStack() as locks:
+        fds = [locks.enter_context(lock.exclusive(plan.cache_dir, "the cache"))]
+        if plan.out_dir.resolve() != plan.cache_dir.resolve():  # (flock twice: a self-deadlock)
+            fds.append(locks.enter_context(lock.exclusive(plan.out_dir, "the output")))
+        return _build(plan, explain, tuple(fds))
 
 
-def _build(plan: Plan, explain: bool) -> BuildResult:
+def _build(plan: Plan, explain: bool, lock_fds: tuple[int, ...]) -> BuildResult:
     start = time.monotonic()
     ensure_ssh_key(plan)
     plan.build_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +66,8 @@ def _build(plan: Plan, explain: bool) -> BuildResult:
     if explain:
         cmd.append("--debug=explain")
     # SCons and every step's commands in a group of their own, ended as one on Ctrl-C or SIGTERM
-    proc = run.run(cmd, check=False, own_group=True)
+    # SCons holds the locks too: were tuoba killed alone, its build goes on locked to its end.
+    proc = run.run(cmd, check=False, own_group=True, pass_fds=lock_fds)
     ran = tuple(s for s in ran_file.read_text().split() if s in STEPS)
     if proc.returncode != 0:
         if error_file.exists():

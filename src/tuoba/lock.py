@@ -19,7 +19,9 @@ LOCK_NAME = ".tuoba.lock"
 
 
 @contextlib.contextmanager
-def exclusive(directory: Path, what: str) -> Iterator[None]:
+def exclusive(directory: Path, what: str) -> Iterator[int]:
+    """Hold the directory's lock for the block; yields the lock's file descriptor (a child
+    given it with pass_fds holds the lock as long as it lives)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -32,6 +34,6 @@ def exclusive(directory: Path, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"tuoba build (pid {os.getpid()})\n".encode(), 0)
-        yield
+        yield fd
     finally:
         os.close(fd)  # releases the lock

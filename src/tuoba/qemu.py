@@ -217,6 +217,7 @@ def _run_until_up(spec: BootSpec, console_log: Path, timeout: float) -> Iterator
 
 
 CONSOLE_QUIET = 5.0  # seconds without console output that count as a settled boot
+CONSOLE_SETTLE_MAX = 30.0  # a console that never goes quiet: ready this long after the patterns
 
 
 class ConsoleWatch:
@@ -229,6 +230,7 @@ class ConsoleWatch:
         self.patterns = [re.compile(p) for p in patterns]
         self.size = -1
         self.quiet_since = 0.0
+        self.matched_at: float | None = None
 
     def __call__(self) -> bool:
         try:
@@ -236,13 +238,17 @@ class ConsoleWatch:
         except OSError:
             return False
         now = time.monotonic()
+        if self.matched_at is None:
+            text = self.log.read_text(errors="replace")
+            if not all(p.search(text) for p in self.patterns):
+                self.size, self.quiet_since = size, now
+                return False
+            self.matched_at = now
         if size != self.size:
             self.size, self.quiet_since = size, now
-            return False
-        if now - self.quiet_since < CONSOLE_QUIET:
-            return False
-        text = self.log.read_text(errors="replace")
-        return all(p.search(text) for p in self.patterns)
+        # settled: quiet for a while, or (a unit that keeps printing) long enough after
+        quiet = now - self.quiet_since >= CONSOLE_QUIET
+        return quiet or now - self.matched_at >= CONSOLE_SETTLE_MAX
 
 
 def _console_tail(log: Path, lines: int = 20) -> str:

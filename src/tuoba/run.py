@@ -96,6 +96,7 @@ def run(
     stdout_file: IO[bytes] | None = None,
     heartbeat: bool = True,
     own_group: bool = False,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion.
 
@@ -140,6 +141,7 @@ def run(
             stderr=subprocess.STDOUT if log_fh is not None else None,
             text=stdout_file is None,
             start_new_session=own_group,
+            pass_fds=pass_fds,
         )
         try:
             stdout, _ = popen.communicate(input, timeout=timeout)
@@ -222,13 +224,22 @@ def _end(proc: subprocess.Popen[Any], group: bool) -> None:
         proc.wait()
     deadline = time.monotonic() + GROUP_GRACE
     while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return  # the whole group has gone
+        if not _group_running(proc.pid):
+            return  # the whole group has gone (zombies waiting to be reaped have ended)
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _group_running(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:

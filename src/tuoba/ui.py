@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -64,12 +65,11 @@ def watch(label: str, poll: Callable[[], str], stop: threading.Event, every: flo
     if console.is_terminal:
         with console.status(label) as status:
             while not stop.wait(every):
-                status.update(f"{label}: {poll()} ({time.monotonic() - start:.0f} s)")
+                status.update(f"{label}: {escape(poll())} ({time.monotonic() - start:.0f} s)")
         return
     while not stop.wait(LOG_EVERY):
-        console.print(
-            f"  {label}: {poll()}, {time.monotonic() - start:.0f} s elapsed", soft_wrap=True
-        )
+        elapsed = time.monotonic() - start
+        console.print(f"  {label}: {poll()}, {elapsed:.0f} s elapsed", soft_wrap=True, markup=False)
 
 
 def download_progress() -> Progress:

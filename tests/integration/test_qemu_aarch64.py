@@ -248,6 +248,14 @@ def test_kill_9_of_the_whole_build_loses_nothing(built: Project) -> None:
     time.sleep(2)
     tree = _process_tree(proc.pid)
     assert len(tree) > 2, "tuoba, SCons and a command of the image step"
+    while True:  # stopped first, so none starts a child between the listing and the kill
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        again_tree = _process_tree(proc.pid)
+        if set(again_tree) <= set(tree):
+            break
+        tree = again_tree
     for pid in tree:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

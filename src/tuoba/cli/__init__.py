@@ -176,9 +176,11 @@ _register()
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends tuoba like Ctrl-C: children ended, exit 130
+    raise KeyboardInterrupt  # SIGTERM/SIGHUP end tuoba like Ctrl-C: children ended, exit 130
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)  # a closed terminal (SCons, in its own session,
+    # would not hear it)
     cli(prog_name="tuoba")
