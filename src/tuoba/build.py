@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,19 @@ def build(plan: Plan, explain: bool = False) -> BuildResult:
         return _build(plan, explain, tuple(fds))
 
 
+NO_SPACE = "No space left on device"
+
+
+def _disk_full(plan: Plan, what: str) -> errors.BuildError:
+    free = shutil.disk_usage(plan.out_dir).free >> 20
+    return errors.BuildError(
+        f"the disk filled up: no space left on the filesystem of {plan.out_dir} "
+        f"({free} MiB free now) — {what.splitlines()[0]}",
+        hint=f"free space there (df -h {plan.out_dir}) or build with --out on a larger "
+        "filesystem; nothing was published under a final name, the next build starts clean",
+    )
+
+
 def _build(plan: Plan, explain: bool, lock_fds: tuple[int, ...]) -> BuildResult:
     start = time.monotonic()
     ensure_ssh_key(plan)
@@ -72,8 +86,12 @@ def _build(plan: Plan, explain: bool, lock_fds: tuple[int, ...]) -> BuildResult:
     if proc.returncode != 0:
         if error_file.exists():
             err = json.loads(error_file.read_text())
+            if NO_SPACE in f"{err['message']} {err['hint']}":
+                raise _disk_full(plan, err["message"])
             kind = getattr(errors, err["kind"], errors.BuildError)
             raise kind(err["message"], hint=err["hint"])
+        if shutil.disk_usage(plan.out_dir).free < 1 << 20:  # (not even error.json fitted)
+            raise _disk_full(plan, f"scons failed with exit code {proc.returncode}")
         raise errors.BuildError(f"scons failed with exit code {proc.returncode}")
     name = plan.image_name
     return BuildResult(

@@ -258,6 +258,21 @@ def render(plan: Plan) -> None:
 
 
 def build_image(plan: Plan) -> None:
+    """Compose the image; on failure its scratch (the staging tree, the partition images) goes
+    too: after a full disk nothing of it keeps the space."""
+    try:
+        _build_image(plan)
+    except BaseException:
+        shutil.rmtree(plan.build_dir / "staging", ignore_errors=True)
+        for scratch in plan.build_dir.glob("part-*"):
+            if scratch.is_dir():
+                shutil.rmtree(scratch, ignore_errors=True)
+            else:
+                scratch.unlink(missing_ok=True)
+        raise
+
+
+def _build_image(plan: Plan) -> None:
     rootfs_rec = read_record(plan, "rootfs")
     kernel_rec = read_record(plan, "kernel")
     log = log_path(plan, "image")
@@ -284,7 +299,9 @@ def build_image(plan: Plan) -> None:
     with ui.step("Staging the root tree (rootfs + overlays + services)"):
         staging = plan.build_dir / "staging"
         shutil.rmtree(staging, ignore_errors=True)
-        run.run(["cp", "-al", rootfs_rec["tree"], str(staging)], log=log)
+        # hard links when out/ shares the cache's filesystem; a copy when it does not
+        same_fs = Path(rootfs_rec["tree"]).stat().st_dev == plan.build_dir.stat().st_dev
+        run.run(["cp", "-al" if same_fs else "-a", rootfs_rec["tree"], str(staging)], log=log)
         if kernel_rec.get("modules"):
             shutil.copytree(
                 kernel_rec["modules"],

@@ -272,6 +272,39 @@ def test_kill_9_of_the_whole_build_loses_nothing(built: Project) -> None:
     assert not list(built.out.glob(".*.tmp"))
 
 
+def test_full_disk_while_writing_the_image_loses_nothing(built: Project, tmp_path: Path) -> None:
+    """out/ on a small filesystem mounted for the test (800 MiB: the staging tree fits, the root
+    filesystem image does not): the build stops saying the disk is full (exit 4), publishes
+    nothing, leaves no scratch; with room again the next build completes and verifies."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=800m", "tuoba-test", str(small)],
+                   check=True)  # fmt: skip
+    try:
+        cmd = [sys.executable, "-m", "tuoba", "--data-dir", str(built.root), "--out", str(small),
+               "build", "--board", BOARD]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        said = " ".join(proc.stderr.split())
+        assert proc.returncode == 4, proc.stderr
+        assert "error: the disk filled up: no space left on the filesystem of" in said, said
+        assert "hint: free space there" in said
+        assert "Traceback" not in proc.stderr
+        name = built.artifact(".img").name.removesuffix(".img")
+        assert not (small / f"{name}.img").exists()
+        assert not (small / f"{name}.manifest.json").exists()
+        assert not list(small.glob(".build/*/staging")) and not list(small.glob(".build/*/part-*"))
+
+        subprocess.run(["mount", "-o", "remount,size=4g", str(small)], check=True)
+        again = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert again.returncode == 0, again.stderr
+        check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=small,
+                               capture_output=True, text=True, check=False)  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert f"{name}.img: OK" in check.stdout
+    finally:
+        subprocess.run(["umount", "--lazy", str(small)], check=False)
+
+
 def test_dropped_kernel_option_fails_naming_its_unmet_dependency(built: Project) -> None:
     fragment = built.root / "kernel/features/virtio.config"
     original = fragment.read_text()
