@@ -274,6 +274,26 @@ def test_kill_9_of_the_whole_build_loses_nothing(built: Project) -> None:
     assert not list(built.out.glob(".*.tmp"))
 
 
+def test_two_builds_at_once_into_one_out_dir(built: Project) -> None:
+    """Two `tuoba build`s started together on one cache and out/: the second waits for the
+    first (saying for whom), both finish, and the published set verifies."""
+    (built.root / "overlays/base/etc/motd").write_text("two builds at once\n")
+    procs = [
+        subprocess.Popen(built.cmd("build", "--board", BOARD), stderr=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    said = [p.communicate(timeout=1200)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], said
+    waited = [s for s in said if "waiting: the cache" in " ".join(s.split())]
+    assert len(waited) == 1, said
+    assert "is in use by tuoba build (pid " in " ".join(waited[0].split())
+    check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=built.out,
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert not list(built.out.glob(".*.tmp"))
+
+
 def test_full_disk_while_writing_the_image_loses_nothing(built: Project, tmp_path: Path) -> None:
     """out/ on a small filesystem mounted for the test (800 MiB: the staging tree fits, the root
     filesystem image does not): the build stops saying the disk is full (exit 4), publishes
