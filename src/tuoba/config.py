@@ -269,12 +269,6 @@ def relative_path(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
     return s
 
 
-def path_list(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise doc.error(path, f"expected a list, got {_kind(value)}")
-    return tuple(relative_path(doc, (*path, i), v) for i, v in enumerate(value))
-
-
 def integer(doc: Doc, path: tuple[PathPart, ...], value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise doc.error(path, f"expected a whole number, got {_kind(value)}")
@@ -287,10 +281,21 @@ def boolean(doc: Doc, path: tuple[PathPart, ...], value: Any) -> bool:
     return value
 
 
-def string_list(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise doc.error(path, f"expected a list, got {_kind(value)}")
-    return tuple(string(doc, (*path, i), v) for i, v in enumerate(value))
+Check = Callable[[Doc, tuple[PathPart, ...], Any], Any]
+
+
+def list_of(item: Check) -> Callable[[Doc, tuple[PathPart, ...], Any], tuple[Any, ...]]:
+    """A list whose every item `item` checks, located by its index."""
+
+    def check(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise doc.error(path, f"expected a list, got {_kind(value)}")
+        return tuple(item(doc, (*path, i), v) for i, v in enumerate(value))
+
+    return check
+
+
+string_list = list_of(string)
 
 
 def one_of(*choices: str) -> Callable[[Doc, tuple[PathPart, ...], Any], str]:
@@ -336,10 +341,8 @@ def name(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
     return s
 
 
-def name_list(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise doc.error(path, f"expected a list, got {_kind(value)}")
-    return tuple(name(doc, (*path, i), v) for i, v in enumerate(value))
+name_list = list_of(name)
+path_list = list_of(relative_path)
 
 
 def mapping_of(

@@ -366,13 +366,14 @@ def build_kernel(
 
 
 def linker(config: dict[str, str]) -> str:
-    """The linker that linked the kernel, as its .config records it (Kconfig's LLD_VERSION is
-    major*10000 + minor*100 + patch; LD_VERSION is 0 for lld)."""
-    if config.get("CONFIG_LD_IS_LLD") == "y":
-        n = int(config.get("CONFIG_LLD_VERSION", "0") or 0)
-        return f"LLD {n // 10000}.{n // 100 % 100}.{n % 100}"
-    n = int(config.get("CONFIG_LD_VERSION", "0") or 0)
-    return f"GNU ld {n // 100000000}.{n // 1000000 % 100}" if n else "unknown"
+    """The linker that linked the kernel, as its .config records it: Kconfig's LLD_VERSION and
+    LD_VERSION are both major*10000 + minor*100 + patch (scripts/ld-version.sh); LD_VERSION is
+    0 for lld."""
+    lld = config.get("CONFIG_LD_IS_LLD") == "y"
+    n = int(config.get("CONFIG_LLD_VERSION" if lld else "CONFIG_LD_VERSION", "0") or 0)
+    return (
+        f"{'LLD' if lld else 'GNU ld'} {n // 10000}.{n // 100 % 100}.{n % 100}" if n else "unknown"
+    )
 
 
 def compile_dts(src: Path, arch: str, dts: Path, dtb: Path, log: Path) -> None:

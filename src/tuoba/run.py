@@ -164,22 +164,29 @@ def run(
     return proc
 
 
-def _last_line(log: Path) -> str:
-    """The last line of a log, for progress lines (read from its end: logs grow large)."""
+TAIL_BYTES = 1 << 16  # enough for the last lines of any log, however long its lines
+
+
+def _tail(log: Path, lines: int) -> list[str]:
+    """The last lines of a log, read from its end (logs grow large; progress reads them often)."""
     try:
         with log.open("rb") as f:
-            f.seek(max(0, log.stat().st_size - 4096))
-            lines = f.read().decode(errors="replace").strip().splitlines()
+            f.seek(max(0, log.stat().st_size - TAIL_BYTES))
+            return f.read().decode(errors="replace").strip().splitlines()[-lines:]
     except OSError:
-        return f"log: {log}"
-    return f"{lines[-1].strip()[:80] if lines else ''} (log: {log})"
+        return []
+
+
+def _last_line(log: Path) -> str:
+    """The log's last line, for progress lines."""
+    last = _tail(log, 1)
+    return f"{last[0].strip()[:80] if last else ''} (log: {log})"
 
 
 def _tail_hint(log: Path | None) -> str | None:
     if log is None or not log.exists():
         return None
-    lines = log.read_text(errors="replace").splitlines()[-15:]
-    return f"last lines of {log}:\n  " + "\n  ".join(lines)
+    return f"last lines of {log}:\n  " + "\n  ".join(_tail(log, 15))
 
 
 def spawn(
