@@ -182,13 +182,18 @@ def workspace(name: str, cache: str = "kernel-only") -> Iterator[tuple[Path, Pat
 
 
 def kernel_only_cache(cache: Path) -> None:
-    """A cache holding only the shared kernel build (and its ccache) of ~/.cache/tuoba."""
+    """A cache holding only the kernel entries (and the kernel work trees and ccache) of
+    ~/.cache/tuoba."""
     home = Path.home() / ".cache" / "tuoba"
-    if not (home / "kernel").is_dir():
+    if not (home / "store" / "kernel").is_dir():
         sys.exit("run a stage-1 build first: the boards share its kernel build")
-    cache.mkdir()
-    (cache / "kernel").symlink_to(home / "kernel")
-    (cache / "ccache").symlink_to(home / "ccache")
+    (cache / "store").mkdir(parents=True)
+    (cache / "work").mkdir()
+    for kind in ("kernel", "kernel-src"):
+        (cache / "store" / kind).symlink_to(home / "store" / kind)
+    for work in (home / "work").glob("kernel-build-*"):
+        (cache / "work" / work.name).symlink_to(work)
+    (cache / "work" / "ccache").symlink_to(home / "work" / "ccache")
 
 
 BOARDS = [("qemu-aarch64", 1), ("qemu-aarch64", 2), ("rpi4", 1), ("rpi4", 2), ("rpi3", 1),

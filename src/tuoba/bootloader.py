@@ -11,8 +11,9 @@ import struct
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tuoba import image, publish, run, sources, ui
+from tuoba import image, run, sources, ui
 from tuoba.board import Board
+from tuoba.cache import Store
 from tuoba.errors import BuildError, InputError
 
 
@@ -24,11 +25,9 @@ class Bootloader:
         super().__init_subclass__(**kwargs)
         Bootloader.registry[cls.method] = cls
 
-    def __init__(
-        self, board: Board, cache_dir: Path, supplied: dict[str, Path] | None = None
-    ) -> None:
+    def __init__(self, board: Board, store: Store, supplied: dict[str, Path] | None = None) -> None:
         self.board = board
-        self.cache_dir = cache_dir
+        self.store = store
         self.supplied = supplied or {}  # file name -> path, for the board's needs
 
     def sources(self) -> list[sources.Source]:
@@ -80,12 +79,15 @@ class RpiFirmware(Bootloader):
     def firmware_tree(self) -> Path:
         fw = self.board.boot.firmware
         assert fw is not None
-        deb = sources.cache_path(self.cache_dir, fw.sha256)
-        dest = self.cache_dir / "firmware" / fw.sha256[:16]
-        if not dest.is_dir():
-            with publish.atomic_dir(dest) as tmp:
+        if (entry := self.store.get("firmware", fw.sha256)) is None:
+            deb = _fetched(self.store, fw)
+            with self.store.make(
+                "firmware", fw.sha256, what=f"{fw.name} unpacked", inputs={"deb": fw.name}
+            ) as tmp:
                 run.run(["dpkg-deb", "-x", str(deb), str(tmp)])
-        return dest / self.board.boot.firmware_dir.lstrip("/")
+            entry = self.store.get("firmware", fw.sha256)
+            assert entry is not None  # (just made)
+        return entry.data / self.board.boot.firmware_dir.lstrip("/")
 
     def boot_partition(self, dest: Path, kernel: dict[str, Any], cmdline: str) -> None:
         fw = self.firmware_tree()
@@ -250,15 +252,15 @@ class UBoot(Extlinux):
         key = json.dumps(
             [u.source.sha256, u.bl31.sha256, u.bl31_path, u.defconfig, u.output, compiler]
         )
-        dest = self.cache_dir / "u-boot" / hashlib.sha256(key.encode()).hexdigest()[:16]
-        if (dest / u.output).is_file():
-            return dest / u.output
-        work = self.cache_dir / "u-boot" / "work"
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        if (entry := self.store.get("u-boot", digest)) is not None:
+            return entry.data / u.output
+        work = self.store.work("u-boot")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         with ui.step(f"Building U-Boot {u.defconfig} (BL31 from {u.bl31.name}; {compiler})"):
-            tarball = sources.cache_path(self.cache_dir, u.source.sha256)
-            run.run(["dpkg-deb", "-x", str(sources.cache_path(self.cache_dir, u.bl31.sha256)),
+            tarball = _fetched(self.store, u.source)
+            run.run(["dpkg-deb", "-x", str(_fetched(self.store, u.bl31)),
                      str(work / "bl31")], log=log)  # fmt: skip
             bl31 = work / "bl31" / u.bl31_path
             if not bl31.is_file():
@@ -280,11 +282,16 @@ class UBoot(Extlinux):
                     hint=f"see {log}; fix boot -> u_boot -> output in "
                     f"boards/{self.board.name}/board.yaml",
                 )
-            with publish.atomic_dir(dest) as tmp:
+            what = f"U-Boot {u.defconfig} with BL31 from {u.bl31.name}"
+            inputs = {"source": u.source.name, "bl31": u.bl31.name, "defconfig": u.defconfig,
+                      "compiler": compiler}  # fmt: skip
+            with self.store.make("u-boot", digest, what=what, inputs=inputs) as tmp:
                 shutil.copyfile(src / u.output, tmp / u.output)
                 shutil.copyfile(src / ".config", tmp / "u-boot.config")
         shutil.rmtree(work, ignore_errors=True)
-        return dest / u.output
+        entry = self.store.get("u-boot", digest)
+        assert entry is not None  # (just made)
+        return entry.data / u.output
 
 
 class AmlogicFip(Extlinux):
@@ -308,5 +315,16 @@ class AmlogicFip(Extlinux):
         return [(0, code), (AML_SD_OFFSET, fip)]
 
 
-def for_board(board: Board, cache_dir: Path, supplied: dict[str, Path] | None = None) -> Bootloader:
-    return Bootloader.registry[board.boot.method](board, cache_dir, supplied)
+def for_board(board: Board, store: Store, supplied: dict[str, Path] | None = None) -> Bootloader:
+    return Bootloader.registry[board.boot.method](board, store, supplied)
+
+
+def _fetched(store: Store, source: sources.Source) -> Path:
+    """A source the fetch step put in the cache."""
+    path = sources.cached(store, source.sha256)
+    if path is None:
+        raise BuildError(
+            f"source '{source.name}' is not in the cache",
+            hint="the fetch step downloads it; run the build again",
+        )
+    return path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tuoba import errors, lock, publish, run, ui
 from tuoba.plan import Plan, default_ssh_key
-from tuoba.steps import STEPS
+from tuoba.steps import STEPS, forget_pruned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +70,8 @@ def _build(plan: Plan, explain: bool, lock_fds: tuple[int, ...]) -> BuildResult:
     error_file = plan.build_dir / "error.json"
     ran_file.write_text("")
     error_file.unlink(missing_ok=True)
+    for step in forget_pruned(plan):
+        ui.info(f"  the cache no longer holds what step '{step}' made: it runs again")
     cmd = [
         sys.executable, "-m", "SCons",
         "-Q",

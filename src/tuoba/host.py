@@ -14,8 +14,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from tuoba import apt, publish, run, sources, ui
+from tuoba import apt, run, sources, ui
 from tuoba import board as boards
+from tuoba.cache import Store
 from tuoba.config import Field, load_yaml, string
 from tuoba.errors import HostToolError
 
@@ -239,44 +240,47 @@ def pinned_tool(data_dir: Path, name: str) -> tuple[sources.Source, str]:
     return src, v["version"]
 
 
-def mkosi_dir(data_dir: Path, cache_dir: Path, offline: bool = False) -> Path:
+MKOSI_SITE = ("usr", "lib", "python3", "dist-packages")
+
+
+def mkosi_dir(data_dir: Path, store: Store, offline: bool = False) -> Path:
     """Unpack the pinned mkosi into the cache (once) and return its site-packages dir."""
     src, version = pinned_tool(data_dir, "mkosi")
-    dest = cache_dir / "tools" / f"mkosi-{version}-{src.sha256[:12]}"
-    site = dest / "usr" / "lib" / "python3" / "dist-packages"
-    if (site / "mkosi" / "__init__.py").is_file():
-        return site
-    deb = sources.fetch(
-        src, cache_dir, debian_mirrors=apt.debian_mirrors("bookworm"), offline=offline
-    )
-    with publish.atomic_dir(dest) as tmp:
-        run.run(["dpkg-deb", "-x", str(deb), str(tmp)])
-    ui.debug(f"mkosi {version} unpacked into {dest}")
-    return site
+    if (entry := store.get("tool", src.sha256)) is None:
+        deb = sources.fetch(
+            src, store, debian_mirrors=apt.debian_mirrors("bookworm"), offline=offline
+        )
+        with store.make(
+            "tool", src.sha256, what=f"mkosi {version} unpacked", inputs={"deb": src.name}
+        ) as tmp:
+            run.run(["dpkg-deb", "-x", str(deb), str(tmp)])
+        entry = store.get("tool", src.sha256)
+        assert entry is not None  # (just made)
+        ui.debug(f"mkosi {version} unpacked into {entry.data}")
+    return entry.data.joinpath(*MKOSI_SITE)
 
 
-def _unpack_mkosi(data_dir: Path, cache_dir: Path) -> None:
-    mkosi_dir(data_dir, cache_dir)
-
-
-def mkosi_check(data_dir: Path, cache_dir: Path) -> Check:
-    _, version = pinned_tool(data_dir, "mkosi")
-    found = list((cache_dir / "tools").glob(f"mkosi-{version}-*/usr/lib/python3/dist-packages"))
-    if found:
-        return Check("mkosi", True, f"{version} in {found[0].parents[3]}")
+def mkosi_check(data_dir: Path, store: Store) -> Check:
+    src, version = pinned_tool(data_dir, "mkosi")
+    if (entry := store.backend.get("tool", src.sha256)) is not None:
+        return Check("mkosi", True, f"{version} in {entry.data}")
     return Check(
         "mkosi",
         False,
         f"pinned mkosi {version} not unpacked yet",
-        lambda: _unpack_mkosi(data_dir, cache_dir),
+        lambda: _unpack_mkosi(data_dir, store),
     )
+
+
+def _unpack_mkosi(data_dir: Path, store: Store) -> None:
+    mkosi_dir(data_dir, store)
 
 
 def all_checks(data_dir: Path, cache_dir: Path) -> list[Check]:
     return [
         *tool_checks(),
         *(binfmt_check(a) for a in QEMU_ARCH),  # every arch a board may have
-        mkosi_check(data_dir, cache_dir),
+        mkosi_check(data_dir, Store(cache_dir)),
         qemu_machine_check(data_dir),
     ]
 

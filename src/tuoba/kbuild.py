@@ -1,11 +1,12 @@
 """Building the TuobaOS kernel with LLVM: source, configuration, build, config assertion.
 
-Layout in the cache:
-  kernel/src/<version>-<sha12>/         the unpacked, verified source (read-only use)
-  kernel/build/<arch>-<flavour>/        out-of-tree build dir, reused so a fragment change
-                                        rebuilds incrementally
-  kernel/out/<config digest>/           finished outputs (Image, modules, dtbs, .config,
+In the cache (see cache.py):
+  kernel-src/<tarball sha256>           the unpacked, verified source (read-only use)
+  kernel/<inputs digest>                finished outputs (Image, modules, dtbs, config,
                                         System.map, kernel.json); a no-change build reuses it
+  work/kernel-build-<flavour>/          out-of-tree build dir, reused so a fragment change
+                                        rebuilds incrementally
+  work/ccache/                          the compiler cache
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuoba import publish, run, sources, ui
+from tuoba import run, sources, ui
+from tuoba.cache import Store
 from tuoba.config import Field, load_yaml, parse_mapping, string
 from tuoba.digest import digest
 from tuoba.errors import BuildError, HostToolError
@@ -40,6 +42,11 @@ class KernelSource:
     version: str
     source: sources.Source
     strip_prefix: str
+
+    @property
+    def id(self) -> str:
+        """The source in build inputs: version and tarball hash (not where it is unpacked)."""
+        return f"{self.version}-{self.source.sha256[:12]}"
 
 
 def load_source(data_dir: Path) -> KernelSource:
@@ -84,13 +91,18 @@ def toolchain_id() -> str:
     )
 
 
-def unpack_source(ks: KernelSource, tarball: Path, cache_dir: Path) -> Path:
-    dest = cache_dir / "kernel" / "src" / f"{ks.version}-{ks.source.sha256[:12]}"
-    if (dest / "Makefile").is_file():
-        return dest
-    with ui.step(f"Unpacking Linux {ks.version}"), publish.atomic_dir(dest) as tmp:
-        run.run(["tar", "-xf", str(tarball), "-C", str(tmp), "--strip-components=1"])
-    return dest
+def unpack_source(ks: KernelSource, tarball: Path, store: Store) -> Path:
+    key = ks.source.sha256
+    if (entry := store.get("kernel-src", key)) is None:
+        what = f"Linux {ks.version} source tree"
+        with (
+            ui.step(f"Unpacking Linux {ks.version}"),
+            store.make("kernel-src", key, what=what, inputs={"tarball": ks.source.name}) as tmp,
+        ):
+            run.run(["tar", "-xf", str(tarball), "-C", str(tmp), "--strip-components=1"])
+        entry = store.get("kernel-src", key)
+        assert entry is not None  # (just made)
+    return entry.data
 
 
 def merged_fragment(fragments: list[tuple[str, list[Option]]]) -> tuple[str, dict[str, Option]]:
@@ -259,7 +271,8 @@ def make(
 def build_kernel(
     *,
     src: Path,
-    cache_dir: Path,
+    source_id: str,
+    store: Store,
     arch: str,
     flavour: str,
     fragments: list[tuple[str, list[Option]]],
@@ -267,32 +280,29 @@ def build_kernel(
     log: Path,
     board_dts: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
-    """Configure, assert, build and collect the kernel; returns its record. `board_dts` are the
+    """Configure, assert, build and collect the kernel; returns its record. `src` is the
+    unpacked tree of the source `source_id` names (KernelSource.id). `board_dts` are the
     device trees of `dtbs` that boards ship themselves (compiled against this source's
     includes); the rest are Linux's own."""
     for tool in BUILD_TOOLS:
         run.require(tool)
     _, clang = clang_version()
     text, requested = merged_fragment(fragments)
-    inputs: dict[str, Any] = {"src": str(src.name), "arch": arch, "config": text, "clang": clang,
+    inputs: dict[str, Any] = {"src": source_id, "arch": arch, "config": text, "clang": clang,
                               "dtbs": dtbs}  # fmt: skip
     if board_dts:  # (absent from the key when there are none: earlier builds stay valid)
         inputs["board_dts"] = {p.name: sources.sha256_file(p) for p in board_dts}
     key = digest(inputs)
-    out = cache_dir / "kernel" / "out" / key
-    record_file = out / "kernel.json"
-    if record_file.is_file():
-        ui.info(f"  reusing kernel built for these inputs: {out}")
-        rec: dict[str, Any] = json.loads(record_file.read_text())
-        return rec
+    if (entry := store.get("kernel", key)) is not None:
+        ui.info(f"  reusing kernel built for these inputs: {entry.data}")
+        return _record(entry.data)
 
-    build = cache_dir / "kernel" / "build" / flavour
-    build.mkdir(parents=True, exist_ok=True)
+    build = store.work(f"kernel-build-{flavour}")
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     allconfig = build / "tuoba.allconfig"
     allconfig.write_text(text)
-    ccache = cache_dir / "ccache"
+    ccache = store.work("ccache")
     make(src, build, arch, ["allnoconfig"], log, ccache, KCONFIG_ALLCONFIG=str(allconfig))
 
     final = parse_config((build / ".config").read_text())
@@ -328,8 +338,47 @@ def build_kernel(
         ["make", "-s", "-C", str(src), f"O={build}", f"ARCH={KARCH[arch]}", "LLVM=1",
          "kernelrelease"]
     )  # fmt: skip
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    summary = {k: v for k, v in inputs.items() if k != "config"} | {"config": digest(text)}
+    what = f"Linux {release} {arch} kernel ({flavour})"
+    with store.make("kernel", key, what=what, inputs=summary) as tmp:
+        _collect(src, build, arch, release, dtbs, own, log, ccache, tmp)
+        config = parse_config((build / ".config").read_text())
+        rec = {
+            "source": "tuoba",
+            "version": release,
+            "compiler": config.get("CONFIG_CC_VERSION_TEXT", "").strip('"'),
+            "linker": linker(config),
+            "config_sha256": sources.sha256_file(tmp / "config"),
+            "config_digest": key,
+            "image": image_target,
+            "dtbs": [f"{Path(d).name}.dtb" for d in dtbs],
+            "build_seconds": round(seconds, 1),
+        }
+        (tmp / "kernel.json").write_text(json.dumps(rec, indent=2))
+    entry = store.get("kernel", key)
+    assert entry is not None  # (just made)
+    return _record(entry.data)
+
+
+def _record(data: Path) -> dict[str, Any]:
+    """A cached kernel's record, with where its files are on this machine."""
+    rec: dict[str, Any] = json.loads((data / "kernel.json").read_text())
+    return rec | {"dir": str(data)}
+
+
+def _collect(
+    src: Path,
+    build: Path,
+    arch: str,
+    release: str,
+    dtbs: tuple[str, ...],
+    own: dict[str, Path],
+    log: Path,
+    ccache: Path,
+    tmp: Path,
+) -> None:
+    """Install what the image needs from the build directory into the entry being made."""
+    image_target = IMAGE_TARGET[arch]
     (tmp / "modules").mkdir(parents=True)
     make(src, build, arch, ["modules_install"], log, ccache,
          INSTALL_MOD_PATH=str(tmp / "modules"), INSTALL_MOD_STRIP="1")  # fmt: skip
@@ -346,23 +395,6 @@ def build_kernel(
             continue
         shutil.copyfile(build / "arch" / KARCH[arch] / "boot" / "dts" / f"{d}.dtb",
                         dtb_dir / f"{Path(d).name}.dtb")  # fmt: skip
-    config = parse_config((build / ".config").read_text())
-    rec = {
-        "source": "tuoba",
-        "version": release,
-        "compiler": config.get("CONFIG_CC_VERSION_TEXT", "").strip('"'),
-        "linker": linker(config),
-        "config_sha256": sources.sha256_file(tmp / "config"),
-        "config_digest": key,
-        "image": image_target,
-        "dtbs": [f"{Path(d).name}.dtb" for d in dtbs],
-        "build_seconds": round(seconds, 1),
-        "dir": str(out),
-    }
-    (tmp / "kernel.json").write_text(json.dumps(rec, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return rec
 
 
 def linker(config: dict[str, str]) -> str:

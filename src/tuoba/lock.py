@@ -19,9 +19,10 @@ LOCK_NAME = ".tuoba.lock"
 
 
 @contextlib.contextmanager
-def exclusive(directory: Path, what: str) -> Iterator[int]:
+def exclusive(directory: Path, what: str, holder: str = "tuoba build") -> Iterator[int]:
     """Hold the directory's lock for the block; yields the lock's file descriptor (a child
-    given it with pass_fds holds the lock as long as it lives)."""
+    given it with pass_fds holds the lock as long as it lives). `holder` is what a waiting
+    process is told holds it."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -33,7 +34,7 @@ def exclusive(directory: Path, what: str) -> Iterator[int]:
             ui.info(f"waiting: {what} {directory} is in use by {holder}")
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"tuoba build (pid {os.getpid()})\n".encode(), 0)
+        os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
         yield fd
     finally:
         os.close(fd)  # releases the lock

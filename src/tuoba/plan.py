@@ -7,6 +7,7 @@ overlays, guest checks. The Plan is what every build step reads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from tuoba import __version__, apt, kbuild, run, sources, userland
 from tuoba.board import Board, board_names, load_board
 from tuoba.bootloader import Bootloader, check_supplied
+from tuoba.cache import Store
 from tuoba.config import Doc
 from tuoba.errors import InputError
 from tuoba.kernel import Feature, feature_names, load_feature, load_fragment
@@ -99,6 +101,11 @@ class Plan:
     @property
     def cache_dir(self) -> Path:
         return Path(self.request.cache_dir)
+
+    @functools.cached_property
+    def store(self) -> Store:
+        """The build cache, noting its uses as this board and stage."""
+        return Store(self.cache_dir, label=f"{self.board.name}-s{self.stage}")
 
     @property
     def stage(self) -> int:

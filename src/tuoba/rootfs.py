@@ -1,6 +1,6 @@
 """Stage-1 root filesystem: Debian for the board's architecture, built by mkosi.
 
-The tree is cached outside the output directory, keyed by the digest of its inputs, so a fresh
+The tree is a cache entry (kind ``rootfs``) keyed by the digest of its inputs, so a fresh
 checkout (or a second output directory) reuses it instead of installing packages again.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuoba import host, run
+from tuoba.cache import Store
 from tuoba.digest import digest
 from tuoba.errors import BuildError
 from tuoba.plan import Plan
@@ -138,36 +139,48 @@ def stale_index_error(log: Path) -> None:
 def build_rootfs(plan: Plan, log: Path) -> dict[str, Any]:
     """Build (or reuse) the rootfs tree; returns its record (digest, tree, packages)."""
     host.require_binfmt(plan.board.arch)
-    site = host.mkosi_dir(plan.data_dir, plan.cache_dir, offline=plan.request.offline)
+    store = plan.store
+    site = host.mkosi_dir(plan.data_dir, store, offline=plan.request.offline)
     _, mkosi_version = host.pinned_tool(plan.data_dir, "mkosi")
     key = rootfs_digest(plan, mkosi_version)
-    final = plan.cache_dir / "rootfs" / key
-    record_file = final / "rootfs.json"
-    if record_file.is_file():
-        record: dict[str, Any] = json.loads(record_file.read_text())
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(f"reused cached rootfs {final}\n")
-        return record
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)
+    if (entry := store.get("rootfs", key)) is None:
+        if plan.request.offline:
+            raise BuildError(
+                f"no cached root filesystem for these inputs ({key[:12]}…) and --offline "
+                "forbids installing packages",
+                hint="run the build once without --offline to fill the cache",
+            )
+        names = [r.name for r in plan.recipes]
+        what = f"Debian {plan.board.arch} root filesystem ({', '.join(names)})"
+        inputs = {"mkosi": mkosi_version, "arch": plan.board.arch, "recipes": names}
+        with store.make("rootfs", key, what=what, inputs=inputs) as data:
+            _mkosi_build(plan, store, site, key, log, data)
+            record = {
+                "digest": key,
+                "packages": dpkg_packages(data / "tree"),
+                "mkosi": mkosi_version,
+            }
+            (data / "rootfs.json").write_text(json.dumps(record, indent=2))
+        entry = store.get("rootfs", key)
+        assert entry is not None  # (just made)
+    else:
+        log.write_text(f"reused cached rootfs {entry.data}\n")
+    rec: dict[str, Any] = json.loads((entry.data / "rootfs.json").read_text())
+    return rec | {"tree": str(entry.data / "tree")}
 
-    if plan.request.offline:
-        raise BuildError(
-            f"no cached root filesystem for these inputs ({key[:12]}…) and --offline forbids "
-            "installing packages",
-            hint="run the build once without --offline to fill the cache",
-        )
-    work = plan.cache_dir / "rootfs" / f".work-{key}"
-    workspace = plan.cache_dir / "rootfs" / f".workspace-{key}"
-    for d in (work, workspace):
-        shutil.rmtree(d, ignore_errors=True)
+
+def _mkosi_build(plan: Plan, store: Store, site: Path, key: str, log: Path, data: Path) -> None:
+    """Run mkosi for the plan; its tree becomes data/tree."""
+    work = store.work("rootfs") / key[:16]
+    workspace = work / "workspace"
+    shutil.rmtree(work, ignore_errors=True)
     (work / "mkosi.sandbox/etc/apt/sources.list.d").mkdir(parents=True)
     (work / "out").mkdir()
     workspace.mkdir()
     (work / "mkosi.conf").write_text(mkosi_conf(plan, work / "out", workspace))
     (work / "mkosi.sandbox/etc/apt/sources.list.d/mkosi.sources").write_text(apt_sources(plan))
-    if log.exists():
-        log.unlink()
-    pkg_cache = plan.cache_dir / "mkosi" / "packages"
-    pkg_cache.mkdir(parents=True, exist_ok=True)
     try:
         run.run(
             [
@@ -177,32 +190,20 @@ def build_rootfs(plan: Plan, log: Path) -> dict[str, Any]:
                 "--directory",
                 str(work),
                 "--package-cache-dir",
-                str(pkg_cache),
+                str(store.work("mkosi-packages")),
                 "--force",
                 "build",
             ],
             env={"PYTHONPATH": str(site)},
             log=log,
         )
+        tree = work / "out" / "tree"
+        # Build-time host keys would be identical in every image; they are made on first boot.
+        for key_file in (tree / "etc/ssh").glob("ssh_host_*"):
+            key_file.unlink()
+        tree.rename(data / "tree")
     except BuildError:
         stale_index_error(log)
         raise
-    tree = work / "out" / "tree"
-    # Build-time host keys would be identical in every image; they are made on first boot.
-    for key_file in (tree / "etc/ssh").glob("ssh_host_*"):
-        key_file.unlink()
-    record = {
-        "digest": key,
-        "tree": str(final / "tree"),
-        "packages": dpkg_packages(tree),
-        "mkosi": mkosi_version,
-    }
-    final.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(final, ignore_errors=True)
-    final.mkdir()
-    tree.rename(final / "tree")
-    # Written last: its presence marks the cache entry as complete.
-    (final / "rootfs.json").write_text(json.dumps(record, indent=2))
-    for d in (work, workspace):
-        shutil.rmtree(d, ignore_errors=True)
-    return record
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

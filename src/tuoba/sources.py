@@ -1,4 +1,5 @@
-"""Downloaded inputs: url + sha256 + mirrors, fetched into a content-addressed cache.
+"""Downloaded inputs: url + sha256 + mirrors, fetched into the cache (kind ``source``, keyed
+by the pinned sha256).
 
 A source is used only after its bytes match the pinned sha256. `offline` uses the cache or
 fails naming what is missing. URLs of the form `debian:<path>` are resolved against the Debian
@@ -9,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import requests
 
 from tuoba import ui
+from tuoba.cache import Store
 from tuoba.config import Doc, Field, PathPart, parse_mapping, string, string_list
 from tuoba.errors import BuildError, InputError
 
@@ -76,8 +76,10 @@ def parse_source(
     return src, v
 
 
-def cache_path(cache_dir: Path, sha256: str) -> Path:
-    return cache_dir / "sources" / "sha256" / sha256[:2] / sha256
+def cached(store: Store, sha256: str) -> Path | None:
+    """The cached file with these bytes, if the cache has it."""
+    entry = store.get("source", sha256)
+    return next(iter(sorted(entry.data.iterdir())), None) if entry else None
 
 
 def sha256_file(path: Path) -> str:
@@ -90,21 +92,21 @@ def sha256_file(path: Path) -> str:
 
 def fetch(
     source: Source,
-    cache_dir: Path,
+    store: Store,
     *,
     debian_mirrors: Sequence[str] = (),
     offline: bool = False,
     timeout: float = 30.0,
 ) -> Path:
     """Return the cached, verified file for `source`, downloading it if needed."""
-    dest = cache_path(cache_dir, source.sha256)
-    if dest.is_file():
-        return dest
+    found = cached(store, source.sha256)
+    if found is not None:
+        return found
     if offline:
         raise BuildError(
             f"source '{source.name}' (sha256 {source.sha256[:12]}…) is not in the cache "
             f"and --offline forbids downloading it",
-            hint=f"run once without --offline, or put the file at {dest}",
+            hint="run once without --offline to fill the cache",
         )
     urls = source.candidates(debian_mirrors)
     if not urls:
@@ -115,8 +117,11 @@ def fetch(
     failures: list[str] = []
     for url in urls:
         try:
-            _download(url, dest, source, timeout)
-            return dest
+            with store.make("source", source.sha256, what=source.name, inputs={"url": url}) as data:
+                _download(url, data / source.name, source, timeout)
+            path = cached(store, source.sha256)
+            assert path is not None  # (just published)
+            return path
         except _Mismatch as e:
             raise BuildError(
                 f"source '{source.name}' from {url} has sha256 {e.got}, expected {source.sha256}",
@@ -143,22 +148,16 @@ def _short(e: Exception) -> str:
 
 
 def _download(url: str, dest: Path, source: Source, timeout: float) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """Download into dest (inside a cache entry being made: a failure publishes nothing)."""
     with requests.get(url, stream=True, timeout=timeout) as r:
         r.raise_for_status()
         total = int(r.headers.get("content-length") or 0) or None
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
-        tmp = Path(tmp_name)
-        try:
-            h = hashlib.sha256()
-            with os.fdopen(fd, "wb") as f, ui.download_progress() as progress:
-                task = progress.add_task(source.name, total=total)
-                for chunk in r.iter_content(CHUNK):
-                    f.write(chunk)
-                    h.update(chunk)
-                    progress.advance(task, len(chunk))
-            if h.hexdigest() != source.sha256:
-                raise _Mismatch(h.hexdigest())
-            tmp.replace(dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        h = hashlib.sha256()
+        with dest.open("wb") as f, ui.download_progress() as progress:
+            task = progress.add_task(source.name, total=total)
+            for chunk in r.iter_content(CHUNK):
+                f.write(chunk)
+                h.update(chunk)
+                progress.advance(task, len(chunk))
+        if h.hexdigest() != source.sha256:
+            raise _Mismatch(h.hexdigest())

@@ -61,8 +61,28 @@ def read_record(plan: Plan, step: str) -> dict[str, Any]:
 
 
 def write_record(plan: Plan, step: str, data: dict[str, Any]) -> None:
+    """The step's record, with the cache entries it used (a build whose entries were pruned
+    since runs the step again: see forget_pruned)."""
+    data = data | {"cache": sorted(plan.store.used)}
     with publish.atomic(record_path(plan, step)) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def forget_pruned(plan: Plan) -> list[str]:
+    """Remove the records of steps whose cache entries are gone (pruned, or removed by hand),
+    so SCons runs them again instead of trusting a result that points at nothing. Returns the
+    steps forgotten."""
+    forgotten = []
+    for step in STEPS:
+        path = record_path(plan, step)
+        try:
+            refs = json.loads(path.read_text()).get("cache", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not all(plan.store.has(ref) for ref in refs):
+            path.unlink()
+            forgotten.append(step)
+    return forgotten
 
 
 def log_path(plan: Plan, step: str) -> Path:
@@ -78,7 +98,7 @@ def plan_sources(plan: Plan) -> list[sources.Source]:
         srcs.append(kbuild.load_source(plan.data_dir).source)
     if plan.stage == 2:
         srcs += userland.all_sources(plan.data_dir, plan.builds)
-    srcs += bootloader.for_board(plan.board, plan.cache_dir).sources()
+    srcs += bootloader.for_board(plan.board, plan.store).sources()
     return srcs
 
 
@@ -86,11 +106,11 @@ def fetch(plan: Plan) -> None:
     fetched = {}
     for src in plan_sources(plan):
         path = sources.fetch(
-            src, plan.cache_dir, debian_mirrors=plan.mirrors, offline=plan.request.offline
+            src, plan.store, debian_mirrors=plan.mirrors, offline=plan.request.offline
         )
         fetched[src.name] = {"sha256": src.sha256, "path": str(path), "origin": src.origin}
     if plan.stage == 1:
-        host.mkosi_dir(plan.data_dir, plan.cache_dir, offline=plan.request.offline)
+        host.mkosi_dir(plan.data_dir, plan.store, offline=plan.request.offline)
     write_record(plan, "fetch", {"sources": fetched})
 
 
@@ -110,9 +130,9 @@ def build_userland(plan: Plan) -> dict[str, Any]:
     fetched = read_record(plan, "fetch")["sources"]
     tarballs = {name: Path(v["path"]) for name, v in fetched.items()}
     ks = kbuild.load_source(plan.data_dir)
-    ksrc = kbuild.unpack_source(ks, tarballs[ks.source.name], plan.cache_dir)
+    ksrc = kbuild.unpack_source(ks, tarballs[ks.source.name], plan.store)
     spec = userland.load_toolchain(plan.data_dir)
-    tc = userland.build_toolchain(spec, plan.board.arch, ksrc, tarballs, plan.cache_dir, log)
+    tc = userland.build_toolchain(spec, plan.board.arch, ks.id, ksrc, tarballs, plan.store, log)
 
     def entry(pkg: userland.Package, role: str) -> dict[str, Any]:
         return {
@@ -129,7 +149,7 @@ def build_userland(plan: Plan) -> dict[str, Any]:
     for name in plan.builds:
         pkg = userland.load_package(plan.data_dir, name)
         tarball = tarballs[pkg.source.name] if pkg.source else None
-        trees.append(userland.build_package(pkg, tc, tarball, plan.cache_dir, log))
+        trees.append(userland.build_package(pkg, tc, tarball, plan.store, log))
         packages.append(entry(pkg, "package"))
     tree = plan.build_dir / "userland"
     userland.assemble(trees, tree)
@@ -155,10 +175,11 @@ def kernel_tuoba(plan: Plan) -> None:
     """The TuobaOS kernel: built here by clang/LLVM from the pinned source."""
     ks = kbuild.load_source(plan.data_dir)
     tarball = Path(read_record(plan, "fetch")["sources"][ks.source.name]["path"])
-    src = kbuild.unpack_source(ks, tarball, plan.cache_dir)
+    src = kbuild.unpack_source(ks, tarball, plan.store)
     rec = kbuild.build_kernel(
         src=src,
-        cache_dir=plan.cache_dir,
+        source_id=ks.id,
+        store=plan.store,
         arch=plan.board.arch,
         flavour=plan.board.kernel.flavour or plan.board.arch,
         fragments=[(f.name, list(f.options)) for f in plan.fragments],
@@ -311,7 +332,7 @@ def _build_image(plan: Plan) -> None:
         overlay.apply_overlay(plan.build_dir / "overlay", staging)
         write_fstab(staging, parts, plan.stage)
         loader = bootloader.for_board(
-            plan.board, plan.cache_dir, {s.file: s.path for s in plan.supplied}
+            plan.board, plan.store, {s.file: s.path for s in plan.supplied}
         )
         loader.root_tree(staging, kernel_rec, cmdline)
         if plan.services:
@@ -416,9 +437,9 @@ def _build_image(plan: Plan) -> None:
     write_record(plan, "image", {"image": str(img), "manifest": str(manifest_file)})
 
 
-# Build-record keys that name places on the build host (cache entries): the records need them,
+# Build-record keys about the build host (cache entries and where they are): the records need them,
 # the manifest that travels with the image does not (the kernel is named by config_digest).
-HOST_ONLY = frozenset({"dir", "modules", "path"})
+HOST_ONLY = frozenset({"dir", "modules", "path", "cache"})
 
 GPT_END = 34 * 512  # protective MBR, GPT header and a 128-entry table (the backup is at the end)
 
@@ -479,6 +500,7 @@ def run_step(plan: Plan, step: str) -> int:
     error_file = plan.build_dir / "error.json"
     with (plan.build_dir / "ran.txt").open("a") as f:
         f.write(step + "\n")
+    plan.store.used.clear()
     try:
         how = (
             f"mkosi, Debian {plan.release} {plan.board.arch}"

@@ -9,22 +9,25 @@ sysroot this module builds for the board's architecture:
     musl itself, built by that clang (not the distribution's GCC-built copy)
 
 Packages (`userland/<name>/package.yaml`) are then built with it by one of the BUILDERS and
-installed into a merged-/usr tree. Everything is cached under <cache>/stage2 by a digest of its
-inputs (sources, data files, clang version and this module's own code).
+installed into a merged-/usr tree. Each is a cache entry (kinds ``toolchain`` and ``package``)
+keyed by a digest of its inputs (sources, data files, clang version and this module's own
+code).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tuoba import kbuild, run, sources, ui
+from tuoba.cache import Store
 from tuoba.config import (
     Doc,
     Field,
@@ -213,14 +216,16 @@ def _tarball(pkg: Package, tarballs: dict[str, Path]) -> Path:
     return tarballs[pkg.source.name]
 
 
-def _publish(work: Path, final: Path, marker: str, record: dict[str, Any]) -> None:
-    """Move a finished cache entry (work/out) into place. The marker record is written last:
-    its presence is what makes the entry count as complete."""
-    (work / "out" / marker).write_text(json.dumps(record, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    (work / "out").rename(final)
+@contextlib.contextmanager
+def _scratch(store: Store, name: str) -> Iterator[Path]:
+    """An empty directory for a build's intermediate files, removed afterwards."""
+    work = store.work("stage2") / name
     shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _copy_tree(src: Path, dest: Path) -> None:
@@ -263,12 +268,15 @@ LSE_HELPERS = [
 def build_toolchain(
     spec: ToolchainSpec,
     arch: str,
+    kernel_id: str,
     kernel_src: Path,
     tarballs: dict[str, Path],
-    cache_dir: Path,
+    store: Store,
     log: Path,
 ) -> Toolchain:
-    triple, rt_arch, _ = target(arch)
+    """The clang + musl toolchain for arch (or the cached one): kernel UAPI headers from
+    kernel_src (the tree of source `kernel_id`), musl, compiler-rt's builtins."""
+    triple = target(arch)[0]
     for tool in ("clang", "ld.lld", "llvm-ar", "llvm-ranlib", "llvm-strip", "make", "tar"):
         run.require(tool)
     _, clang = kbuild.clang_version()
@@ -276,19 +284,38 @@ def build_toolchain(
         {
             "arch": arch,
             "clang": clang,
-            "kernel": kernel_src.name,
+            "kernel": kernel_id,
             "musl": [spec.musl.source, spec.musl.files_digest()],
             "compiler-rt": [spec.compiler_rt.source, spec.compiler_rt.files_digest()],
             "code": CODE,
         }
     )
-    final = cache_dir / "stage2" / "toolchain" / f"{arch}-{key[:16]}"
-    if (final / "toolchain.json").is_file():
-        return Toolchain(triple, final / "sysroot", final / "resource", key, clang)
+    if (entry := store.get("toolchain", key)) is None:
+        what = f"clang + musl {spec.musl.version} toolchain for {triple}"
+        inputs = {"arch": arch, "clang": clang, "kernel": kernel_id}
+        with (
+            store.make("toolchain", key, what=what, inputs=inputs) as out,
+            _scratch(store, key[:16]) as work,
+        ):
+            _make_toolchain(spec, arch, key, clang, kernel_src, tarballs, out, work, log)
+        entry = store.get("toolchain", key)
+        assert entry is not None  # (just made)
+    return Toolchain(triple, entry.data / "sysroot", entry.data / "resource", key, clang)
 
-    work = final.with_name(final.name + ".work")
-    shutil.rmtree(work, ignore_errors=True)
-    sysroot, resource = work / "out" / "sysroot", work / "out" / "resource"
+
+def _make_toolchain(
+    spec: ToolchainSpec,
+    arch: str,
+    key: str,
+    clang: str,
+    kernel_src: Path,
+    tarballs: dict[str, Path],
+    out: Path,
+    work: Path,
+    log: Path,
+) -> None:
+    triple, rt_arch, _ = target(arch)
+    sysroot, resource = out / "sysroot", out / "resource"
     (sysroot / "usr").mkdir(parents=True)
     (resource / "lib" / "linux").mkdir(parents=True)
     host_resource = Path(run.output(["clang", "-print-resource-dir"]).strip())
@@ -345,8 +372,7 @@ def build_toolchain(
         "musl": spec.musl.version,
         "compiler-rt": spec.compiler_rt.version,
     }
-    _publish(work, final, "toolchain.json", record)
-    return Toolchain(triple, final / "sysroot", final / "resource", key, clang)
+    (out / "toolchain.json").write_text(json.dumps(record, indent=2))
 
 
 def _build_builtins(tc: Toolchain, lib: Path, rt_arch: str, obj: Path, log: Path) -> None:
@@ -558,7 +584,7 @@ BUILDERS: dict[str, tuple[list[Field], Builder | None]] = {
 
 
 def build_package(
-    pkg: Package, tc: Toolchain, tarball: Path | None, cache_dir: Path, log: Path
+    pkg: Package, tc: Toolchain, tarball: Path | None, store: Store, log: Path
 ) -> Path:
     """Build one package (or reuse it); returns its install tree."""
     builder = BUILDERS[pkg.build][1]
@@ -567,23 +593,26 @@ def build_package(
     key = digest(
         {"toolchain": tc.digest, "source": pkg.source, "files": pkg.files_digest(), "code": CODE}
     )
-    final = cache_dir / "stage2" / "packages" / f"{pkg.name}-{pkg.version}-{key[:16]}"
-    if (final / "package.json").is_file():
-        return final / "dest"
-    work = final.with_name(final.name + ".work")
-    shutil.rmtree(work, ignore_errors=True)
-    if tarball is not None:
-        src = unpack(pkg, tarball, work / "src")
-    else:
-        src = work / "src"
-        src.mkdir(parents=True)
-    dest = work / "out" / "dest"
-    dest.mkdir(parents=True)
-    with ui.step(f"{pkg.name} {pkg.version} (clang, {tc.triple})"):
-        builder(pkg, src, tc, dest, log)
-    record = {"name": pkg.name, "version": pkg.version, "toolchain": tc.digest}
-    _publish(work, final, "package.json", record)
-    return final / "dest"
+    if (entry := store.get("package", key)) is None:
+        what = f"{pkg.name} {pkg.version} for {tc.triple} (clang, musl)"
+        inputs = {"name": pkg.name, "version": pkg.version, "toolchain": tc.digest}
+        with (
+            store.make("package", key, what=what, inputs=inputs) as out,
+            _scratch(store, key[:16]) as work,
+        ):
+            if tarball is not None:
+                src = unpack(pkg, tarball, work / "src")
+            else:
+                src = work / "src"
+                src.mkdir(parents=True)
+            dest = out / "dest"
+            dest.mkdir()
+            with ui.step(f"{pkg.name} {pkg.version} (clang, {tc.triple})"):
+                builder(pkg, src, tc, dest, log)
+            (out / "package.json").write_text(json.dumps(inputs, indent=2))
+        entry = store.get("package", key)
+        assert entry is not None  # (just made)
+    return entry.data / "dest"
 
 
 # The directories every stage-2 tree has; /bin, /sbin and /lib point into /usr.

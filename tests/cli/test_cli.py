@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,7 @@ from click.testing import CliRunner
 
 from tests.conftest import amlogic_sd_fip, zynq_boot_image
 from tuoba import run
+from tuoba.cache import Store
 from tuoba.cli import cli
 
 
@@ -23,7 +27,7 @@ def invoke(project: Path, *args: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(
-    "command", ["build", "test", "boot", "boards", "recipes", "doctor", "kernel"]
+    "command", ["build", "test", "boot", "boards", "recipes", "doctor", "kernel", "cache"]
 )
 def test_every_command_has_help(project: Path, command: str) -> None:
     code, out = invoke(project, command, "--help")
@@ -206,3 +210,52 @@ def test_missing_ssh_key_file(project: Path) -> None:
     code, out = invoke(project, "build", "--ssh-key", str(project / "nope.pub"))
     assert code == 2
     assert "nope.pub: no such file" in out
+
+
+def test_cache_list_du_and_prune(project: Path) -> None:
+    cache_dir = project / "cache"
+    store = Store(cache_dir, label="rpi4-s1")
+    for kind, key, size in (("kernel", "ab" * 32, 3000), ("source", "cd" * 32, 10)):
+        with store.make(kind, key, what=f"the {kind}", inputs={}) as data:
+            (data / "f").write_bytes(b"x" * size)
+    old = cache_dir / "store" / "source" / ("cd" * 32)
+    raw = json.loads((old / "entry.json").read_text())
+    (old / "entry.json").write_text(json.dumps(raw | {"created": 0}))
+    long_ago = time.time() - 40 * 86400
+    os.utime(old / "used-by" / "rpi4-s1", (long_ago, long_ago))
+
+    code, out = invoke(project, "--cache-dir", str(cache_dir), "cache", "list")
+    assert code == 0
+    kernel, source = out.splitlines()
+    assert kernel.split()[:4] == ["kernel", "ab" * 6, "2.9", "KiB"]
+    assert "rpi4-s1" in kernel and kernel.endswith("the kernel")
+    assert source.split()[4] == "40d"
+    code, out = invoke(project, "cache", "list", "--json", "--kind", "source",
+                       "--cache-dir", str(cache_dir))  # fmt: skip
+    assert code == 0 and json.loads(out)["used_by"] == ["rpi4-s1"]
+
+    code, out = invoke(project, "--cache-dir", str(cache_dir), "cache", "du")
+    assert code == 0
+    assert "kernel (1 entry)" in out and "source (1 entry)" in out and "total in" in out
+
+    code, out = invoke(project, "--cache-dir", str(cache_dir), "cache", "prune",
+                       "--older-than", "30d", "--dry-run")  # fmt: skip
+    assert code == 0 and "would remove source/" in out and "1 entry," in out
+    assert store.has(f"source/{'cd' * 32}")
+    code, out = invoke(project, "--cache-dir", str(cache_dir), "cache", "prune",
+                       "--older-than", "30d")  # fmt: skip
+    assert code == 0 and "removed source/" in out
+    assert not store.has(f"source/{'cd' * 32}") and store.has(f"kernel/{'ab' * 32}")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "needs --older-than AGE or --keep-last N"),
+        (("--older-than", "30 days"), "not a duration: '30 days'"),
+    ],
+)
+def test_cache_prune_bad_input(project: Path, args: tuple[str, ...], message: str) -> None:
+    code, out = invoke(project, "--cache-dir", str(project / "cache"), "cache", "prune", *args)
+    assert code == 2
+    assert message in out and "hint:" in out

@@ -172,6 +172,38 @@ def test_no_change_rebuild_does_nothing(built: Project) -> None:
     assert steps_run(proc.stderr) == "nothing (up to date)"
 
 
+def test_cache_lists_what_the_build_used(built: Project) -> None:
+    proc = built.tuoba("cache", "list", "--json")
+    entries = [json.loads(line) for line in proc.stdout.splitlines()]
+    used = {(e["kind"], e["key"]) for e in entries if f"{BOARD}-s1" in e["used_by"]}
+    assert {kind for kind, _ in used} >= {"kernel", "kernel-src", "rootfs", "source", "tool"}
+    m = built.manifest()
+    assert ("kernel", m["kernel"]["config_digest"]) in used  # type: ignore[index]
+    assert ("rootfs", m["rootfs"]["digest"]) in used  # type: ignore[index]
+    for src in m["sources"].values():  # type: ignore[attr-defined]
+        assert ("source", src["sha256"]) in used
+    kernel = next(e for e in entries if e["kind"] == "kernel")
+    assert kernel["size"] > 10 << 20 and kernel["what"].startswith("Linux ")
+    du = built.tuoba("cache", "du").stdout
+    assert "kernel (" in du and "rootfs (" in du and "total in" in du
+
+
+def test_pruned_entry_is_made_again_by_the_next_build(built: Project) -> None:
+    """The unpacked mkosi (cheap to make again) is pruned: the steps that used it run again
+    and remake it; everything else is still cached, the image is unchanged."""
+    before = built.artifact(".img").stat().st_mtime_ns
+    proc = built.tuoba("cache", "prune", "--kind", "tool", "--keep-last", "0")
+    assert "removed tool/" in proc.stdout
+    again = built.tuoba("build", "--board", BOARD)
+    assert "the cache no longer holds what step 'rootfs' made" in again.stderr
+    assert steps_run(again.stderr) == "fetch, rootfs"
+    assert "reused cached rootfs" in (built.out / ".build" / f"{BOARD}-s1" / "logs" /
+                                      "rootfs.log").read_text()  # fmt: skip
+    assert built.artifact(".img").stat().st_mtime_ns == before
+    tools = built.tuoba("cache", "list", "--kind", "tool").stdout
+    assert f"{BOARD}-s1" in tools and "mkosi" in tools
+
+
 def test_overlay_edit_reruns_only_overlay_and_image(built: Project) -> None:
     motd = built.root / "overlays/base/etc/motd"
     motd.write_text("TuobaOS test build\n")

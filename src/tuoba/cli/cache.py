@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from tuoba import cache, lock
+from tuoba.cli import App
+from tuoba.errors import InputError
+
+
+@click.group("cache")
+def command() -> None:
+    """Show and prune the build cache (~/.cache/tuoba or --cache-dir).
+
+    Every artifact a build reuses is an entry: the kernels, root filesystems, stage-2
+    toolchains and packages, U-Boot builds, unpacked firmware and tools, and each downloaded
+    source, named by the digest of what made it.
+    """
+
+
+@command.command("list")
+@click.option("--kind", help="Only entries of this kind (kernel, rootfs, source, …).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry, a line each.")
+@click.pass_obj
+def list_(app: App, kind: str | None, as_json: bool) -> None:
+    """List the cache entries: kind, key, size, age (since last used), which boards use
+    them, and what each is.
+
+    \b
+    Example:
+      tuoba cache list --kind kernel
+    """
+    store = cache.Store(app.cache_dir)
+    entries = [e for e in store.entries() if kind is None or e.meta.kind == kind]
+    now = time.time()
+    for e in entries:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "kind": e.meta.kind,
+                        "key": e.meta.key,
+                        "what": e.meta.what,
+                        "size": e.meta.size,
+                        "files": e.meta.files,
+                        "created": e.meta.created,
+                        "last_used": e.last_used,
+                        "used_by": sorted(e.used_by),
+                        "inputs": e.meta.inputs,
+                    },
+                    sort_keys=True,
+                )
+            )
+            continue
+        users = ",".join(sorted(e.used_by)) or "-"
+        click.echo(
+            f"{e.meta.kind:<10} {e.meta.key[:12]}  {cache.human_size(e.meta.size):>10}  "
+            f"{cache.human_age(now - e.last_used):>4}  {users:<24} {e.meta.what}"
+        )
+    if not entries and not as_json:
+        click.echo(f"no cache entries in {app.cache_dir}", err=True)
+
+
+@command.command("du")
+@click.pass_obj
+def du(app: App) -> None:
+    """Disk use of the cache: entries by kind, working trees, and anything else there.
+
+    \b
+    Example:
+      tuoba cache du
+    """
+    use = cache.usage(cache.Store(app.cache_dir))
+    for kind, (n, size) in sorted(use.kinds.items()):
+        click.echo(f"{cache.human_size(size):>10}  {kind} ({n} {'entry' if n == 1 else 'entries'})")
+    for name, size in use.work.items():
+        click.echo(f"{cache.human_size(size):>10}  work/{name} (kept for faster rebuilds)")
+    for name, size in use.other.items():
+        click.echo(f"{cache.human_size(size):>10}  {name} (not used by this tuoba: remove it)")
+    click.echo(f"{cache.human_size(use.total):>10}  total in {app.cache_dir}")
+
+
+@command.command("prune")
+@click.option("--older-than", metavar="AGE", help="Remove entries not used for AGE (30d, 12h).")
+@click.option(
+    "--keep-last",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Keep the N most recently used entries of each kind, remove the rest.",
+)
+@click.option("--kind", help="Only entries of this kind (kernel, rootfs, source, …).")
+@click.option("--dry-run", is_flag=True, help="Say what would go; remove nothing.")
+@click.pass_obj
+def prune(
+    app: App, older_than: str | None, keep_last: int | None, kind: str | None, dry_run: bool
+) -> None:
+    """Remove cache entries. A later build makes again what it needs (its steps notice
+    entries that are gone).
+
+    \b
+    Examples:
+      tuoba cache prune --older-than 30d
+      tuoba cache prune --keep-last 2 --dry-run
+      tuoba cache prune --kind rootfs --keep-last 1
+    """
+    if older_than is None and keep_last is None:
+        raise InputError(
+            "tuoba cache prune needs --older-than AGE or --keep-last N",
+            hint="for example: tuoba cache prune --older-than 30d (see tuoba cache list)",
+        )
+    age = None if older_than is None else cache.parse_duration(older_than)
+    with lock.exclusive(app.cache_dir, "the cache", holder="tuoba cache prune"):
+        store = cache.Store(app.cache_dir)
+        entries = [e for e in store.entries() if kind is None or e.meta.kind == kind]
+        doomed = cache.select_prune(entries, older_than=age, keep_last=keep_last, now=time.time())
+        for e in doomed:
+            if not dry_run:
+                store.remove(e)
+            click.echo(f"{'would remove' if dry_run else 'removed'} {e.ref[:40]}  {e.meta.what}")
+    freed = cache.human_size(sum(e.meta.size for e in doomed))
+    verb = "would free" if dry_run else "freed"
+    n = len(doomed)
+    click.echo(f"{n} {'entry' if n == 1 else 'entries'}, {verb} {freed}")

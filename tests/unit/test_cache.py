@@ -1,0 +1,165 @@
+"""The build cache's store: atomic, immutable entries, uses, and what prune selects."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from tuoba import steps
+from tuoba.cache import Store, parse_duration, select_prune, usage
+from tuoba.errors import InputError
+
+KEY = "ab" * 32
+KEY2 = "cd" * 32
+
+
+def make(store: Store, kind: str, key: str, text: str = "x") -> None:
+    with store.make(kind, key, what=f"a {kind}", inputs={"n": 1}) as data:
+        (data / "f").write_text(text)
+        (data / "sub").mkdir()
+        os.link(data / "f", data / "sub" / "f-again")  # counted once
+
+
+def test_made_entry_has_its_metadata_and_data(tmp_path: Path) -> None:
+    store = Store(tmp_path, label="rpi4-s1")
+    assert store.get("kernel", KEY) is None
+    make(store, "kernel", KEY, "hello")
+    entry = store.get("kernel", KEY)
+    assert entry is not None
+    assert (entry.data / "f").read_text() == "hello"
+    assert (entry.meta.kind, entry.meta.key, entry.meta.what) == ("kernel", KEY, "a kernel")
+    assert (entry.meta.size, entry.meta.files) == (5, 1)
+    assert entry.meta.inputs == {"n": 1}
+    assert abs(entry.meta.created - time.time()) < 60
+    assert set(entry.used_by) == {"rpi4-s1"}
+    assert store.used == {f"kernel/{KEY}"}
+    assert [e.ref for e in store.entries()] == [f"kernel/{KEY}"]
+
+
+def test_failed_or_interrupted_make_leaves_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for exc in (RuntimeError("compile failed"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)), store.make("rootfs", KEY, what="w", inputs={}) as data:
+            (data / "half").write_text("half")
+            raise exc
+        assert store.get("rootfs", KEY) is None
+        assert list((tmp_path / "store" / "rootfs").iterdir()) == []  # no work dir either
+
+
+def test_a_second_make_of_one_key_keeps_the_first_entry(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    make(store, "kernel", KEY, "first")
+    make(store, "kernel", KEY, "second")  # (as a builder that did not see the first would)
+    entry = store.get("kernel", KEY)
+    assert entry is not None and (entry.data / "f").read_text() == "first"
+    assert len(store.entries()) == 1
+    assert [p.name for p in (tmp_path / "store" / "kernel").iterdir()] == [KEY]
+
+
+def _make_in_child(root: str, text: str) -> None:
+    make(Store(Path(root)), "kernel", KEY, text * 100_000)
+
+
+def test_two_processes_making_one_key_at_once_both_succeed(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_make_in_child, args=(str(tmp_path), t)) for t in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    entry = Store(tmp_path).get("kernel", KEY)
+    assert entry is not None
+    assert (entry.data / "f").read_text() in ("a" * 100_000, "b" * 100_000)  # whole, one of them
+    assert [p.name for p in (tmp_path / "store" / "kernel").iterdir()] == [KEY]
+
+
+def test_strays_are_not_entries_and_names_are_checked(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    (tmp_path / "store" / "kernel" / KEY2).mkdir(parents=True)  # no entry.json: not finished
+    (tmp_path / "store" / "kernel" / KEY2 / "data").mkdir()
+    assert store.get("kernel", KEY2) is None
+    assert store.entries() == []
+    with pytest.raises(InputError, match="not a cache entry name"):
+        make(store, "Kernel", KEY)
+    with pytest.raises(InputError, match="not a cache entry name"):
+        make(store, "kernel", "../../etc")
+
+
+def test_remove_and_usage(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    make(store, "kernel", KEY, "12345")
+    make(store, "rootfs", KEY2, "123")
+    (store.work("ccache") / "obj").write_bytes(b"x" * 10)
+    (tmp_path / "rootfs-of-an-older-layout").mkdir()
+    use = usage(store)
+    assert use.kinds == {"kernel": (1, 5), "rootfs": (1, 3)}
+    assert use.work == {"ccache": 10}
+    assert set(use.other) == {"rootfs-of-an-older-layout"}
+    entry = store.get("kernel", KEY)
+    assert entry is not None
+    store.remove(entry)
+    assert store.get("kernel", KEY) is None
+    assert not store.has(f"kernel/{KEY}") and store.has(f"rootfs/{KEY2}")
+    assert [p.name for p in (tmp_path / "store" / "kernel").iterdir()] == []
+
+
+def test_prune_selection_by_age_and_by_count(tmp_path: Path) -> None:
+    store = Store(tmp_path, label="qemu-aarch64-s1")
+    keys = [f"{i:02x}" * 32 for i in range(4)]
+    for k in keys:
+        make(store, "kernel", k)
+    make(store, "rootfs", KEY)
+    now = time.time()
+    day = 86400.0
+    for i, k in enumerate(keys):  # key i last used i days ago
+        mark = tmp_path / "store" / "kernel" / k / "used-by" / "qemu-aarch64-s1"
+        os.utime(mark, (now - i * day, now - i * day))
+        meta = tmp_path / "store" / "kernel" / k / "entry.json"
+        raw = json.loads(meta.read_text())
+        meta.write_text(json.dumps(raw | {"created": now - 10 * day}))
+    entries = store.entries()
+    old = select_prune(entries, older_than=1.5 * day, keep_last=None, now=now)
+    assert [e.meta.key for e in old] == [keys[3], keys[2]]
+    last = select_prune(entries, older_than=None, keep_last=1, now=now)
+    assert [e.meta.key for e in last] == [keys[3], keys[2], keys[1]]  # rootfs: its only one kept
+    both = select_prune(entries, older_than=2.5 * day, keep_last=3, now=now)
+    assert [e.meta.key for e in both] == [keys[3]]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30d", 30 * 86400), ("12h", 43200), ("2w", 14 * 86400), ("90m", 5400), ("45s", 45)],
+)
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["30", "d", "-1d", "1y", "1.5d", ""])
+def test_bad_durations_say_what_is_expected(text: str) -> None:
+    with pytest.raises(InputError, match="not a duration") as e:
+        parse_duration(text)
+    assert "30d" in (e.value.hint or "")
+
+
+def test_steps_whose_entries_are_gone_are_forgotten(tmp_path: Path) -> None:
+    store = Store(tmp_path / "cache")
+    make(store, "kernel", KEY)
+    make(store, "rootfs", KEY2)
+    plan = types.SimpleNamespace(build_dir=tmp_path / "build", store=store)
+    plan.build_dir.mkdir()
+    for step, refs in (("kernel", [f"kernel/{KEY}"]), ("rootfs", [f"rootfs/{KEY2}"]),
+                       ("overlay", [])):  # fmt: skip
+        (plan.build_dir / f"{step}.json").write_text(json.dumps({"cache": refs}))
+    assert steps.forget_pruned(plan) == []  # type: ignore[arg-type]
+    entry = store.get("rootfs", KEY2)
+    assert entry is not None
+    store.remove(entry)
+    assert steps.forget_pruned(plan) == ["rootfs"]  # type: ignore[arg-type]
+    assert sorted(p.name for p in plan.build_dir.iterdir()) == ["kernel.json", "overlay.json"]
