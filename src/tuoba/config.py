@@ -143,10 +143,15 @@ class _StrictLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             seen: set[Any] = set()
             for key, _ in node.value:
-                value = key.value if isinstance(key, yaml.ScalarNode) else None
-                if value is not None and value in seen:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue
+                # Keys compare as the mapping will hold them: `1` and `"1"` differ (an int and
+                # a string); `1` and `0x1` are one key, and so are `1` and `true` (one dict
+                # key in Python: the second would silently replace the first).
+                value = self.construct_object(key)
+                if value in seen:
                     raise InputError(
-                        f"{self.display}:{key.start_mark.line + 1}: key '{value}' given "
+                        f"{self.display}:{key.start_mark.line + 1}: key '{key.value}' given "
                         "twice in one mapping",
                         hint="keep one of them",
                     )

@@ -188,10 +188,15 @@ def check_public_key(key: Path) -> None:
         raise InputError(f"{flag}: not an OpenSSH public key (one line: TYPE BASE64 [comment])",
                          hint=hint)  # fmt: skip
     # (stdin empty: on a file it cannot read as a public key it asks for a passphrase)
-    proc = run.run(["ssh-keygen", "-l", "-f", str(key)], capture=True, check=False, input="",
-                   timeout=30)  # fmt: skip
+    proc = run.run(["ssh-keygen", "-l", "-f", str(key)], capture=True, capture_stderr=True,
+                   check=False, input="", timeout=30)  # fmt: skip
     if proc.returncode != 0:
-        raise InputError(f"{flag}: ssh-keygen does not accept it as a public key", hint=hint)
+        said = " ".join((proc.stderr or "").split())  # (quoted in tuoba's sentence, not above it)
+        raise InputError(
+            f"{flag}: ssh-keygen does not accept it as a public key"
+            + (f" (it says: {said})" if said else ""),
+            hint=hint,
+        )
 
 
 def default_ssh_key(out_dir: Path) -> Path:

@@ -89,6 +89,7 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     capture: bool = False,
+    capture_stderr: bool = False,
     log: Path | None = None,
     check: bool = True,
     input: str | None = None,
@@ -101,6 +102,8 @@ def run(
     """Run a command to completion.
 
     capture: return stdout (stderr goes to the log or our stderr).
+    capture_stderr: return stderr too (proc.stderr) instead of letting it reach the terminal:
+      for commands whose complaints tuoba words itself.
     log: append stdout+stderr to this file instead of the terminal; when tuoba's own output is
       not a terminal either, a line every ui.LOG_EVERY seconds says the command still runs
       (heartbeat=False: the caller reports progress itself).
@@ -138,20 +141,22 @@ def run(
             cwd=cwd,
             stdin=subprocess.PIPE if input is not None else None,
             stdout=out,
-            stderr=subprocess.STDOUT if log_fh is not None else None,
+            stderr=subprocess.STDOUT
+            if log_fh is not None
+            else (subprocess.PIPE if capture_stderr else None),
             text=stdout_file is None,
             start_new_session=own_group,
             pass_fds=pass_fds,
         )
         try:
-            stdout, _ = popen.communicate(input, timeout=timeout)
+            stdout, stderr = popen.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired as e:
             _end(popen, own_group)
             raise BuildError(f"command timed out after {timeout:.0f} s: {_fmt(cmd)}") from e
         except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt)
             _end(popen, own_group)
             raise
-        proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, None)
+        proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     finally:
         stop.set()
         if log_fh is not None:

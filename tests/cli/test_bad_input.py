@@ -123,6 +123,17 @@ def test_ssh_key_that_is_not_a_public_key(project: Path, tmp_path: Path, what: s
     assert expected in said
 
 
+def test_ssh_keygen_complaint_is_quoted_in_the_error_not_printed_above_it(
+    project: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "key"
+    key.write_text(f"ssh-ed25519 {PUBLIC_KEY.split()[1][:28]} x\n")
+    said = refused(project, "--ssh-key", str(key))
+    assert "ssh-keygen does not accept it as a public key (it says: " in said
+    assert "is not a public key file" in said
+    assert "is not a public key file" not in capfd.readouterr().err  # (ssh-keygen's own stderr)
+
+
 def test_a_public_key_passes(project: Path, tmp_path: Path) -> None:
     key = tmp_path / "key.pub"
     key.write_text(PUBLIC_KEY)
@@ -144,6 +155,10 @@ def test_global_options_after_the_command(project: Path, tmp_path: Path) -> None
     assert code == 2 and "no board named 'nope'" in out  # typed after a subcommand: known
     with pytest.raises(InputError):  # --debug after the command: the traceback is wanted
         invoke(project, "kernel", "config", "--debug", "--board", "nope")
+    with pytest.raises(InputError):  # and on the group itself, before its subcommand
+        invoke(project, "kernel", "--debug", "config", "--board", "nope")
+    code, out = invoke(project, "cache", "--cache-dir", str(tmp_path / "c"), "du")
+    assert code == 0 and f"total in {tmp_path / 'c'}" in " ".join(out.split())
 
 
 def test_check_validates_every_board_and_writes_nothing(project: Path) -> None:

@@ -283,3 +283,22 @@ def test_amlogic_method_needs_the_boot_image_to_be_supplied(project: Path) -> No
         InputError, match=r"boards/vim3/board\.yaml:\d+ -> boot: method 'amlogic-fip"
     ):
         resolve(request(project, board="vim3"))
+
+
+@pytest.mark.parametrize(
+    ("text", "same"),
+    [
+        ("1: a\n'1': b\n", False),  # an int and a string
+        ("1: a\ntrue: b\n", True),  # two YAML keys, but one dict key: one would be lost
+        ("1: a\n0x1: b\n", True),  # one int, written two ways
+        ('a: 1\n"a": 2\n', True),  # one string, quoted once
+    ],
+)
+def test_duplicate_keys_compare_as_yaml_values(tmp_path: Path, text: str, same: bool) -> None:
+    f = tmp_path / "d.yaml"
+    f.write_text(text)
+    if same:
+        with pytest.raises(InputError, match=r"d.yaml:2: key .* given twice in one mapping"):
+            load_yaml(f)
+    else:
+        assert len(load_yaml(f).data) == 2

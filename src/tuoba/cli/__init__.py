@@ -121,11 +121,11 @@ GLOBAL_OPTIONS = (
 
 
 def with_global_options(command: click.Command) -> None:
-    """Give a command (and a group's subcommands) the global options after its name."""
+    """Give a command the global options after its name; a group and each of its subcommands
+    (`tuoba cache --cache-dir D list` and `tuoba cache list --cache-dir D`)."""
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             with_global_options(sub)
-        return
     command.params.extend(o.for_command() for o in GLOBAL_OPTIONS)
 
 
