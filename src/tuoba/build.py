@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import pickle
 import shutil
 import sys
 import time
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tuoba import errors, lock, publish, run, ui
 from tuoba.plan import Plan, default_ssh_key
-from tuoba.steps import STEPS, forget_pruned
+from tuoba.steps import STEP_NAMES, error_path, forget_pruned, save_plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +67,10 @@ def _build(plan: Plan, explain: bool, lock_fds: tuple[int, ...]) -> BuildResult:
     with publish.atomic(request) as tmp:
         tmp.write_text(plan.request.to_json())
     ran_file = plan.build_dir / "ran.txt"
-    error_file = plan.build_dir / "error.json"
+    error_file = error_path(plan)
     ran_file.write_text("")
     error_file.unlink(missing_ok=True)
+    plan_file, plan_sha256 = save_plan(plan)
     for step in forget_pruned(plan):
         ui.info(f"  the cache no longer holds what step '{step}' made: it runs again")
     cmd = [
@@ -77,22 +78,22 @@ def _build(plan: Plan, explain: bool, lock_fds: tuple[int, ...]) -> BuildResult:
         "-Q",
         "-C", str(plan.data_dir),
         "-f", "SConstruct",
-        f"request={request}",
+        f"plan={plan_file}",
+        f"plan_sha256={plan_sha256}",
     ]  # fmt: skip
     if explain:
         cmd.append("--debug=explain")
     # SCons and every step's commands in a group of their own, ended as one on Ctrl-C or SIGTERM
     # SCons holds the locks too: were tuoba killed alone, its build goes on locked to its end.
     proc = run.run(cmd, check=False, own_group=True, pass_fds=lock_fds)
-    ran = tuple(s for s in ran_file.read_text().split() if s in STEPS)
+    ran = tuple(s for s in ran_file.read_text().split() if s in STEP_NAMES)
     if proc.returncode != 0:
         if error_file.exists():
-            err = json.loads(error_file.read_text())
-            if NO_SPACE in f"{err['message']} {err['hint']}":
-                raise _disk_full(plan, err["message"])
-            kind = getattr(errors, err["kind"], errors.BuildError)
-            raise kind(err["message"], hint=err["hint"])
-        if shutil.disk_usage(plan.out_dir).free < 1 << 20:  # (not even error.json fitted)
+            err = pickle.loads(error_file.read_bytes())  # (the step's own exception)
+            if NO_SPACE in f"{err.message} {err.hint}":
+                raise _disk_full(plan, err.message)
+            raise err
+        if shutil.disk_usage(plan.out_dir).free < 1 << 20:  # (not even the error fitted)
             raise _disk_full(plan, f"scons failed with exit code {proc.returncode}")
         raise errors.BuildError(f"scons failed with exit code {proc.returncode}")
     name = plan.image_name

@@ -45,14 +45,8 @@ class Request:
     check_needs: bool = True  # False: no image is made (`tuoba kernel config`), needs don't matter
 
     def to_json(self) -> str:
+        """For people reading a build's records (request.json); SCons gets the whole Plan."""
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> Request:
-        raw = json.loads(text)
-        raw["recipes"] = tuple(raw["recipes"])
-        raw["supplies"] = tuple(tuple(x) for x in raw.get("supplies", ()))
-        return cls(**raw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +100,10 @@ class Plan:
     def store(self) -> Store:
         """The build cache, noting its uses as this board and stage."""
         return Store(self.cache_dir, label=f"{self.board.name}-s{self.stage}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for the SCons process without the store (each process opens its own)."""
+        return {k: v for k, v in self.__dict__.items() if k != "store"}
 
     @property
     def stage(self) -> int:

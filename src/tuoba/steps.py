@@ -1,15 +1,20 @@
-"""The build steps. SConstruct declares one target per step; each target's action is one of
-these functions. Only step functions write to disk.
+"""The build steps, declared once each in STEPS: a name, what it reads (files, plan values and
+the records of the steps it comes after), what it writes, and its function. SConstruct loops
+over STEPS and holds no per-step code; only step functions write to disk.
 
     fetch -> rootfs -> kernel -> overlay -> image
 
 Each step writes a small JSON record as its SCons target, last, so an interrupted step leaves
-no target and runs again on the next build.
+no target and runs again on the next build. Adding a step: its function (here or in a module
+of its own) and one Step in STEPS.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import pickle
 import shutil
 import traceback
 from collections.abc import Callable
@@ -33,9 +38,7 @@ from tuoba import (
 from tuoba.digest import digest
 from tuoba.errors import BuildError, TuobaError
 from tuoba.kernel import assert_config, parse_config
-from tuoba.plan import Plan, Request, render_context, resolve
-
-STEPS = ("fetch", "rootfs", "kernel", "overlay", "image")
+from tuoba.plan import Plan, render_context
 
 
 def code_digest() -> str:
@@ -47,8 +50,24 @@ def code_digest() -> str:
     )
 
 
-def load_plan(request_file: str) -> Plan:
-    return resolve(Request.from_json(Path(request_file).read_text()))
+def save_plan(plan: Plan) -> tuple[Path, str]:
+    """The resolved Plan, for the SCons process of this build: (file, sha256). Pickled: the
+    same tuoba writes and reads it (the code digest is in every step's signature), and SCons
+    loads it only when its hash matches the one tuoba passes on the command line."""
+    path = plan.build_dir / "plan.pickle"
+    data = pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
+    with publish.atomic(path) as tmp:
+        tmp.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+def load_plan(path: str, sha256: str) -> Plan:
+    data = Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise BuildError(f"{path} changed after tuoba wrote it", hint="run the build again")
+    plan = pickle.loads(data)
+    assert isinstance(plan, Plan)
+    return plan
 
 
 def record_path(plan: Plan, step: str) -> Path:
@@ -73,7 +92,7 @@ def forget_pruned(plan: Plan) -> list[str]:
     so SCons runs them again instead of trusting a result that points at nothing. Returns the
     steps forgotten."""
     forgotten = []
-    for step in STEPS:
+    for step in STEP_NAMES:
         path = record_path(plan, step)
         try:
             refs = json.loads(path.read_text()).get("cache", [])
@@ -485,21 +504,108 @@ def write_fstab(root: Path, parts: list[image.PlacedPartition], stage: int = 1) 
     fstab.write_text("\n".join(lines) + "\n")
 
 
-STEP_FUNCTIONS: dict[str, tuple[str, Callable[[Plan], None]]] = {
-    "fetch": ("Fetching sources", fetch),
-    "rootfs": ("Building the root filesystem ({how})", build_rootfs),
-    "kernel": ("Preparing the kernel and checking its config", kernel),
-    "overlay": ("Rendering overlays", render),
-    "image": ("Composing the disk image", build_image),
-}
+# --- the registry ------------------------------------------------------------------------------
 
 
-def run_step(plan: Plan, step: str) -> int:
-    """Run one step for SCons; errors are written for `tuoba build` to report, not raised."""
-    title, fn = STEP_FUNCTIONS[step]
-    error_file = plan.build_dir / "error.json"
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What a step's result depends on, for SCons's content signatures."""
+
+    after: tuple[str, ...] = ()  # steps whose records it reads
+    files: tuple[Path, ...] = ()  # hashed by content
+    values: tuple[Any, ...] = ()  # hashed by their JSON rendering
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    title: str  # the progress line; {how} is what builds the stage's root filesystem
+    run: Callable[[Plan], None]  # does the work; writes the record last (write_record)
+    inputs: Callable[[Plan], Inputs]
+    outputs: Callable[[Plan], tuple[Path, ...]] = lambda plan: ()  # files besides the record
+
+
+def files_under(root: Path) -> tuple[Path, ...]:
+    return tuple(sorted(p for p in root.rglob("*") if p.is_file())) if root.is_dir() else ()
+
+
+def _userland_files(plan: Plan) -> tuple[Path, ...]:
+    """Stage 2 builds its userland from the package data under userland/ (sources, configs)."""
+    return files_under(plan.data_dir / "userland") if plan.stage == 2 else ()
+
+
+def _fetch_inputs(plan: Plan) -> Inputs:
+    data = plan.data_dir
+    return Inputs(
+        files=(data / "host" / "tools.yaml", data / "kernel" / "sources.yaml",
+               *_userland_files(plan)),
+        values=(plan.board.kernel.source,),
+    )  # fmt: skip
+
+
+def _rootfs_inputs(plan: Plan) -> Inputs:
+    return Inputs(
+        after=("fetch",),
+        files=(*files_under(rootfs.skeleton_dir(plan)), *_userland_files(plan)),
+        values=(plan.rootfs_inputs(),),
+    )
+
+
+def _kernel_inputs(plan: Plan) -> Inputs:
+    if plan.board.kernel.source == "distro":  # the distribution's kernel comes out of the rootfs
+        return Inputs(
+            after=("fetch", "rootfs"),
+            files=tuple(f.path for f in plan.fragments),
+            values=(plan.board.kernel,),
+        )
+    return Inputs(
+        after=("fetch",),
+        files=(*(f.path for f in plan.fragments), plan.data_dir / "kernel" / "sources.yaml"),
+        values=(plan.board.kernel, kbuild.toolchain_id()),  # a new clang/lld rebuilds it
+    )
+
+
+def _overlay_inputs(plan: Plan) -> Inputs:
+    return Inputs(
+        files=(plan.ssh_key, *(f for o in plan.overlays for f in files_under(o.path))),
+        values=(plan.overlay_inputs(),),
+    )
+
+
+def _image_outputs(plan: Plan) -> tuple[Path, ...]:
+    name = plan.image_name
+    return tuple(plan.out_dir / f"{name}{ext}" for ext in IMAGE_SUFFIXES)
+
+
+IMAGE_SUFFIXES = (".img", ".img.xz", ".img.bmap", ".manifest.json")
+
+STEPS = (
+    Step("fetch", "Fetching sources", fetch, _fetch_inputs),
+    Step("rootfs", "Building the root filesystem ({how})", build_rootfs, _rootfs_inputs),
+    Step("kernel", "Preparing the kernel and checking its config", kernel, _kernel_inputs),
+    Step("overlay", "Rendering overlays", render, _overlay_inputs),
+    Step(
+        "image",
+        "Composing the disk image",
+        build_image,
+        lambda plan: Inputs(after=("rootfs", "kernel", "overlay"), values=(plan.image_inputs(),)),
+        _image_outputs,
+    ),
+)
+STEP_NAMES = tuple(s.name for s in STEPS)
+BY_NAME = {s.name: s for s in STEPS}
+
+
+def error_path(plan: Plan) -> Path:
+    return plan.build_dir / "error.pickle"
+
+
+def run_step(plan: Plan, name: str) -> int:
+    """Run one step for SCons. Its error is kept (pickled, so `tuoba build` raises the same
+    type with the same message and hint), not raised into SCons."""
+    step = BY_NAME[name]
     with (plan.build_dir / "ran.txt").open("a") as f:
-        f.write(step + "\n")
+        f.write(name + "\n")
     plan.store.used.clear()
     try:
         how = (
@@ -507,22 +613,17 @@ def run_step(plan: Plan, step: str) -> int:
             if plan.stage == 1
             else f"stage 2: clang + musl for {plan.board.arch}, from source"
         )
-        with ui.step(title.format(how=how)):
-            fn(plan)
-    except TuobaError as e:
-        error_file.write_text(
-            json.dumps({"kind": type(e).__name__, "message": e.message, "hint": e.hint})
-        )
-        return 1
+        with ui.step(step.title.format(how=how)):
+            step.run(plan)
     except BaseException as e:
-        error_file.write_text(
-            json.dumps(
-                {
-                    "kind": "BuildError",
-                    "message": f"step '{step}' failed: {type(e).__name__}: {e}",
-                    "hint": "".join(traceback.format_exception(e)),
-                }
+        error: TuobaError = (
+            e
+            if isinstance(e, TuobaError)
+            else BuildError(
+                f"step '{name}' failed: {type(e).__name__}: {e}",
+                hint="".join(traceback.format_exception(e)),
             )
         )
+        error_path(plan).write_bytes(pickle.dumps(error))
         return 1
     return 0
