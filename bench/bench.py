@@ -120,7 +120,7 @@ def main() -> None:
         results["no_change_rebuild_s"] = round(secs, 2)
         print(f"{'no-change rebuild':<34} {secs:8.2f} s   ({ran})")
 
-        (project / "overlays/base/etc/motd").write_text("bench overlay change\n")
+        (project / "recipes/base/overlay/etc/motd").write_text("bench overlay change\n")
         secs, ran = timed_build(project, out, cache)
         results["overlay_rebuild_s"] = round(secs, 1)
         print(f"{'one-overlay-file rebuild':<34} {secs:8.1f} s   ({ran})")

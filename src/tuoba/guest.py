@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -106,8 +107,8 @@ def check_image(
             f"checks (tests/image/test_serial.py, test_s{manifest['stage']}serial.py) instead of "
             f"the ssh checks ({', '.join(tests)})"
         )
-        tests = ["serial", f"s{manifest['stage']}serial"]
-    test_files = [data_dir / "tests" / "image" / f"test_{t}.py" for t in tests]
+        tests = ["tests/image/test_serial.py", f"tests/image/test_s{manifest['stage']}serial.py"]
+    test_files = [data_dir / t for t in tests]
     missing = [str(t) for t in test_files if not t.is_file()]
     if missing:
         raise InputError(f"guest check modules missing: {', '.join(missing)}")
@@ -128,7 +129,10 @@ def check_image(
                 *map(str, test_files),
                 *ssh_args,
                 "-p", "no:cacheprovider",
-                "--rootdir", str(data_dir / "tests" / "image"),
+                "-p", "tuoba.guestchecks",  # the fixtures every guest check may use
+                "--import-mode=importlib",  # (checks of different recipes may share a name)
+                "--rootdir", str(data_dir),
+                "-c", os.devnull,  # not the project's own pytest settings
                 "-o", f"junit_suite_name=tuoba-{manifest['board']}-s{manifest['stage']}",
                 "-v",
                 *extra_pytest_args,

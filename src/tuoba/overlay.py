@@ -29,7 +29,7 @@ def render_overlays(
             if src.is_dir() and not src.is_symlink():
                 continue
             rel = src.relative_to(overlay.path)
-            display = f"overlays/{overlay.name}/{rel}"
+            display = f"{overlay.display}/{rel}"
             if src.suffix == TEMPLATE_SUFFIX:
                 rel = rel.with_suffix("")
             out = dest / rel

@@ -20,9 +20,10 @@ from tuoba.cache import Store
 from tuoba.config import Doc
 from tuoba.errors import InputError
 from tuoba.kernel import Feature, feature_names, load_feature, load_fragment
-from tuoba.recipe import Recipe, load_recipe
+from tuoba.recipe import Recipe, load_recipe, recipe_names
 
 DEFAULT_BOARD = "qemu-aarch64"
+IMAGE_CHECKS = "tests/image/"  # guest checks of every image (kernel, serial console)
 DEFAULT_RECIPES = ("base",)
 SUPPORTED_STAGES = (1, 2)
 DEBIAN_RELEASE = "bookworm"
@@ -53,6 +54,11 @@ class Request:
 class Overlay:
     name: str
     path: Path
+    where: str = ""  # the tree as errors name it (relative to the project); "": overlays/NAME
+
+    @property
+    def display(self) -> str:
+        return self.where or f"overlays/{self.name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,8 +322,8 @@ def resolve(req: Request) -> Plan:
     seen: set[str] = set()
     wanted = [*req.recipes[:1], *board.recipes, *req.recipes[1:]]
     for name in wanted:
-        if name in board.recipes and not (data_dir / "recipes" / f"{name}.yaml").is_file():
-            known = ", ".join(p.stem for p in sorted((data_dir / "recipes").glob("*.yaml")))
+        if name in board.recipes and name not in recipe_names(data_dir):
+            known = ", ".join(recipe_names(data_dir))
             raise board_doc.error(
                 ("recipes", board.recipes.index(name)),
                 f"no recipe '{name}'",
@@ -345,9 +351,10 @@ def resolve(req: Request) -> Plan:
             if not (data_dir / "overlays" / o).is_dir():
                 raise doc.error((section, "overlays", i), f"no overlay directory overlays/{o}/")
         for i, t in enumerate(recipe.tests(req.stage)):
-            if not (data_dir / "tests" / "image" / f"test_{t}.py").is_file():
+            if not recipe.check_file(t).is_file():
                 raise doc.error(
-                    (section, "tests", i), f"no guest check module tests/image/test_{t}.py"
+                    (section, "tests", i),
+                    f"no guest check module recipes/{recipe.name}/checks/test_{t}.py",
                 )
         if recipe.stage2 is not None and req.stage == 2:
             for i, b in enumerate(recipe.stage2.builds):
@@ -406,10 +413,14 @@ def resolve(req: Request) -> Plan:
         packages += board.packages
         for r in recipes:
             packages += r.stage1.packages
-    overlays = [Overlay(f"board:{board.name}", board.directory / "overlay")]
+    overlays = [Overlay(f"board:{board.name}", board.directory / "overlay",
+                        f"boards/{board.name}/overlay")]  # fmt: skip
     overlays = [o for o in overlays if o.path.is_dir()]
     for r in recipes:
         overlays += [Overlay(o, data_dir / "overlays" / o) for o in r.overlays(req.stage)]
+        if (own := r.own_overlay(req.stage)) is not None:
+            name = r.name if req.stage == 1 else f"{r.name}-s{req.stage}"
+            overlays.append(Overlay(name, own, str(own.relative_to(data_dir))))
 
     if req.mirror:
         mirrors = [req.mirror.rstrip("/")]
@@ -447,9 +458,13 @@ def resolve(req: Request) -> Plan:
         tests=tuple(
             dict.fromkeys(
                 [
-                    *(t for r in recipes for t in r.tests(req.stage)),
+                    *(
+                        str(r.check_file(t).relative_to(data_dir))
+                        for r in recipes
+                        for t in r.tests(req.stage)
+                    ),
                     # the clang-built kernel proves its features in the guest
-                    *(["kernel"] if board.kernel.source == "tuoba" else []),
+                    *([IMAGE_CHECKS + "test_kernel.py"] if board.kernel.source == "tuoba" else []),
                 ]
             )
         ),

@@ -1,6 +1,11 @@
-"""Recipes: `recipes/<stack>.yaml`, what a stack puts into an image, per stage.
+"""Recipes: what a stack puts into an image, per stage. A recipe is a directory:
 
-    stage1: Debian packages, overlays, systemd services, guest checks
+    recipes/<name>/recipe.yaml       what it installs (the fields below)
+    recipes/<name>/checks/test_*.py  its guest checks (testinfra), named in `tests:`
+    recipes/<name>/overlay/          its own files for stage 1 (optional)
+    recipes/<name>/overlay-s2/       … for stage 2 (optional)
+
+    stage1: Debian packages, shared overlays (overlays/), systemd services, guest checks
     stage2: packages built from source by LLVM against musl (userland/), overlays, checks
 
 A recipe without a `stage2` section has no stage-2 form: asking for it with --stage 2 is an
@@ -39,6 +44,7 @@ class Stage2:
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     name: str
+    directory: Path  # recipes/<name>
     description: str
     kernel_features: tuple[str, ...]
     stage1: Stage1
@@ -57,17 +63,26 @@ class Recipe:
         s = self.stage1 if stage == 1 else self.stage2
         return s.tests if s is not None else ()
 
+    def check_file(self, test: str) -> Path:
+        """The module of one of its guest checks."""
+        return self.directory / "checks" / f"test_{test}.py"
+
+    def own_overlay(self, stage: int) -> Path | None:
+        """Its own overlay tree for the stage, if it has one."""
+        d = self.directory / ("overlay" if stage == 1 else f"overlay-s{stage}")
+        return d if d.is_dir() else None
+
 
 STAGE1_FIELDS = [
     Field("packages", name_list, (), help="Debian packages"),
-    Field("overlays", name_list, (), help="overlay trees under overlays/"),
+    Field("overlays", name_list, (), help="shared overlay trees under overlays/"),
     Field("services", name_list, (), help="systemd units to enable"),
-    Field("tests", name_list, (), help="guest check modules under tests/image/"),
+    Field("tests", name_list, (), help="guest checks: NAME is checks/test_NAME.py beside it"),
 ]
 STAGE2_FIELDS = [
     Field("builds", name_list, (), help="packages under userland/ built by LLVM against musl"),
-    Field("overlays", name_list, (), help="overlay trees under overlays/"),
-    Field("tests", name_list, (), help="guest check modules under tests/image/"),
+    Field("overlays", name_list, (), help="shared overlay trees under overlays/"),
+    Field("tests", name_list, (), help="guest checks: NAME is checks/test_NAME.py beside it"),
 ]
 
 
@@ -109,14 +124,15 @@ RECIPE_FIELDS = [
 
 
 def recipe_names(data_dir: Path) -> list[str]:
-    return sorted(p.stem for p in (data_dir / "recipes").glob("*.yaml"))
+    return sorted(p.parent.name for p in (data_dir / "recipes").glob("*/recipe.yaml"))
 
 
 def load_recipe(data_dir: Path, recipe: str) -> tuple[Recipe, Doc]:
-    path = data_dir / "recipes" / f"{recipe}.yaml"
+    directory = data_dir / "recipes" / recipe
+    path = directory / "recipe.yaml"
     if not path.is_file():
         known = ", ".join(recipe_names(data_dir)) or "none"
         raise InputError(f"no recipe named '{recipe}'", hint=f"known recipes: {known}")
-    doc = load_yaml(path, display=f"recipes/{recipe}.yaml")
+    doc = load_yaml(path, display=f"recipes/{recipe}/recipe.yaml")
     v = parse_mapping(doc, (), doc.data, RECIPE_FIELDS)
-    return Recipe(name=recipe, **v), doc
+    return Recipe(name=recipe, directory=directory, **v), doc

@@ -160,10 +160,10 @@ def test_build_unknown_board_exits_2_with_known_boards(project: Path) -> None:
 
 
 def test_build_malformed_recipe_reports_file_line(project: Path) -> None:
-    (project / "recipes/base.yaml").write_text("description: [\n")
+    (project / "recipes/base/recipe.yaml").write_text("description: [\n")
     code, out = invoke(project, "build")
     assert code == 2
-    assert "recipes/base.yaml:2: malformed YAML" in out
+    assert "recipes/base/recipe.yaml:2: malformed YAML" in out
 
 
 def test_build_stage_3_not_supported(project: Path) -> None:

@@ -33,9 +33,9 @@ def _targets() -> list[tuple[str, tuple[str, ...]]]:
         out.append((f"boards/{board}/board.yaml", ("--board", board)))
         if (ROOT / "boards" / board / "kernel.config").is_file():
             out.append((f"boards/{board}/kernel.config", ("--board", board)))
-    for recipe in sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml")):
+    for recipe in sorted(p.parent.name for p in (ROOT / "recipes").glob("*/recipe.yaml")):
         for stage in ("1", "2"):
-            out.append((f"recipes/{recipe}.yaml", ("--recipe", recipe, "--stage", stage)))
+            out.append((f"recipes/{recipe}/recipe.yaml", ("--recipe", recipe, "--stage", stage)))
     for package in sorted(p.parent.name for p in (ROOT / "userland").glob("*/package.yaml")):
         out.append((f"userland/{package}/package.yaml", ("--stage", "2")))
     out.append(("kernel/sources.yaml", ()))

@@ -205,7 +205,7 @@ def test_pruned_entry_is_made_again_by_the_next_build(built: Project) -> None:
 
 
 def test_overlay_edit_reruns_only_overlay_and_image(built: Project) -> None:
-    motd = built.root / "overlays/base/etc/motd"
+    motd = built.root / "recipes/base/overlay/etc/motd"
     motd.write_text("TuobaOS test build\n")
     before = built.manifest()["rootfs"]
     proc = built.tuoba("build", "--board", BOARD, "--explain")
@@ -217,7 +217,7 @@ def test_overlay_edit_reruns_only_overlay_and_image(built: Project) -> None:
 def test_interrupted_build_leaves_no_finished_image_and_next_build_finishes(
     built: Project,
 ) -> None:
-    (built.root / "overlays/base/etc/motd").write_text("interrupted build\n")
+    (built.root / "recipes/base/overlay/etc/motd").write_text("interrupted build\n")
     proc = subprocess.Popen(
         built.cmd("build", "--board", BOARD),
         stderr=subprocess.PIPE,
@@ -267,7 +267,7 @@ def _process_tree(pid: int) -> list[int]:
 def test_kill_9_of_the_whole_build_loses_nothing(built: Project) -> None:
     """kill -9 of tuoba, SCons and every command below them while the image is written: no
     artifact under a final name, and the next build completes with SHA256SUMS verifying."""
-    (built.root / "overlays/base/etc/motd").write_text("killed build\n")
+    (built.root / "recipes/base/overlay/etc/motd").write_text("killed build\n")
     proc = subprocess.Popen(
         built.cmd("build", "--board", BOARD),
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
@@ -309,7 +309,7 @@ def test_kill_9_of_the_whole_build_loses_nothing(built: Project) -> None:
 def test_two_builds_at_once_into_one_out_dir(built: Project) -> None:
     """Two `tuoba build`s started together on one cache and out/: the second waits for the
     first (saying for whom), both finish, and the published set verifies."""
-    (built.root / "overlays/base/etc/motd").write_text("two builds at once\n")
+    (built.root / "recipes/base/overlay/etc/motd").write_text("two builds at once\n")
     procs = [
         subprocess.Popen(built.cmd("build", "--board", BOARD), stderr=subprocess.PIPE,
                          stdout=subprocess.DEVNULL, text=True)

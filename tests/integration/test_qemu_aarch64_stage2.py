@@ -94,7 +94,7 @@ def test_guest_checks_pass_in_qemu(built: Stage2) -> None:
 
 
 def test_audit_stops_a_glibc_binary_and_leaves_no_image(built: Stage2) -> None:
-    intruder = built.root / "overlays/base-s2/usr/bin/true"
+    intruder = built.root / "recipes/base/overlay-s2/usr/bin/true"
     intruder.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shutil.which("true") or "/bin/true", intruder)
     try:

@@ -16,12 +16,12 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_check() -> None:
-    r = _run("ruff", "check", "src", "tests", "bench")
+    r = _run("ruff", "check", "src", "tests", "bench", "recipes")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_ruff_format() -> None:
-    r = _run("ruff", "format", "--check", "src", "tests", "bench")
+    r = _run("ruff", "format", "--check", "src", "tests", "bench", "recipes")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

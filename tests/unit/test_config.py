@@ -38,7 +38,8 @@ def test_default_board_resolves(project: Path) -> None:
     assert names[:8] == ["base", "arch:arm64", *(f"board:{b}" for b in (
         "jetson-nano", "qemu-aarch64", "roc-rk3328-cc", "rpi3", "rpi4", "vim3"))]  # fmt: skip
     assert "board:pynq-z2" not in names
-    assert "kernel" in plan.tests and "bpf" in plan.tests
+    assert "tests/image/test_kernel.py" in plan.tests
+    assert "recipes/bpf/checks/test_bpf.py" in plan.tests
     assert plan.image_name == f"tuoba-qemu-aarch64-s1-{plan.version}"
     assert plan.board.image.root.fs == "ext4"
 
@@ -78,29 +79,29 @@ def test_distro_kernel_board_installs_the_package(project: Path) -> None:
     )
     plan = resolve(request(project))
     assert "linux-image-arm64" in plan.packages
-    assert "kernel" not in plan.tests
+    assert "tests/image/test_kernel.py" not in plan.tests
     assert [f.name for f in plan.fragments] == [f.name for f in plan.features]
 
 
 def test_malformed_yaml_names_file_and_line(project: Path) -> None:
-    recipe = project / "recipes/base.yaml"
+    recipe = project / "recipes/base/recipe.yaml"
     recipe.write_text("description: x\nstage1:\n  packages: [a, b\n  oops: 1\n")
-    with pytest.raises(InputError, match=r"^recipes/base\.yaml:4: malformed YAML"):
+    with pytest.raises(InputError, match=r"^recipes/base/recipe\.yaml:4: malformed YAML"):
         resolve(request(project))
 
 
 def test_wrong_type_names_the_item(project: Path) -> None:
-    recipe = project / "recipes/base.yaml"
+    recipe = project / "recipes/base/recipe.yaml"
     recipe.write_text("description: x\nstage1:\n  packages:\n    - a\n    - {b: 1}\n")
     with pytest.raises(InputError) as e:
         resolve(request(project))
     assert e.value.message == (
-        "recipes/base.yaml:5 -> stage1 -> packages[1]: expected a string, got a mapping"
+        "recipes/base/recipe.yaml:5 -> stage1 -> packages[1]: expected a string, got a mapping"
     )
 
 
 def test_unknown_key_is_an_error_with_known_keys(project: Path) -> None:
-    recipe = project / "recipes/base.yaml"
+    recipe = project / "recipes/base/recipe.yaml"
     recipe.write_text(recipe.read_text() + "pakages: [x]\n")
     with pytest.raises(InputError, match="unknown key 'pakages'") as e:
         resolve(request(project))
@@ -108,12 +109,12 @@ def test_unknown_key_is_an_error_with_known_keys(project: Path) -> None:
 
 
 def test_missing_overlay_dir_is_reported_at_its_place(project: Path) -> None:
-    recipe = project / "recipes/base.yaml"
+    recipe = project / "recipes/base/recipe.yaml"
     recipe.write_text(
-        recipe.read_text().replace("overlays: [common, base]", "overlays: [base, nope]")
+        recipe.read_text().replace("overlays: [common]", "overlays: [common, nope]", 1)
     )
     with pytest.raises(
-        InputError, match=r"recipes/base\.yaml:\d+ -> stage1 -> overlays\[1\]: no overlay"
+        InputError, match=r"recipes/base/recipe\.yaml:\d+ -> stage1 -> overlays\[1\]: no overlay"
     ):
         resolve(request(project))
 
@@ -222,7 +223,8 @@ def test_armhf_board_gets_its_arch_everywhere(project: Path, tmp_path: Path) -> 
     assert plan.kernel_dtbs == ("zynq-pynq-z2",)
     assert plan.board_dts == (project / "boards/pynq-z2/zynq-pynq-z2.dts",)
     assert "bpftool" in plan.packages and "bpftrace" not in plan.packages
-    assert "bpf_syscall" in plan.tests and "bpf" not in plan.tests
+    assert "recipes/bpf/checks/test_bpf_syscall.py" in plan.tests
+    assert "recipes/bpf/checks/test_bpf.py" not in plan.tests
     (supplied,) = plan.supplied
     assert (supplied.file, supplied.path) == ("BOOT.BIN", boot)
     assert plan.image_inputs()["supplied"] == {"BOOT.BIN": supplied.sha256}
@@ -237,11 +239,11 @@ def test_arm64_board_keeps_its_arch_parts(project: Path) -> None:
 
 
 def test_recipe_arch_part_names_an_unknown_arch(project: Path) -> None:
-    recipe = project / "recipes/bpf.yaml"
+    recipe = project / "recipes/bpf/recipe.yaml"
     recipe.write_text(recipe.read_text().replace("    armhf:\n", "    riscv64:\n"))
     with pytest.raises(InputError) as e:
         resolve(request(project, recipes=("base", "bpf")))
-    assert e.value.message.startswith("recipes/bpf.yaml:")
+    assert e.value.message.startswith("recipes/bpf/recipe.yaml:")
     assert "unknown arch 'riscv64' (known: arm64, armhf)" in e.value.message
 
 

@@ -22,7 +22,12 @@ def test_stage2_plan_builds_from_source_and_installs_no_debian_package(project: 
     assert plan.services == ()
     assert plan.builds == ("busybox", "dropbear", "tuoba-bpf-check")
     assert [o.name for o in plan.overlays] == ["common", "base-s2"]
-    assert plan.tests == ("login", "s2base", "s2bpf", "kernel")
+    assert plan.tests == (
+        "recipes/base/checks/test_login.py",
+        "recipes/base/checks/test_s2base.py",
+        "recipes/bpf/checks/test_s2bpf.py",
+        "tests/image/test_kernel.py",
+    )
     assert plan.image_name.startswith("tuoba-qemu-aarch64-s2-")
 
 
@@ -34,23 +39,23 @@ def test_stage1_plan_keeps_its_own_sections(project: Path) -> None:
 
 
 def test_recipe_without_stage2_form_is_an_error_naming_it(project: Path) -> None:
-    recipe = project / "recipes/sdcard.yaml"
+    recipe = project / "recipes/sdcard/recipe.yaml"
     recipe.write_text(recipe.read_text().split("stage2:")[0])
     with pytest.raises(InputError) as e:
         resolve(request(project, stage=2, board="rpi4"))
     assert e.value.message == (
-        "recipes/sdcard.yaml:3: recipe 'sdcard' has no stage-2 form (no stage2 section); "
+        "recipes/sdcard/recipe.yaml:3: recipe 'sdcard' has no stage-2 form (no stage2 section); "
         "board 'rpi4' includes it by default"
     )
     assert e.value.exit_code == 2
 
 
 def test_unknown_stage2_package_is_located(project: Path) -> None:
-    recipe = project / "recipes/bpf.yaml"
+    recipe = project / "recipes/bpf/recipe.yaml"
     recipe.write_text(recipe.read_text().replace("builds: [tuoba-bpf-check]", "builds: [bpfz]"))
     with pytest.raises(InputError) as e:
         resolve(request(project, stage=2))
-    assert e.value.message.startswith("recipes/bpf.yaml:")
+    assert e.value.message.startswith("recipes/bpf/recipe.yaml:")
     assert "stage2 -> builds[0]: no package userland/bpfz/package.yaml" in e.value.message
 
 

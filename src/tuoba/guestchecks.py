@@ -1,6 +1,7 @@
-"""Guest checks run by `tuoba test` against a booted image (testinfra's `host` fixture).
-
-`tuoba test` passes the image's manifest and the forwarded ssh port in the environment.
+"""The pytest plugin of guest checks: `tuoba test` runs the checks of an image's recipes
+(recipes/<name>/checks/test_*.py) and of every image (tests/image/) with `-p tuoba.guestchecks`,
+against the booted image (testinfra's `host` fixture), and passes the image's manifest and the
+forwarded ssh port in the environment. These are the fixtures every check may use.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import re
 from typing import Any
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "guest: a check run inside a booted image by `tuoba test`")
 
 
 @pytest.fixture(scope="session")
