@@ -13,6 +13,7 @@ from tuoba.config import (
     boolean,
     integer,
     load_yaml,
+    merge_docs,
     name,
     name_list,
     one_of,
@@ -425,12 +426,47 @@ def board_names(data_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in boards.glob("*/board.yaml"))
 
 
-def load_board(data_dir: Path, board: str) -> tuple[Board, Doc]:
+INCLUDES = "common"  # boards/common/<name>.yaml: defaults boards share (`include: [name]`)
+
+
+def include_names(data_dir: Path) -> list[str]:
+    return sorted(p.stem for p in (data_dir / "boards" / INCLUDES).glob("*.yaml"))
+
+
+def board_doc(data_dir: Path, board: str) -> Doc:
+    """The board's data file with the shared files it includes merged under it (each
+    `include:` in order, then the board's own values on top), every value still located in
+    the file that wrote it."""
     path = data_dir / "boards" / board / "board.yaml"
     if not path.is_file():
         known = ", ".join(board_names(data_dir)) or "none"
         raise InputError(f"no board named '{board}'", hint=f"known boards: {known}")
     doc = load_yaml(path, display=f"boards/{board}/board.yaml")
+    if not isinstance(doc.data, dict) or "include" not in doc.data:
+        return doc
+    names = name_list(doc, ("include",), doc.data["include"])
+    merged: Doc | None = None
+    for i, inc in enumerate(names):
+        inc_path = data_dir / "boards" / INCLUDES / f"{inc}.yaml"
+        if not inc_path.is_file():
+            raise doc.error(
+                ("include", i),
+                f"no shared board file boards/{INCLUDES}/{inc}.yaml",
+                hint=f"known: {', '.join(include_names(data_dir)) or 'none'}",
+            )
+        part = load_yaml(inc_path, display=f"boards/{INCLUDES}/{inc}.yaml")
+        if not isinstance(part.data, dict):
+            raise part.error((), "expected a mapping of board fields")
+        if "include" in part.data:
+            raise part.error(("include",), "a shared board file cannot include others",
+                             hint="list them all in the board's own include")  # fmt: skip
+        merged = part if merged is None else merge_docs(merged, part)
+    own = dataclasses.replace(doc, data={k: v for k, v in doc.data.items() if k != "include"})
+    return merge_docs(merged, own) if merged is not None else own
+
+
+def load_board(data_dir: Path, board: str) -> tuple[Board, Doc]:
+    doc = board_doc(data_dir, board)
     v = parse_mapping(doc, (), doc.data, BOARD_FIELDS)
     u_boot = v["boot"].u_boot
     if u_boot is not None and u_boot.offset >= v["image"].first_partition:
@@ -440,4 +476,4 @@ def load_board(data_dir: Path, board: str) -> tuple[Board, Doc]:
             f"({v['image'].first_partition >> 20} MiB)",
             hint="move image -> first_partition past the loader's end",
         )
-    return Board(name=board, directory=path.parent, **v), doc
+    return Board(name=board, directory=data_dir / "boards" / board, **v), doc

@@ -21,20 +21,23 @@ PathPart = str | int
 
 @dataclasses.dataclass(frozen=True)
 class Doc:
-    """A parsed YAML file plus the line of every node, keyed by its path from the root."""
+    """A parsed YAML file plus the line of every node, keyed by its path from the root. A Doc
+    merged from several files (merge_docs) also knows which file each node came from."""
 
     file: str
     data: Any
     lines: dict[tuple[PathPart, ...], int]
+    files: dict[tuple[PathPart, ...], str] = dataclasses.field(default_factory=dict)
+
+    def file_of(self, path: tuple[PathPart, ...]) -> str:
+        return self.files.get(path, self.file)
 
     def where(self, path: Sequence[PathPart]) -> str:
         key = tuple(path)
         while key and key not in self.lines:
             key = key[:-1]
-        loc = f"{self.file}:{self.lines.get(key, 1)}"  # (an empty file: its first line)
-        if path:
-            loc += " -> " + " -> ".join(_fmt_part(p) for p in path).replace(" -> [", "[")
-        return loc
+        loc = f"{self.file_of(key)}:{self.lines.get(key, 1)}"  # (an empty file: its first line)
+        return f"{loc} -> {format_path(path)}" if path else loc
 
     def error(self, path: Sequence[PathPart], message: str, hint: str | None = None) -> InputError:
         return InputError(f"{self.where(path)}: {message}", hint=hint or self.default_hint(path))
@@ -49,6 +52,60 @@ class Doc:
         elif len(parts) == 2:
             parts[1] = "*" + Path(parts[1]).suffix
         return f"compare {what} with the other {'/'.join(parts)} files"
+
+
+def merge_docs(base: Doc, over: Doc) -> Doc:
+    """`over` on top of `base`: mappings merge key by key, any other value of `over` replaces
+    base's whole (a list is not appended to). Every node keeps its own file and line."""
+    lines: dict[tuple[PathPart, ...], int] = {}
+    files: dict[tuple[PathPart, ...], str] = {}
+
+    def take(doc: Doc, path: tuple[PathPart, ...]) -> None:
+        for p, line in doc.lines.items():
+            if p[: len(path)] == path:
+                lines[p], files[p] = line, doc.file_of(p)
+
+    def merge(b: Any, o: Any, path: tuple[PathPart, ...]) -> Any:
+        if not (isinstance(b, dict) and isinstance(o, dict)):
+            take(over, path)
+            return o
+        lines[path], files[path] = over.lines.get(path, 1), over.file_of(path)
+        out = {}
+        for k in [*o, *(k for k in b if k not in o)]:  # (the including file's order first)
+            sub = (*path, str(k))
+            if k in o and k in b:
+                out[k] = merge(b[k], o[k], sub)
+            else:
+                take(over if k in o else base, sub)
+                out[k] = o[k] if k in o else b[k]
+        return out
+
+    data = merge(base.data, over.data, ())
+    return Doc(over.file, data, lines, files)
+
+
+def flatten(doc: Doc) -> list[tuple[tuple[PathPart, ...], Any, str]]:
+    """Every value of the document with where it was written: (path, value, "file:line").
+    A list of plain values is one value; a list of mappings is walked item by item."""
+    out: list[tuple[tuple[PathPart, ...], Any, str]] = []
+
+    def walk(value: Any, path: tuple[PathPart, ...]) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, (*path, str(k)))
+        elif isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+            for i, v in enumerate(value):
+                walk(v, (*path, i))
+        else:
+            out.append((path, value, f"{doc.file_of(path)}:{doc.lines.get(path, 1)}"))
+
+    walk(doc.data, ())
+    return out
+
+
+def format_path(path: Sequence[PathPart]) -> str:
+    """A path into a document as errors write it: `kernel -> features[1]`."""
+    return " -> ".join(_fmt_part(p) for p in path).replace(" -> [", "[")
 
 
 def _fmt_part(p: PathPart) -> str:

@@ -63,9 +63,9 @@ def test_yaml_alias_alone(project: Path) -> None:
 def test_duplicate_key(project: Path) -> None:
     board = project / BOARD
     text = board.read_text()
-    board.write_text(text.replace("arch: arm64\n", "arch: arm64\narch: armhf\n"))
-    line = text.splitlines().index("arch: arm64") + 2
-    assert f"error: {BOARD}:{line}: key 'arch' given twice in one mapping" in refused(project)
+    board.write_text(text.replace("soc: BCM2837\n", "soc: BCM2837\nsoc: BCM2711\n"))
+    line = text.splitlines().index("soc: BCM2837") + 2
+    assert f"error: {BOARD}:{line}: key 'soc' given twice in one mapping" in refused(project)
 
 
 def test_file_too_large(project: Path) -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from tests.cli.test_cli import invoke
 from tests.conftest import ROOT, amlogic_sd_fip, copy_project, zynq_boot_image
 
-# Mutants per file and arguments (37 cases). Plain `pytest` (the quick tier) makes 4 of each;
+# Mutants per file and arguments (39 cases). Plain `pytest` (the quick tier) makes 4 of each;
 # `./dev test` (CI) sets 30: about two minutes in all on 2 cores. A deeper run:
 # TUOBA_FUZZ_EXAMPLES=500 ./dev test tests/cli/test_fuzz.py
 EXAMPLES = int(os.environ.get("TUOBA_FUZZ_EXAMPLES", "4"))
@@ -33,6 +33,8 @@ def _targets() -> list[tuple[str, tuple[str, ...]]]:
         out.append((f"boards/{board}/board.yaml", ("--board", board)))
         if (ROOT / "boards" / board / "kernel.config").is_file():
             out.append((f"boards/{board}/kernel.config", ("--board", board)))
+    for shared in sorted((ROOT / "boards" / "common").glob("*.yaml")):
+        out.append((f"boards/common/{shared.name}", ("--board", "rpi4")))  # rpi4 includes each
     for recipe in sorted(p.parent.name for p in (ROOT / "recipes").glob("*/recipe.yaml")):
         for stage in ("1", "2"):
             out.append((f"recipes/{recipe}/recipe.yaml", ("--recipe", recipe, "--stage", stage)))

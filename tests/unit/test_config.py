@@ -60,7 +60,7 @@ def test_unknown_recipe_lists_known(project: Path) -> None:
 
 def test_unknown_feature_names_file_line_and_path(project: Path) -> None:
     board = project / "boards/qemu-aarch64/board.yaml"
-    board.write_text(board.read_text().replace("features: [bpf, kvm,", "features: [bpf, kvmm,"))
+    board.write_text(board.read_text() + "kernel:\n  features: [bpf, kvmm, virtio]\n")
     with pytest.raises(InputError) as e:
         resolve(request(project))
     line = next(
@@ -75,7 +75,7 @@ def test_unknown_feature_names_file_line_and_path(project: Path) -> None:
 def test_distro_kernel_board_installs_the_package(project: Path) -> None:
     board = project / "boards/qemu-aarch64/board.yaml"
     board.write_text(
-        board.read_text().replace("source: tuoba", "source: distro\n  package: linux-image-arm64")
+        board.read_text() + "kernel:\n  source: distro\n  package: linux-image-arm64\n"
     )
     plan = resolve(request(project))
     assert "linux-image-arm64" in plan.packages
