@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from tuoba import arch as arches
 from tuoba.config import (
     Doc,
     Field,
@@ -27,7 +28,7 @@ from tuoba.config import (
 from tuoba.errors import InputError
 from tuoba.sources import Source, parse_source
 
-ARCHES = ("arm64", "armhf")
+ARCHES = arches.NAMES
 # Partition type names -> (GPT type GUID per the Discoverable Partitions Specification,
 # MBR type byte).
 PARTITION_TYPES = {

@@ -15,9 +15,9 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerNeedSection
 from elftools.elf.segments import InterpSegment
 
+from tuoba import arch as arches
 from tuoba.errors import BuildError
 
-MACHINES = {"arm64": "EM_AARCH64", "armhf": "EM_ARM"}
 GLIBC_LIBS = ("libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "ld-linux")
 GCC_MARKS = ("GCC: (", "libgcc_s")
 
@@ -63,8 +63,9 @@ def inspect(path: Path) -> dict[str, Any]:
 
 def problems(info: dict[str, Any], arch: str, musl_loader: str) -> list[str]:
     found = []
-    if info["machine"] != MACHINES[arch]:
-        found.append(f"built for {info['machine']}, the board is {arch} ({MACHINES[arch]})")
+    machine = arches.of(arch).elf_machine
+    if info["machine"] != machine:
+        found.append(f"built for {info['machine']}, the board is {arch} ({machine})")
     if info["interp"] not in (None, f"/lib/{musl_loader}"):
         found.append(f"loader {info['interp']} (only static or /lib/{musl_loader})")
     glibc = [n for n in info["needed"] if n.startswith(GLIBC_LIBS)]

@@ -15,14 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tuoba import apt, run, sources, ui
+from tuoba import arch as arches
 from tuoba import board as boards
 from tuoba.cache import Store
 from tuoba.config import Field, load_yaml, string
 from tuoba.errors import HostToolError
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
-QEMU_ARCH = {"arm64": "aarch64", "armhf": "arm"}
-QEMU_BINARY = {arch: f"qemu-system-{q}" for arch, q in QEMU_ARCH.items()}
 # Where a newer QEMU comes from when the host release's lacks a board's machine (raspi4b needs
 # QEMU >= 9; Debian 12 has 7.2, its backports 10). The archive URI is the host's own.
 BACKPORTS_LIST = Path("/etc/apt/sources.list.d/tuoba-backports.sources")
@@ -118,7 +117,7 @@ def qemu_machines(binary: str) -> tuple[str, frozenset[str]]:
 
 def require_qemu_machine(arch: str, machine: str) -> None:
     """machine: a machine name, as `qemu -M help` lists it."""
-    binary = run.require(QEMU_BINARY[arch])
+    binary = run.require(arches.of(arch).qemu_system)
     version, names = qemu_machines(binary)
     if machine not in names:
         raise HostToolError(
@@ -169,7 +168,7 @@ def qemu_machine_check(data_dir: Path) -> Check:
             wanted.setdefault((b.arch, b.qemu.machine_type), []).append(name)
     missing = []
     for (arch, machine), names in sorted(wanted.items()):
-        binary = shutil.which(QEMU_BINARY[arch])
+        binary = shutil.which(arches.of(arch).qemu_system)
         if binary is None or machine not in qemu_machines(binary)[1]:
             missing.append(f"{machine} ({', '.join(names)})")
     machines = sorted({m for _, m in wanted})
@@ -179,7 +178,7 @@ def qemu_machine_check(data_dir: Path) -> Check:
 
 
 def binfmt_check(arch: str) -> Check:
-    name = QEMU_ARCH[arch]
+    name = arches.of(arch).qemu
     entry = BINFMT / f"qemu-{name}"
 
     def fix() -> None:
@@ -279,7 +278,7 @@ def _unpack_mkosi(data_dir: Path, store: Store) -> None:
 def all_checks(data_dir: Path, cache_dir: Path) -> list[Check]:
     return [
         *tool_checks(),
-        *(binfmt_check(a) for a in QEMU_ARCH),  # every arch a board may have
+        *(binfmt_check(a) for a in arches.NAMES),  # every arch a board may have
         mkosi_check(data_dir, Store(cache_dir)),
         qemu_machine_check(data_dir),
     ]

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuoba import arch as arches
 from tuoba import run, sources, ui
 from tuoba.cache import Store
 from tuoba.config import Field, load_yaml, parse_mapping, string
@@ -29,9 +30,6 @@ from tuoba.digest import digest
 from tuoba.errors import BuildError, HostToolError
 from tuoba.kernel import Feature, Option, describe_missing, missing_options, parse_config
 
-KARCH = {"arm64": "arm64", "armhf": "arm"}
-CLANG_TARGET = {"arm64": "aarch64-linux-gnu", "armhf": "arm-linux-gnueabi"}
-IMAGE_TARGET = {"arm64": "Image", "armhf": "zImage"}
 # pahole: without it Kconfig silently drops DEBUG_INFO_BTF; the others build host programs.
 BUILD_TOOLS = ("make", "clang", "ld.lld", "llvm-objcopy", "pahole", "flex", "bison", "bc")
 MIN_CLANG = 14  # Linux 6.1 supports clang >= 11; 14 is what this project is tested with
@@ -134,14 +132,14 @@ def explain_missing(src: Path, build: Path, arch: str, missing: list[Option]) ->
         return ""
     env = {
         "srctree": str(src),
-        "ARCH": KARCH[arch],
-        "SRCARCH": KARCH[arch],
+        "ARCH": arches.of(arch).kernel,
+        "SRCARCH": arches.of(arch).kernel,
         "CC": "clang",
         "LD": "ld.lld",
         "HOSTCC": "clang",
         "KERNELVERSION": "6",
         "LLVM": "1",
-        "CLANG_FLAGS": f"--target={CLANG_TARGET[arch]} -fintegrated-as",
+        "CLANG_FLAGS": f"--target={arches.of(arch).clang_target} -fintegrated-as",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -258,7 +256,7 @@ def make(
         "-C",
         str(src),
         f"O={build}",
-        f"ARCH={KARCH[arch]}",
+        f"ARCH={arches.of(arch).kernel}",
         "LLVM=1",
         *cc,
         f"-j{(os.cpu_count() or 1) + 1}",
@@ -316,7 +314,7 @@ def build_kernel(
             + "add the missing dependency to the fragment, or drop the option",
         )
 
-    image_target = IMAGE_TARGET[arch]
+    image_target = arches.of(arch).kernel_image
     own = {p.stem: p for p in board_dts}
     targets = [image_target, "modules", *(f"{d}.dtb" for d in dtbs if d not in own)]
     stop = threading.Event()
@@ -335,7 +333,7 @@ def build_kernel(
     seconds = time.monotonic() - start
 
     release = run.output(
-        ["make", "-s", "-C", str(src), f"O={build}", f"ARCH={KARCH[arch]}", "LLVM=1",
+        ["make", "-s", "-C", str(src), f"O={build}", f"ARCH={arches.of(arch).kernel}", "LLVM=1",
          "kernelrelease"]
     )  # fmt: skip
     summary = {k: v for k, v in inputs.items() if k != "config"} | {"config": digest(text)}
@@ -378,13 +376,14 @@ def _collect(
     tmp: Path,
 ) -> None:
     """Install what the image needs from the build directory into the entry being made."""
-    image_target = IMAGE_TARGET[arch]
+    image_target = arches.of(arch).kernel_image
     (tmp / "modules").mkdir(parents=True)
     make(src, build, arch, ["modules_install"], log, ccache,
          INSTALL_MOD_PATH=str(tmp / "modules"), INSTALL_MOD_STRIP="1")  # fmt: skip
     for stale in (tmp / "modules" / "lib" / "modules" / release).glob("build"):
         stale.unlink()  # a link back into the build dir; meaningless in the image
-    shutil.copyfile(build / "arch" / KARCH[arch] / "boot" / image_target, tmp / image_target)
+    boot = build / "arch" / arches.of(arch).kernel / "boot"
+    shutil.copyfile(boot / image_target, tmp / image_target)
     shutil.copyfile(build / ".config", tmp / "config")
     shutil.copyfile(build / "System.map", tmp / "System.map")
     dtb_dir = tmp / "dtbs"
@@ -393,7 +392,7 @@ def _collect(
         if d in own:
             compile_dts(src, arch, own[d], dtb_dir / f"{d}.dtb", log)
             continue
-        shutil.copyfile(build / "arch" / KARCH[arch] / "boot" / "dts" / f"{d}.dtb",
+        shutil.copyfile(build / "arch" / arches.of(arch).kernel / "boot" / "dts" / f"{d}.dtb",
                         dtb_dir / f"{Path(d).name}.dtb")  # fmt: skip
 
 
@@ -415,7 +414,7 @@ def compile_dts(src: Path, arch: str, dts: Path, dtb: Path, log: Path) -> None:
     run.run(
         ["clang", "-E", "-nostdinc", "-undef", "-D__DTS__", "-x", "assembler-with-cpp", "-P",
          "-I", str(src / "scripts" / "dtc" / "include-prefixes"),
-         "-I", str(src / "arch" / KARCH[arch] / "boot" / "dts"),
+         "-I", str(src / "arch" / arches.of(arch).kernel / "boot" / "dts"),
          "-I", str(src / "include"), "-o", str(pre), str(dts)],
         log=log,
     )  # fmt: skip

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
+from tuoba import arch as arches
 from tuoba import host, run, ui
 from tuoba.board import QemuSpec
 from tuoba.errors import GuestCheckError, InputError
-from tuoba.host import QEMU_BINARY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ def qemu_command(spec: BootSpec, ssh_port: int | None, serial: str, writable: bo
     snapshot = "off" if writable else "on"
     fmt = "qcow2" if spec.image.suffix == ".qcow2" else "raw"
     cmd = [
-        QEMU_BINARY[spec.arch],
+        arches.of(spec.arch).qemu_system,
         "-M", q.machine,
         "-m", str(q.memory),
         "-kernel", str(spec.kernel),

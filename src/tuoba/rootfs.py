@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from tuoba import arch as arches
 from tuoba import host, run
 from tuoba.cache import Store
 from tuoba.digest import digest
@@ -47,10 +48,6 @@ def rootfs_digest(plan: Plan, mkosi_version: str) -> str:
     )
 
 
-# mkosi's names for the boards' architectures (it says "arm" for Debian's armhf).
-MKOSI_ARCH = {"arm64": "arm64", "armhf": "arm"}
-
-
 def mkosi_conf(plan: Plan, output_dir: Path, workspace: Path) -> str:
     packages = "\n".join(f"         {p}" for p in sorted(plan.packages))
     skeleton = skeleton_dir(plan)
@@ -61,7 +58,7 @@ def mkosi_conf(plan: Plan, output_dir: Path, workspace: Path) -> str:
             [Distribution]
             Distribution=debian
             Release={plan.release}
-            Architecture={MKOSI_ARCH[plan.board.arch]}
+            Architecture={arches.of(plan.board.arch).mkosi}
             Mirror={plan.mirrors[0]}
 
             [Output]

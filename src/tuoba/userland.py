@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tuoba import arch as arches
 from tuoba import kbuild, run, sources, ui
 from tuoba.cache import Store
 from tuoba.config import (
@@ -44,18 +45,13 @@ from tuoba.digest import digest
 from tuoba.errors import BuildError, InputError
 from tuoba.kernel import load_fragment, parse_config
 
-# Board arch -> (clang target triple, compiler-rt arch name, musl's dynamic linker name)
-TARGETS = {"arm64": ("aarch64-linux-musl", "aarch64", "ld-musl-aarch64.so.1")}
 CODE = Path(__file__).read_text()  # a change to how things are built rebuilds them
 
 
 def target(arch: str) -> tuple[str, str, str]:
-    if arch not in TARGETS:
-        raise InputError(
-            f"stage 2 is not available for {arch} boards yet",
-            hint=f"stage 2 builds for: {', '.join(TARGETS)}; use --stage 1",
-        )
-    return TARGETS[arch]
+    """(clang target triple, compiler-rt arch name, musl's dynamic linker name)."""
+    m = arches.musl(arch)
+    return m.triple, m.compiler_rt, m.loader
 
 
 # --- data ----------------------------------------------------------------------------------
