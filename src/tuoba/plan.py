@@ -130,18 +130,8 @@ class Plan:
             return Path(self.request.ssh_key)
         return default_ssh_key(self.out_dir).with_suffix(".pub")
 
-    # Step inputs: what each step's output depends on (SCons signs these).
-    def rootfs_inputs(self) -> dict[str, Any]:
-        if self.stage == 2:
-            return {"stage": 2, "arch": self.board.arch, "builds": list(self.builds)}
-        return {
-            "arch": self.board.arch,
-            "release": self.release,
-            "packages": sorted(self.packages),
-            "mirrors": self.mirrors,
-            "security_mirrors": self.security_mirrors,
-        }
-
+    # Step inputs: what each step's output depends on (SCons signs these; the root
+    # filesystem's are its stage's: stages.Stage.root_inputs).
     def overlay_inputs(self) -> dict[str, Any]:
         return {
             "overlays": [(o.name, str(o.path)) for o in self.overlays],

@@ -37,10 +37,21 @@ def tree_files(root: Path) -> dict[str, str]:
     }
 
 
+def inputs(plan: Plan) -> dict[str, Any]:
+    """The plan's values the Debian root filesystem depends on."""
+    return {
+        "arch": plan.board.arch,
+        "release": plan.release,
+        "packages": sorted(plan.packages),
+        "mirrors": plan.mirrors,
+        "security_mirrors": plan.security_mirrors,
+    }
+
+
 def rootfs_digest(plan: Plan, mkosi_version: str) -> str:
     return digest(
         {
-            "inputs": plan.rootfs_inputs(),
+            "inputs": inputs(plan),
             "skeleton": tree_files(skeleton_dir(plan)),
             "mkosi": mkosi_version,
             "format": 1,  # bump when the post-processing below changes

@@ -23,8 +23,6 @@ from typing import Any
 
 from tuoba import (
     bootloader,
-    elfaudit,
-    host,
     image,
     kbuild,
     overlay,
@@ -32,8 +30,8 @@ from tuoba import (
     rootfs,
     run,
     sources,
+    stages,
     ui,
-    userland,
 )
 from tuoba.digest import digest
 from tuoba.errors import BuildError, TuobaError
@@ -112,11 +110,9 @@ def log_path(plan: Plan, step: str) -> Path:
 
 
 def plan_sources(plan: Plan) -> list[sources.Source]:
-    srcs = [host.pinned_tool(plan.data_dir, "mkosi")[0]] if plan.stage == 1 else []
+    srcs = stages.of(plan).sources()
     if plan.board.kernel.source == "tuoba":
         srcs.append(kbuild.load_source(plan.data_dir).source)
-    if plan.stage == 2:
-        srcs += userland.all_sources(plan.data_dir, plan.builds)
     srcs += bootloader.for_board(plan.board, plan.store).sources()
     return srcs
 
@@ -128,56 +124,14 @@ def fetch(plan: Plan) -> None:
             src, plan.store, debian_mirrors=plan.mirrors, offline=plan.request.offline
         )
         fetched[src.name] = {"sha256": src.sha256, "path": str(path), "origin": src.origin}
-    if plan.stage == 1:
-        host.mkosi_dir(plan.data_dir, plan.store, offline=plan.request.offline)
+    stages.of(plan).prepare_tools()
     write_record(plan, "fetch", {"sources": fetched})
 
 
-def build_rootfs(plan: Plan) -> None:
-    if plan.stage == 2:
-        record = build_userland(plan)
-    else:
-        record = rootfs.build_rootfs(plan, log_path(plan, "rootfs"))
+def build_root(plan: Plan) -> None:
+    fetched = {name: Path(v["path"]) for name, v in read_record(plan, "fetch")["sources"].items()}
+    record = stages.of(plan).build_root(log_path(plan, "rootfs"), fetched)
     write_record(plan, "rootfs", record)
-
-
-def build_userland(plan: Plan) -> dict[str, Any]:
-    """Stage 2: the LLVM + musl toolchain, then each package the recipes build, merged into
-    one tree."""
-    log = log_path(plan, "rootfs")
-    log.unlink(missing_ok=True)
-    fetched = read_record(plan, "fetch")["sources"]
-    tarballs = {name: Path(v["path"]) for name, v in fetched.items()}
-    ks = kbuild.load_source(plan.data_dir)
-    ksrc = kbuild.unpack_source(ks, tarballs[ks.source.name], plan.store)
-    spec = userland.load_toolchain(plan.data_dir)
-    tc = userland.build_toolchain(spec, plan.board.arch, ks.id, ksrc, tarballs, plan.store, log)
-
-    def entry(pkg: userland.Package, role: str) -> dict[str, Any]:
-        return {
-            "name": pkg.name,
-            "version": pkg.version,
-            "role": role,
-            "source_sha256": pkg.source.sha256 if pkg.source else None,
-            "built_by": tc.clang,
-            "target": tc.triple,
-        }
-
-    packages = [entry(spec.musl, "toolchain"), entry(spec.compiler_rt, "toolchain")]
-    trees = []
-    for name in plan.builds:
-        pkg = userland.load_package(plan.data_dir, name)
-        tarball = tarballs[pkg.source.name] if pkg.source else None
-        trees.append(userland.build_package(pkg, tc, tarball, plan.store, log))
-        packages.append(entry(pkg, "package"))
-    tree = plan.build_dir / "userland"
-    userland.assemble(trees, tree)
-    return {
-        "digest": digest({"toolchain": tc.digest, "trees": [str(t) for t in trees]}),
-        "tree": str(tree),
-        "packages": packages,
-        "toolchain": {"triple": tc.triple, "digest": tc.digest, "clang": tc.clang},
-    }
 
 
 BOOT_SUFFIXES = (".Image", ".zImage", ".vmlinuz", ".initrd")
@@ -349,7 +303,7 @@ def _build_image(plan: Plan) -> None:
                 symlinks=True,
             )
         overlay.apply_overlay(plan.build_dir / "overlay", staging)
-        write_fstab(staging, parts, plan.stage)
+        write_fstab(staging, parts, stages.of(plan))
         loader = bootloader.for_board(
             plan.board, plan.store, {s.file: s.path for s in plan.supplied}
         )
@@ -359,11 +313,7 @@ def _build_image(plan: Plan) -> None:
         if (staging / "etc/shadow").is_file():
             (staging / "etc/shadow").chmod(0o640)  # git keeps no modes but the exec bit
 
-    audit: list[dict[str, Any]] | None = None
-    if plan.stage == 2:
-        with ui.step("Auditing every ELF file (clang + musl only, no GCC, no glibc)"):
-            musl_loader = userland.target(plan.board.arch)[2]
-            audit = elfaudit.audit_tree(staging, plan.board.arch, musl_loader)
+    audit = stages.of(plan).audit(staging)
 
     spec = plan.board.image
     with ui.step(f"Writing {img.name} ({spec.size >> 20} MiB, {spec.table})"):
@@ -482,11 +432,10 @@ def check_raw_writes(
             )
 
 
-def write_fstab(root: Path, parts: list[image.PlacedPartition], stage: int = 1) -> None:
-    """Mount every partition that has a mountpoint, by PARTUUID (stable across card readers).
-    Stage 2's busybox mount resolves no PARTUUID= (only UUID= and LABEL=, through its
-    volume_id), and has no `nofail`: its other partitions are named by filesystem UUID. Its
-    root line is for `mount -o remount,rw /`, which needs no lookup."""
+def write_fstab(root: Path, parts: list[image.PlacedPartition], stage: stages.Stage) -> None:
+    """Mount every partition that has a mountpoint: the root by PARTUUID (stable across card
+    readers; stage 2's line is for `mount -o remount,rw /`, which needs no lookup), the others
+    as the stage's mount can find them."""
     lines = ["# written by tuoba: <partition> <mountpoint> <type> <options> <dump> <pass>"]
     for p in parts:
         if p.mountpoint is None:
@@ -495,10 +444,7 @@ def write_fstab(root: Path, parts: list[image.PlacedPartition], stage: int = 1) 
             lines.append(f"PARTUUID={p.uuid} / {p.fs} rw,errors=remount-ro 0 1")
         else:
             (root / p.mountpoint.lstrip("/")).mkdir(parents=True, exist_ok=True)
-            if stage == 2:
-                lines.append(f"UUID={image.fs_uuid_as_seen(p)} {p.mountpoint} {p.fs} defaults 0 2")
-            else:
-                lines.append(f"PARTUUID={p.uuid} {p.mountpoint} {p.fs} defaults,nofail 0 2")
+            lines.append(stage.fstab_line(p))
     fstab = root / "etc/fstab"
     fstab.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write into
     fstab.write_text("\n".join(lines) + "\n")
@@ -529,16 +475,11 @@ def files_under(root: Path) -> tuple[Path, ...]:
     return tuple(sorted(p for p in root.rglob("*") if p.is_file())) if root.is_dir() else ()
 
 
-def _userland_files(plan: Plan) -> tuple[Path, ...]:
-    """Stage 2 builds its userland from the package data under userland/ (sources, configs)."""
-    return files_under(plan.data_dir / "userland") if plan.stage == 2 else ()
-
-
 def _fetch_inputs(plan: Plan) -> Inputs:
     data = plan.data_dir
     return Inputs(
         files=(data / "host" / "tools.yaml", data / "kernel" / "sources.yaml",
-               *_userland_files(plan)),
+               *stages.of(plan).input_files()),
         values=(plan.board.kernel.source,),
     )  # fmt: skip
 
@@ -546,8 +487,8 @@ def _fetch_inputs(plan: Plan) -> Inputs:
 def _rootfs_inputs(plan: Plan) -> Inputs:
     return Inputs(
         after=("fetch",),
-        files=(*files_under(rootfs.skeleton_dir(plan)), *_userland_files(plan)),
-        values=(plan.rootfs_inputs(),),
+        files=(*files_under(rootfs.skeleton_dir(plan)), *stages.of(plan).input_files()),
+        values=(stages.of(plan).root_inputs(),),
     )
 
 
@@ -581,7 +522,7 @@ IMAGE_SUFFIXES = (".img", ".img.xz", ".img.bmap", ".manifest.json")
 
 STEPS = (
     Step("fetch", "Fetching sources", fetch, _fetch_inputs),
-    Step("rootfs", "Building the root filesystem ({how})", build_rootfs, _rootfs_inputs),
+    Step("rootfs", "Building the root filesystem ({how})", build_root, _rootfs_inputs),
     Step("kernel", "Preparing the kernel and checking its config", kernel, _kernel_inputs),
     Step("overlay", "Rendering overlays", render, _overlay_inputs),
     Step(
@@ -608,12 +549,7 @@ def run_step(plan: Plan, name: str) -> int:
         f.write(name + "\n")
     plan.store.used.clear()
     try:
-        how = (
-            f"mkosi, Debian {plan.release} {plan.board.arch}"
-            if plan.stage == 1
-            else f"stage 2: clang + musl for {plan.board.arch}, from source"
-        )
-        with ui.step(step.title.format(how=how)):
+        with ui.step(step.title.format(how=stages.of(plan).describe())):
             step.run(plan)
     except BaseException as e:
         error: TuobaError = (

@@ -181,14 +181,18 @@ def test_amlogic_sd_fip_checks() -> None:
 
 def test_fstab_names_partitions_the_way_each_stage_can_mount_them(tmp_path: Path) -> None:
     from tuoba.image import fs_uuid_as_seen
+    from tuoba.stages import Stage
     from tuoba.steps import write_fstab
+
+    def stage(n: int) -> Stage:
+        return Stage.registry[n](None)  # type: ignore[arg-type]  # (fstab_line reads no plan)
 
     boot, root = layout(spec(), "seed")
     (tmp_path / "etc").mkdir()
-    write_fstab(tmp_path, [boot, root], stage=1)  # systemd resolves PARTUUID=
+    write_fstab(tmp_path, [boot, root], stage(1))  # systemd resolves PARTUUID=
     s1 = (tmp_path / "etc/fstab").read_text()
     assert f"PARTUUID={boot.uuid} /boot vfat defaults,nofail 0 2" in s1
-    write_fstab(tmp_path, [boot, root], stage=2)  # busybox: UUID= only, no nofail
+    write_fstab(tmp_path, [boot, root], stage(2))  # busybox: UUID= only, no nofail
     s2 = (tmp_path / "etc/fstab").read_text()
     serial = fs_uuid_as_seen(boot)
     assert re.fullmatch(r"[0-9A-F]{4}-[0-9A-F]{4}", serial)
