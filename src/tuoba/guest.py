@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
+from tuoba import manifest as manifests
 from tuoba import qemu, run, ui
 from tuoba.board import QemuSpec
 from tuoba.errors import GuestCheckError, InputError
@@ -22,24 +21,13 @@ class CheckResult:
     console_log: Path
 
 
-def load_manifest(image: Path) -> dict[str, Any]:
-    manifest_file = image.with_name(image.name.removesuffix(".img") + ".manifest.json")
-    if not image.is_file():
-        raise InputError(f"no image at {image}", hint="build it first: tuoba build --board …")
-    if not manifest_file.is_file():
-        raise InputError(
-            f"{image} has no manifest beside it ({manifest_file.name})",
-            hint="images are tested with the manifest their build wrote; rebuild the image",
-        )
-    data: dict[str, Any] = json.loads(manifest_file.read_text())
-    return data
-
-
-def boot_spec(image: Path, manifest: dict[str, Any], card_size: int | None = None) -> qemu.BootSpec:
-    boot = manifest["boot"]
+def boot_spec(
+    image: Path, manifest: manifests.Manifest, card_size: int | None = None
+) -> qemu.BootSpec:
+    boot = manifest.boot
     if boot.get("qemu") is None:
         raise InputError(
-            f"board '{manifest['board']}' has no QEMU machine to boot in",
+            f"board '{manifest.board}' has no QEMU machine to boot in",
             hint="boards with a qemu section in board.yaml can be booted",
         )
     q = boot["qemu"]
@@ -53,15 +41,15 @@ def boot_spec(image: Path, manifest: dict[str, Any], card_size: int | None = Non
             words = [w for w in words if w != "quiet"] + list(spec.cmdline)
         cmdline = " ".join([*words, *([f"console={spec.console}"] if spec.console else [])])
     return qemu.BootSpec(
-        arch=manifest["arch"],
+        arch=manifest.arch,
         image=image,
         kernel=image.parent / boot["kernel"],
         initrd=image.parent / boot["initrd"] if boot.get("initrd") else None,
-        dtb=image.parent / f"{manifest['name']}.{spec.dtb}" if spec.dtb else None,
+        dtb=image.parent / f"{manifest.name}.{spec.dtb}" if spec.dtb else None,
         cmdline=cmdline,
         qemu=spec,
         card_size=card_size,
-        console_ready=CONSOLE_READY[manifest["stage"]],
+        console_ready=CONSOLE_READY[manifest.stage],
     )
 
 
@@ -96,18 +84,18 @@ def check_image(
     extra_pytest_args: tuple[str, ...] = (),
     card_size: int | None = None,
 ) -> CheckResult:
-    manifest = load_manifest(image)
+    manifest = manifests.load(image)
     spec = boot_spec(image, manifest, card_size)
     if not ssh_key.is_file():
         raise InputError(f"no ssh private key at {ssh_key}", hint="pass --ssh-key PRIVATE_KEY")
-    tests = manifest["tests"]
+    tests = manifest.tests
     if not spec.qemu.network:
         ui.warn(
             f"QEMU '{spec.qemu.machine}' gives this board no network: running the serial-console "
-            f"checks (tests/image/test_serial.py, test_s{manifest['stage']}serial.py) instead of "
+            f"checks (tests/image/test_serial.py, test_s{manifest.stage}serial.py) instead of "
             f"the ssh checks ({', '.join(tests)})"
         )
-        tests = ["tests/image/test_serial.py", f"tests/image/test_s{manifest['stage']}serial.py"]
+        tests = ["tests/image/test_serial.py", f"tests/image/test_s{manifest.stage}serial.py"]
     test_files = [data_dir / t for t in tests]
     missing = [str(t) for t in test_files if not t.is_file()]
     if missing:
@@ -133,14 +121,14 @@ def check_image(
                 "--import-mode=importlib",  # (checks of different recipes may share a name)
                 "--rootdir", str(data_dir),
                 "-c", os.devnull,  # not the project's own pytest settings
-                "-o", f"junit_suite_name=tuoba-{manifest['board']}-s{manifest['stage']}",
+                "-o", f"junit_suite_name=tuoba-{manifest.board}-s{manifest.stage}",
                 "-v",
                 *extra_pytest_args,
             ]  # fmt: skip
             if junit is not None:
                 cmd.append(f"--junitxml={junit}")
             env = {
-                "TUOBA_MANIFEST": json.dumps(manifest),
+                "TUOBA_MANIFEST": manifest.to_json(),
                 "TUOBA_GUEST_PORT": str(guest.ssh_port),
                 "TUOBA_SSH_KEY": str(ssh_key),
                 "TUOBA_CONSOLE_LOG": str(console_log),

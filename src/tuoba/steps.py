@@ -36,6 +36,7 @@ from tuoba import (
 from tuoba.digest import digest
 from tuoba.errors import BuildError, TuobaError
 from tuoba.kernel import assert_config, parse_config
+from tuoba.manifest import Manifest
 from tuoba.plan import Plan, render_context
 
 
@@ -365,18 +366,18 @@ def _build_image(plan: Plan) -> None:
             shutil.copyfile(blob, tmp)
         boot_files.append(exported)
         loaders.append({"file": exported.name, "offset": offset, "size": blob.stat().st_size})
-    manifest: dict[str, Any] = {
-        "name": name,
-        "version": plan.version,
-        "board": plan.board.name,
-        "arch": plan.board.arch,
-        "stage": plan.stage,
-        "recipes": [r.name for r in plan.recipes],
-        "tests": list(plan.tests),
-        "hostname": plan.board.hostname,
-        "inputs_digest": seed,
-        "kernel": {k: v for k, v in kernel_rec.items() if k not in HOST_ONLY},
-        "boot": {
+    manifest = Manifest(
+        name=name,
+        version=plan.version,
+        board=plan.board.name,
+        arch=plan.board.arch,
+        stage=plan.stage,
+        recipes=[r.name for r in plan.recipes],
+        tests=list(plan.tests),
+        hostname=plan.board.hostname,
+        inputs_digest=seed,
+        kernel={k: v for k, v in kernel_rec.items() if k not in HOST_ONLY},
+        boot={
             "kernel": kernel_rec["kernel"],
             "initrd": kernel_rec["initrd"],
             "cmdline": cmdline,
@@ -386,22 +387,21 @@ def _build_image(plan: Plan) -> None:
                 {"file": s.file, "sha256": s.sha256, "from": s.path.name} for s in plan.supplied
             ],
         },
-        "partitions": [vars(p) for p in parts],
-        "sources": {
+        partitions=[vars(p) for p in parts],
+        sources={
             n: {k: v for k, v in src.items() if k not in HOST_ONLY}
             for n, src in read_record(plan, "fetch")["sources"].items()
         },
-        "rootfs": {
+        rootfs={
             "digest": rootfs_rec["digest"],
             **{k: rootfs_rec[k] for k in ("mkosi", "toolchain") if k in rootfs_rec},
         },
-        "packages": rootfs_rec["packages"],
-        "files": {f.name: sources.sha256_file(f) for f in (img, xz, bmap, *boot_files)},
-    }
-    if audit is not None:
-        manifest["audit"] = audit
+        packages=rootfs_rec["packages"],
+        files={f.name: sources.sha256_file(f) for f in (img, xz, bmap, *boot_files)},
+        audit=audit,
+    )
     with publish.atomic(manifest_file) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.write_text(manifest.to_json())
     image.sha256sums(out, [img, xz, bmap, manifest_file, *boot_files])
     write_record(plan, "image", {"image": str(img), "manifest": str(manifest_file)})
 

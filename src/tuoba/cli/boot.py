@@ -4,10 +4,10 @@ from pathlib import Path
 
 import click
 
-from tuoba import qemu
+from tuoba import manifest, qemu
 from tuoba.cli import App
 from tuoba.cli.options import board_option, default_image, image_option, stage_option
-from tuoba.guest import boot_spec, load_manifest
+from tuoba.guest import boot_spec
 
 
 @click.command("boot")
@@ -28,5 +28,5 @@ def command(app: App, board: str, stage: int, image: Path | None, writable: bool
       tuoba boot --board qemu-aarch64
     """
     image = (image or default_image(app.out_dir, board, stage)).resolve()
-    spec = boot_spec(image, load_manifest(image))
+    spec = boot_spec(image, manifest.load(image))
     raise SystemExit(qemu.interactive(spec, writable))
