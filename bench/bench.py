@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tests.conftest import amlogic_sd_fip, copy_project, zynq_boot_image  # noqa: E402
 from tuoba import apt  # noqa: E402
-from tuoba.guest import boot_spec, load_manifest  # noqa: E402
+from tuoba.guest import boot_spec  # noqa: E402
+from tuoba.manifest import load as load_manifest  # noqa: E402
 from tuoba.plan import DEBIAN_RELEASE, image_name  # noqa: E402
 from tuoba.qemu import booted  # noqa: E402
 
@@ -112,7 +113,7 @@ def main() -> None:
         print(f"{label:<34} {secs:8.1f} s   ({ran})")
 
         img = out / f"{image_name(BOARD, 1)}.img"
-        kernel = load_manifest(img)["kernel"]
+        kernel = load_manifest(img).kernel
         results["kernel_compile_s"] = kernel.get("build_seconds")
         print(f"{'  of which kernel compile (make)':<34} {kernel.get('build_seconds')!s:>8} s")
 
@@ -129,7 +130,7 @@ def main() -> None:
         net.write_text(net.read_text() + "CONFIG_DUMMY=m\n")
         secs, ran = timed_build(project, out, cache)
         results["fragment_rebuild_s"] = round(secs, 1)
-        compile_s = load_manifest(img)["kernel"].get("build_seconds")
+        compile_s = load_manifest(img).kernel.get("build_seconds")
         results["fragment_rebuild_kernel_compile_s"] = compile_s
         label = "one-fragment rebuild (+DUMMY=m)"
         print(f"{label:<34} {secs:8.1f} s   ({ran}; make {compile_s} s)")
@@ -233,8 +234,8 @@ def boards(args: argparse.Namespace) -> None:
             manifest = load_manifest(img)
             boot: float | None = None
             machine = None
-            if manifest["boot"]["qemu"] is not None:  # boards with no emulator are not booted
-                card = 4 << 30 if manifest["boot"]["qemu"]["drive"] == "sd" else None
+            if manifest.boot["qemu"] is not None:  # boards with no emulator are not booted
+                card = 4 << 30 if manifest.boot["qemu"]["drive"] == "sd" else None
                 spec = boot_spec(img, manifest, card_size=card)
                 machine = spec.qemu.machine_type
                 with booted(spec, tmpdir / f"console-{board}-{stage}.log", timeout=600) as guest:
