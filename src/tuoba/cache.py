@@ -194,6 +194,8 @@ class Store:
         _check_name(kind, key)
         tmp_root = self.root / "store" / kind
         tmp_root.mkdir(parents=True, exist_ok=True)
+        for stale in leftovers(self.root, f".{key}."):  # a build killed while making it
+            shutil.rmtree(stale, ignore_errors=True)
         work = tmp_root / f".{key}.tmp-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         (work / "data").mkdir(parents=True)
@@ -227,6 +229,30 @@ class Store:
             (marks / self.label).touch()
 
 
+LEFTOVER = re.compile(r"\.[0-9a-f]+\.(?:tmp|removing)-(\d+)")
+
+
+def leftovers(root: Path, prefix: str = ".") -> list[Path]:
+    """Entries half made or half removed by a process that is gone (killed mid-build): never
+    entries, only space to take back."""
+    out = []
+    for d in sorted((root / "store").glob(f"*/{prefix}*")):
+        m = LEFTOVER.fullmatch(d.name)
+        if m and not _alive(int(m.group(1))):
+            out.append(d)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != 0
+
+
 def _check_name(kind: str, key: str) -> None:
     if not KIND.fullmatch(kind) or not KEY.fullmatch(key):
         raise InputError(
@@ -245,6 +271,7 @@ class Usage:
     kinds: Mapping[str, tuple[int, int]]  # kind -> (entries, bytes)
     work: Mapping[str, int]  # work/<name> -> bytes
     other: Mapping[str, int]  # top-level names tuoba does not use (an older layout) -> bytes
+    leftover: int = 0  # bytes of entries a killed build left half made (prune removes them)
 
     @property
     def total(self) -> int:
@@ -252,6 +279,7 @@ class Usage:
             sum(b for _, b in self.kinds.values())
             + sum(self.work.values())
             + sum(self.other.values())
+            + self.leftover
         )
 
 
@@ -269,7 +297,8 @@ def usage(store: Store) -> Usage:
         for p in (sorted(store.root.iterdir()) if store.root.is_dir() else [])
         if p.name not in ("store", "work") and not p.name.startswith(".")
     }
-    return Usage(kinds, work, other)
+    leftover = sum(tree_size(d)[0] for d in leftovers(store.root))
+    return Usage(kinds, work, other, leftover)
 
 
 def select_prune(

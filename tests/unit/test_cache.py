@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import subprocess
 import time
 import types
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tuoba import steps
-from tuoba.cache import Store, parse_duration, select_prune, usage
+from tuoba.cache import Store, leftovers, parse_duration, select_prune, usage
 from tuoba.errors import InputError
 
 KEY = "ab" * 32
@@ -163,3 +164,25 @@ def test_steps_whose_entries_are_gone_are_forgotten(tmp_path: Path) -> None:
     store.remove(entry)
     assert steps.forget_pruned(plan) == ["rootfs"]  # type: ignore[arg-type]
     assert sorted(p.name for p in plan.build_dir.iterdir()) == ["kernel.json", "overlay.json"]
+
+
+def test_what_a_killed_build_left_half_made_is_counted_and_taken_back(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    dead = _dead_pid()
+    for key in (KEY, KEY2):
+        half = tmp_path / "store" / "kernel" / f".{key}.tmp-{dead}" / "data"
+        half.mkdir(parents=True)
+        (half / "f").write_bytes(b"x" * 100)
+    mine = tmp_path / "store" / "kernel" / f".{KEY2}.tmp-{os.getpid()}"  # alive: not touched
+    mine.mkdir()
+    assert len(leftovers(tmp_path)) == 2 and usage(store).leftover == 200
+    assert store.entries() == []  # never entries
+    make(store, "kernel", KEY)  # making that key takes its leftover back
+    assert [p.name for p in leftovers(tmp_path)] == [f".{KEY2}.tmp-{dead}"]
+    assert mine.is_dir()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

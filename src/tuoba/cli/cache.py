@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import click
@@ -77,6 +78,9 @@ def du(app: App) -> None:
         click.echo(f"{cache.human_size(size):>10}  {kind} ({n} {'entry' if n == 1 else 'entries'})")
     for name, size in use.work.items():
         click.echo(f"{cache.human_size(size):>10}  work/{name} (kept for faster rebuilds)")
+    if use.leftover:
+        click.echo(f"{cache.human_size(use.leftover):>10}  left half made by killed builds "
+                   "(tuoba cache prune removes it)")  # fmt: skip
     for name, size in use.other.items():
         click.echo(f"{cache.human_size(size):>10}  {name} (not used by this tuoba: remove it)")
     click.echo(f"{cache.human_size(use.total):>10}  total in {app.cache_dir}")
@@ -119,6 +123,10 @@ def prune(
             if not dry_run:
                 store.remove(e)
             click.echo(f"{'would remove' if dry_run else 'removed'} {e.ref[:40]}  {e.meta.what}")
+        for stale in cache.leftovers(app.cache_dir):
+            if not dry_run:
+                shutil.rmtree(stale, ignore_errors=True)
+            click.echo(f"{'would remove' if dry_run else 'removed'} {stale.name} (half made)")
     freed = cache.human_size(sum(e.meta.size for e in doomed))
     verb = "would free" if dry_run else "freed"
     n = len(doomed)
