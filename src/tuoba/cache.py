@@ -123,7 +123,9 @@ class LocalBackend:
         try:
             meta = Meta.from_json((d / "entry.json").read_text())
         except (OSError, ValueError, TypeError):
-            return None  # not an entry (a stray directory, or one of another layout)
+            return None  # not an entry (a stray directory)
+        if meta.layout != LAYOUT:
+            return None  # an entry of another layout: not read as this one
         users = d / "used-by"
         used = {p.name: p.stat().st_mtime for p in users.iterdir()} if users.is_dir() else {}
         return Entry(meta, d / "data", used)
@@ -183,8 +185,22 @@ class Store:
         return entry
 
     def has(self, ref: str) -> bool:
+        """Whether the entry `kind/key` is there."""
         kind, _, key = ref.partition("/")
         return self.backend.get(kind, key) is not None
+
+    def touch(self, ref: str) -> bool:
+        """Whether the entry `kind/key` is there; when it is, it counts as used now."""
+        kind, _, key = ref.partition("/")
+        return self.get(kind, key) is not None
+
+    def ref_of(self, path: str) -> str | None:
+        """The entry (kind/key) a path on this machine points into, if any."""
+        try:
+            parts = Path(path).relative_to(self.root / "store").parts
+        except ValueError:
+            return None
+        return f"{parts[0]}/{parts[1]}" if len(parts) >= 2 and KEY.fullmatch(parts[1]) else None
 
     @contextlib.contextmanager
     def make(self, kind: str, key: str, *, what: str, inputs: Mapping[str, Any]) -> Iterator[Path]:

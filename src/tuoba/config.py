@@ -30,6 +30,9 @@ class Doc:
     files: dict[tuple[PathPart, ...], str] = dataclasses.field(default_factory=dict)
 
     def file_of(self, path: tuple[PathPart, ...]) -> str:
+        """The file that wrote the node at path (or its nearest written ancestor)."""
+        while path and path not in self.files:
+            path = path[:-1]
         return self.files.get(path, self.file)
 
     def where(self, path: Sequence[PathPart]) -> str:
@@ -46,8 +49,10 @@ class Doc:
         """For a message that names no remedy of its own: where the expected form is seen."""
         key = next((p for p in reversed(path) if isinstance(p, str)), None)
         what = f"'{key}'" if key else "this file"
-        parts = self.file.split("/")
-        if len(parts) == 3:
+        parts = self.file_of(tuple(path)).split("/")
+        if len(parts) == 3 and parts[1] == "common":  # boards/common/<name>.yaml
+            parts[2] = "*.yaml"
+        elif len(parts) == 3:
             parts[1] = "*"
         elif len(parts) == 2:
             parts[1] = "*" + Path(parts[1]).suffix

@@ -21,6 +21,9 @@ class CheckResult:
     console_log: Path
 
 
+CHECK_TIMEOUT = 900  # seconds for one guest check (TCG is slow; none needs near this)
+
+
 def boot_spec(
     image: Path, manifest: manifests.Manifest, card_size: int | None = None
 ) -> qemu.BootSpec:
@@ -120,7 +123,9 @@ def check_image(
                 "-p", "tuoba.guestchecks",  # the fixtures every guest check may use
                 "--import-mode=importlib",  # (checks of different recipes may share a name)
                 "--rootdir", str(data_dir),
-                "-c", os.devnull,  # not the project's own pytest settings
+                "-c", os.devnull,  # not the project's own pytest settings, nor its conftests:
+                "--confcutdir", str(data_dir / "tests" / "image"),
+                "-o", f"timeout={CHECK_TIMEOUT}",  # a hung check fails, naming itself
                 "-o", f"junit_suite_name=tuoba-{manifest.board}-s{manifest.stage}",
                 "-v",
                 *extra_pytest_args,

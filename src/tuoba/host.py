@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from tuoba import apt, run, sources, ui
+from tuoba import apt, lock, run, sources, ui
 from tuoba import arch as arches
 from tuoba import board as boards
 from tuoba.cache import Store
@@ -272,7 +272,8 @@ def mkosi_check(data_dir: Path, store: Store) -> Check:
 
 
 def _unpack_mkosi(data_dir: Path, store: Store) -> None:
-    mkosi_dir(data_dir, store)
+    with lock.exclusive(store.root, "the cache", holder="tuoba doctor --fix"):
+        mkosi_dir(data_dir, store)
 
 
 def all_checks(data_dir: Path, cache_dir: Path) -> list[Check]:

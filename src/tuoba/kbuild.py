@@ -19,6 +19,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -268,7 +269,7 @@ def make(
 
 def build_kernel(
     *,
-    src: Path,
+    unpack: Callable[[], Path],
     source_id: str,
     store: Store,
     arch: str,
@@ -278,8 +279,9 @@ def build_kernel(
     log: Path,
     board_dts: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
-    """Configure, assert, build and collect the kernel; returns its record. `src` is the
-    unpacked tree of the source `source_id` names (KernelSource.id). `board_dts` are the
+    """Configure, assert, build and collect the kernel (or find it in the cache); returns its
+    record. `unpack` gives the tree of the source `source_id` names (KernelSource.id), called
+    only when the kernel is built. `board_dts` are the
     device trees of `dtbs` that boards ship themselves (compiled against this source's
     includes); the rest are Linux's own."""
     for tool in BUILD_TOOLS:
@@ -295,6 +297,7 @@ def build_kernel(
         ui.info(f"  reusing kernel built for these inputs: {entry.data}")
         return _record(entry.data)
 
+    src = unpack()
     build = store.work(f"kernel-build-{flavour}")
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")

@@ -30,8 +30,8 @@ def exclusive(directory: Path, what: str, holder: str = "tuoba build") -> Iterat
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            ui.info(f"waiting: {what} {directory} is in use by {holder}")
+            current = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            ui.info(f"waiting: {what} {directory} is in use by {current}")
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)

@@ -12,7 +12,9 @@ from typing import Any
 
 from tuoba.errors import InputError
 
-SCHEMA = 1  # bump when a field changes meaning or goes; adding one does not need it
+# Bump when a field changes meaning or goes (adding one does not need it). 2: `tests` names
+# check files by path (recipes/<name>/checks/…), not by module name.
+SCHEMA = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +52,17 @@ class Manifest:
             raise InputError(f"{where}: not a manifest (not JSON: {e})", hint=REBUILD) from e
         if not isinstance(raw, dict):
             raise InputError(f"{where}: not a manifest (not a JSON object)", hint=REBUILD)
-        schema = raw.get("schema", 1)  # (written from schema 1 on; earlier ones had its form)
+        schema = raw.get("schema", 1)  # (written from 2 on; before, the form of 1)
         if not isinstance(schema, int) or schema > SCHEMA:
             raise InputError(
                 f"{where}: manifest schema {schema!r}, this tuoba reads up to {SCHEMA}",
                 hint="use the tuoba that built the image, or a newer one",
+            )
+        if schema < SCHEMA:
+            raise InputError(
+                f"{where}: manifest schema {schema} (an older tuoba's: its guest checks are "
+                f"named the old way), this tuoba reads {SCHEMA}",
+                hint=REBUILD,
             )
         names = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(n for n in names - raw.keys() if n not in ("audit", "schema"))

@@ -148,7 +148,6 @@ def build_rootfs(plan: Plan, log: Path) -> dict[str, Any]:
     """Build (or reuse) the rootfs tree; returns its record (digest, tree, packages)."""
     host.require_binfmt(plan.board.arch)
     store = plan.store
-    site = host.mkosi_dir(plan.data_dir, store, offline=plan.request.offline)
     _, mkosi_version = host.pinned_tool(plan.data_dir, "mkosi")
     key = rootfs_digest(plan, mkosi_version)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +162,7 @@ def build_rootfs(plan: Plan, log: Path) -> dict[str, Any]:
         names = [r.name for r in plan.recipes]
         what = f"Debian {plan.board.arch} root filesystem ({', '.join(names)})"
         inputs = {"mkosi": mkosi_version, "arch": plan.board.arch, "recipes": names}
+        site = host.mkosi_dir(plan.data_dir, store, offline=plan.request.offline)
         with store.make("rootfs", key, what=what, inputs=inputs) as data:
             _mkosi_build(plan, store, site, key, log, data)
             record = {

@@ -104,9 +104,12 @@ class Llvm(Stage):
         plan = self.plan
         log.unlink(missing_ok=True)
         ks = kbuild.load_source(plan.data_dir)
-        ksrc = kbuild.unpack_source(ks, fetched[ks.source.name], plan.store)
         spec = userland.load_toolchain(plan.data_dir)
-        tc = userland.build_toolchain(spec, plan.board.arch, ks.id, ksrc, fetched, plan.store, log)
+        tc = userland.build_toolchain(
+            spec, plan.board.arch, ks.id,
+            lambda: kbuild.unpack_source(ks, fetched[ks.source.name], plan.store),
+            fetched, plan.store, log,
+        )  # fmt: skip
 
         def entry(pkg: userland.Package, role: str) -> dict[str, Any]:
             return {

@@ -79,16 +79,28 @@ def read_record(plan: Plan, step: str) -> dict[str, Any]:
 
 
 def write_record(plan: Plan, step: str, data: dict[str, Any]) -> None:
-    """The step's record, with the cache entries it used (a build whose entries were pruned
-    since runs the step again: see forget_pruned)."""
-    data = data | {"cache": sorted(plan.store.used)}
+    """The step's record, with the cache entries its paths point into (a build whose entries
+    were pruned since runs the step again: see forget_pruned). Entries used only to make the
+    step's results (a tool, an unpacked source) are not among them: the results do not need
+    them once made."""
+    data = data | {"cache": sorted(_refs(plan, data))}
     with publish.atomic(record_path(plan, step)) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _refs(plan: Plan, value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return {r for v in value.values() for r in _refs(plan, v)}
+    if isinstance(value, list | tuple):
+        return {r for v in value for r in _refs(plan, v)}
+    ref = plan.store.ref_of(value) if isinstance(value, str) else None
+    return {ref} if ref else set()
+
+
 def forget_pruned(plan: Plan) -> list[str]:
     """Remove the records of steps whose cache entries are gone (pruned, or removed by hand),
-    so SCons runs them again instead of trusting a result that points at nothing. Returns the
+    so SCons runs them again instead of trusting a result that points at nothing; the entries
+    that are there count as used by this build (their age is since this build). Returns the
     steps forgotten."""
     forgotten = []
     for step in STEP_NAMES:
@@ -97,7 +109,7 @@ def forget_pruned(plan: Plan) -> list[str]:
             refs = json.loads(path.read_text()).get("cache", [])
         except (OSError, ValueError, AttributeError):
             continue
-        if not all(plan.store.has(ref) for ref in refs):
+        if not all([plan.store.touch(ref) for ref in refs]):  # (a list: every one touched)
             path.unlink()
             forgotten.append(step)
     return forgotten
@@ -149,9 +161,8 @@ def kernel_tuoba(plan: Plan) -> None:
     """The TuobaOS kernel: built here by clang/LLVM from the pinned source."""
     ks = kbuild.load_source(plan.data_dir)
     tarball = Path(read_record(plan, "fetch")["sources"][ks.source.name]["path"])
-    src = kbuild.unpack_source(ks, tarball, plan.store)
     rec = kbuild.build_kernel(
-        src=src,
+        unpack=lambda: kbuild.unpack_source(ks, tarball, plan.store),
         source_id=ks.id,
         store=plan.store,
         arch=plan.board.arch,
@@ -547,7 +558,6 @@ def run_step(plan: Plan, name: str) -> int:
     step = BY_NAME[name]
     with (plan.build_dir / "ran.txt").open("a") as f:
         f.write(name + "\n")
-    plan.store.used.clear()
     try:
         with ui.step(step.title.format(how=stages.of(plan).describe())):
             step.run(plan)

@@ -265,13 +265,14 @@ def build_toolchain(
     spec: ToolchainSpec,
     arch: str,
     kernel_id: str,
-    kernel_src: Path,
+    kernel_src: Callable[[], Path],
     tarballs: dict[str, Path],
     store: Store,
     log: Path,
 ) -> Toolchain:
-    """The clang + musl toolchain for arch (or the cached one): kernel UAPI headers from
-    kernel_src (the tree of source `kernel_id`), musl, compiler-rt's builtins."""
+    """The clang + musl toolchain for arch (or the cached one): kernel UAPI headers from the
+    tree of source `kernel_id` (kernel_src unpacks it, called only when the toolchain is
+    built), musl, compiler-rt's builtins."""
     triple = target(arch)[0]
     for tool in ("clang", "ld.lld", "llvm-ar", "llvm-ranlib", "llvm-strip", "make", "tar"):
         run.require(tool)
@@ -293,7 +294,7 @@ def build_toolchain(
             store.make("toolchain", key, what=what, inputs=inputs) as out,
             _scratch(store, key[:16]) as work,
         ):
-            _make_toolchain(spec, arch, key, clang, kernel_src, tarballs, out, work, log)
+            _make_toolchain(spec, arch, key, clang, kernel_src(), tarballs, out, work, log)
         entry = store.get("toolchain", key)
         assert entry is not None  # (just made)
     return Toolchain(triple, entry.data / "sysroot", entry.data / "resource", key, clang)

@@ -259,3 +259,19 @@ def test_cache_prune_bad_input(project: Path, args: tuple[str, ...], message: st
     code, out = invoke(project, "--cache-dir", str(project / "cache"), "cache", "prune", *args)
     assert code == 2
     assert message in out and "hint:" in out
+
+
+def test_cache_rm_takes_a_unique_key_prefix(project: Path) -> None:
+    cache_dir = project / "cache"
+    store = Store(cache_dir)
+    for key in ("ab" * 32, "ac" * 32):
+        with store.make("rootfs", key, what="a root", inputs={}) as data:
+            (data / "f").write_text("x")
+    args = ("--cache-dir", str(cache_dir), "cache", "rm")
+    code, out = invoke(project, *args, "rootfs/a")
+    assert code == 2 and "rootfs/a: 2 cache entries match" in out and "hint:" in out
+    code, out = invoke(project, *args, "kernel/ab")
+    assert code == 2 and "kernel/ab: no cache entries match" in out
+    code, out = invoke(project, *args, "rootfs/ab")
+    assert code == 0 and "removed rootfs/abab" in out
+    assert [e.meta.key for e in store.entries()] == ["ac" * 32]

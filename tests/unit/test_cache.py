@@ -186,3 +186,13 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_ref_of_a_path_into_an_entry(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.ref_of(str(tmp_path / "store" / "rootfs" / KEY / "data" / "tree")) == (
+        f"rootfs/{KEY}"
+    )
+    assert store.ref_of(str(tmp_path / "work" / "ccache")) is None
+    assert store.ref_of(str(tmp_path / "store" / "rootfs" / f".{KEY}.tmp-1")) is None
+    assert store.ref_of("/elsewhere/store/rootfs/" + KEY) is None

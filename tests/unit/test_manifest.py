@@ -29,10 +29,12 @@ def test_round_trip_and_schema(tmp_path: Path) -> None:
     assert manifest.load(img) == M
 
 
-def test_a_manifest_without_schema_is_read_as_the_first() -> None:
+def test_an_older_manifest_is_refused_with_the_rebuild_hint() -> None:
     raw = json.loads(M.to_json())
-    del raw["schema"]
-    assert Manifest.from_json(json.dumps(raw), "m").schema == 1
+    del raw["schema"]  # (schema 1 did not write the field; its tests were module names)
+    with pytest.raises(InputError, match=r"^m: manifest schema 1 \(an older tuoba's") as e:
+        Manifest.from_json(json.dumps(raw), "m")
+    assert "rebuild the image" in (e.value.hint or "")
 
 
 @pytest.mark.parametrize(

@@ -123,11 +123,43 @@ def prune(
             if not dry_run:
                 store.remove(e)
             click.echo(f"{'would remove' if dry_run else 'removed'} {e.ref[:40]}  {e.meta.what}")
+        half_made = 0
         for stale in cache.leftovers(app.cache_dir):
+            half_made += cache.tree_size(stale)[0]
             if not dry_run:
                 shutil.rmtree(stale, ignore_errors=True)
             click.echo(f"{'would remove' if dry_run else 'removed'} {stale.name} (half made)")
-    freed = cache.human_size(sum(e.meta.size for e in doomed))
+    freed = cache.human_size(sum(e.meta.size for e in doomed) + half_made)
     verb = "would free" if dry_run else "freed"
     n = len(doomed)
     click.echo(f"{n} {'entry' if n == 1 else 'entries'}, {verb} {freed}")
+
+
+@command.command("rm")
+@click.argument("refs", nargs=-1, required=True, metavar="KIND/KEY...")
+@click.pass_obj
+def rm(app: App, refs: tuple[str, ...]) -> None:
+    """Remove the named entries (KIND/KEY, the key or a unique prefix of it, as `tuoba cache
+    list` shows them).
+
+    \b
+    Example:
+      tuoba cache rm rootfs/8a7cf2b084ea
+    """
+    with lock.exclusive(app.cache_dir, "the cache", holder="tuoba cache rm"):
+        store = cache.Store(app.cache_dir)
+        entries = store.entries()
+        chosen = []
+        for ref in refs:
+            kind, _, prefix = ref.partition("/")
+            found = [e for e in entries if e.meta.kind == kind and e.meta.key.startswith(prefix)]
+            if len(found) != 1 or not prefix:
+                raise InputError(
+                    f"{ref}: {'no' if not found else str(len(found))} cache entries match",
+                    hint="name one entry as KIND/KEY, with enough of the key to be unique "
+                    "(tuoba cache list)",
+                )
+            chosen.append(found[0])
+        for e in chosen:
+            store.remove(e)
+            click.echo(f"removed {e.ref[:40]}  {e.meta.what}")
