@@ -558,6 +558,10 @@ def run_step(plan: Plan, name: str) -> int:
     step = BY_NAME[name]
     with (plan.build_dir / "ran.txt").open("a") as f:
         f.write(name + "\n")
+    # The old record goes first: a step that fails or is interrupted leaves none, so the next
+    # build runs it again whatever its inputs are then (SCons keeps the targets of a failed
+    # action, all of them Precious: steps replace their outputs themselves).
+    record_path(plan, name).unlink(missing_ok=True)
     try:
         with ui.step(step.title.format(how=stages.of(plan).describe())):
             step.run(plan)
