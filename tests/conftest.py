@@ -99,6 +99,6 @@ def kernel_config(img: Path, manifest: dict[str, Any]) -> str:
     """The .config of the kernel an image was built with: the manifest names it only by its
     cache key (it carries no host paths); the build's own record knows its cache entry."""
     record = img.parent / ".build" / f"{manifest['board']}-s{manifest['stage']}" / "kernel.json"
-    entry = Path(json.loads(record.read_text())["dir"])
-    assert entry.name == manifest["kernel"]["config_digest"]
-    return (entry / "config").read_text()
+    data = Path(json.loads(record.read_text())["dir"])  # CACHE/store/kernel/<key>/data
+    assert data.parent.name == manifest["kernel"]["config_digest"]
+    return (data / "config").read_text()
