@@ -225,6 +225,9 @@ def test_interrupted_build_leaves_no_finished_image_and_next_build_finishes(
         stdout=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
+        # as from a terminal: a suite started in the background by a non-interactive shell
+        # inherits SIGINT ignored, and so would tuoba (Python keeps an ignored SIGINT ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 300
