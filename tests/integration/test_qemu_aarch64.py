@@ -236,9 +236,7 @@ def test_interrupted_build_leaves_no_finished_image_and_next_build_finishes(
             break
     time.sleep(2)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    # tuoba ends the build's process group: SIGTERM, SIGKILL after run.GROUP_GRACE; on a busy
-    # disk a killed mkfs can take a while to go (a 60 s bound failed twice with two suites at
-    # once on 2 cores)
+    # tuoba ends the build's process group: SIGTERM, SIGKILL after run.GROUP_GRACE (30 s)
     proc.wait(180)
     assert proc.returncode != 0
     assert not built.artifact(".img").exists()
