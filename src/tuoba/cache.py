@@ -169,14 +169,12 @@ class LocalBackend:
 
 class Store:
     """The cache a build uses: lookups, atomic publishing, and a note of what was used (by
-    `label`, a board and stage such as ``rpi4-s1``) for `tuoba cache list` and for the build
-    to notice entries pruned under its records."""
+    `label`, a board and stage such as ``rpi4-s1``) for `tuoba cache list` and prune ages."""
 
     def __init__(self, root: Path, label: str | None = None, backend: Backend | None = None):
         self.root = root
         self.label = label
         self.backend: Backend = backend or LocalBackend(root)
-        self.used: set[str] = set()
 
     def get(self, kind: str, key: str) -> Entry | None:
         entry = self.backend.get(kind, key)
@@ -236,7 +234,6 @@ class Store:
         self.backend.remove(entry)
 
     def _used(self, entry: Entry) -> None:
-        self.used.add(entry.ref)
         if self.label is None or not isinstance(self.backend, LocalBackend):
             return
         marks = entry.data.parent / "used-by"

@@ -27,14 +27,14 @@ def skeleton_dir(plan: Plan) -> Path:
     return plan.board.directory / "skeleton"
 
 
+def files_under(root: Path) -> tuple[Path, ...]:
+    """Every file under root, sorted (none when root is not a directory)."""
+    return tuple(sorted(p for p in root.rglob("*") if p.is_file())) if root.is_dir() else ()
+
+
 def tree_files(root: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under root (for signatures)."""
-
-    if not root.is_dir():
-        return {}
-    return {
-        str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(root)): sha256_file(p) for p in files_under(root)}
 
 
 def inputs(plan: Plan) -> dict[str, Any]:

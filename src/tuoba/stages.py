@@ -92,8 +92,7 @@ class Llvm(Stage):
 
     def input_files(self) -> tuple[Path, ...]:
         """Its userland is built from the package data under userland/ (sources, configs)."""
-        root = self.plan.data_dir / "userland"
-        return tuple(sorted(p for p in root.rglob("*") if p.is_file()))
+        return rootfs.files_under(self.plan.data_dir / "userland")
 
     def root_inputs(self) -> dict[str, Any]:
         return {"stage": 2, "arch": self.plan.board.arch, "builds": list(self.plan.builds)}

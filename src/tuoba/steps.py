@@ -482,10 +482,6 @@ class Step:
     outputs: Callable[[Plan], tuple[Path, ...]] = lambda plan: ()  # files besides the record
 
 
-def files_under(root: Path) -> tuple[Path, ...]:
-    return tuple(sorted(p for p in root.rglob("*") if p.is_file())) if root.is_dir() else ()
-
-
 def _fetch_inputs(plan: Plan) -> Inputs:
     data = plan.data_dir
     return Inputs(
@@ -498,7 +494,7 @@ def _fetch_inputs(plan: Plan) -> Inputs:
 def _rootfs_inputs(plan: Plan) -> Inputs:
     return Inputs(
         after=("fetch",),
-        files=(*files_under(rootfs.skeleton_dir(plan)), *stages.of(plan).input_files()),
+        files=(*rootfs.files_under(rootfs.skeleton_dir(plan)), *stages.of(plan).input_files()),
         values=(stages.of(plan).root_inputs(),),
     )
 
@@ -519,7 +515,7 @@ def _kernel_inputs(plan: Plan) -> Inputs:
 
 def _overlay_inputs(plan: Plan) -> Inputs:
     return Inputs(
-        files=(plan.ssh_key, *(f for o in plan.overlays for f in files_under(o.path))),
+        files=(plan.ssh_key, *(f for o in plan.overlays for f in rootfs.files_under(o.path))),
         values=(plan.overlay_inputs(),),
     )
 
