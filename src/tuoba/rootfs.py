@@ -182,8 +182,10 @@ def build_rootfs(plan: Plan, log: Path) -> dict[str, Any]:
 def _mkosi_build(plan: Plan, store: Store, site: Path, key: str, log: Path, data: Path) -> None:
     """Run mkosi for the plan; its tree becomes data/tree."""
     work = store.work("rootfs") / key[:16]
-    workspace = work / "workspace"
-    shutil.rmtree(work, ignore_errors=True)
+    # mkosi refuses a workspace inside its configuration directory (a build source)
+    workspace = work.with_name(f"{work.name}.workspace")
+    for d in (work, workspace):
+        shutil.rmtree(d, ignore_errors=True)
     (work / "mkosi.sandbox/etc/apt/sources.list.d").mkdir(parents=True)
     (work / "out").mkdir()
     workspace.mkdir()
@@ -214,4 +216,5 @@ def _mkosi_build(plan: Plan, store: Store, site: Path, key: str, log: Path, data
         stale_index_error(log)
         raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for d in (work, workspace):
+            shutil.rmtree(d, ignore_errors=True)
