@@ -11,10 +11,11 @@ import struct
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tuoba import image, run, sources, ui
+from tuoba import disk, run, sources, ui
 from tuoba.board import Board
 from tuoba.cache import Store
 from tuoba.errors import BuildError, InputError
+from tuoba.records import KernelRecord
 
 
 class Bootloader:
@@ -33,31 +34,31 @@ class Bootloader:
     def sources(self) -> list[sources.Source]:
         return [self.board.boot.firmware] if self.board.boot.firmware else []
 
-    def boot_partition(self, dest: Path, kernel: dict[str, Any], cmdline: str) -> None:
+    def boot_partition(self, dest: Path, kernel: KernelRecord, cmdline: str) -> None:
         """Fill the tree that becomes the boot (FAT) partition."""
         raise BuildError(
             f"board '{self.board.name}' has a FAT boot partition but boot method "
             f"'{self.method}' puts nothing on it"
         )
 
-    def root_tree(self, root: Path, kernel: dict[str, Any], cmdline: str) -> None:
+    def root_tree(self, root: Path, kernel: KernelRecord, cmdline: str) -> None:
         """Add what the loader reads from the root filesystem (nothing by default)."""
 
     def raw_writes(self, log: Path) -> list[tuple[int, Path]]:
         """(byte offset, file) written onto the disk outside any partition."""
         return []
 
-    def board_dtbs(self, kernel: dict[str, Any]) -> list[str]:
+    def board_dtbs(self, kernel: KernelRecord) -> list[str]:
         """The built device trees (file names) that are this board's."""
         mine = {Path(d).name for d in self.board.kernel.dtbs}
-        return [d for d in kernel["dtbs"] if Path(d).stem in mine]
+        return [d for d in kernel.dtbs if Path(d).stem in mine]
 
-    def copy_kernel(self, kernel: dict[str, Any], dest: Path, dtb_dir: Path) -> list[str]:
+    def copy_kernel(self, kernel: KernelRecord, dest: Path, dtb_dir: Path) -> list[str]:
         """The built kernel image into `dest` and this board's device trees into `dtb_dir`;
         returns the device trees' file names."""
-        built = Path(kernel["dir"])
+        built = kernel.built
         dtb_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built / kernel["image"], dest / kernel["image"])
+        shutil.copyfile(built / kernel.boot_image, dest / kernel.boot_image)
         dtbs = self.board_dtbs(kernel)
         for dtb in dtbs:
             shutil.copyfile(built / "dtbs" / dtb, dtb_dir / dtb)
@@ -89,7 +90,7 @@ class RpiFirmware(Bootloader):
             assert entry is not None  # (just made)
         return entry.data / self.board.boot.firmware_dir.lstrip("/")
 
-    def boot_partition(self, dest: Path, kernel: dict[str, Any], cmdline: str) -> None:
+    def boot_partition(self, dest: Path, kernel: KernelRecord, cmdline: str) -> None:
         fw = self.firmware_tree()
         for name in self.board.boot.firmware_files:
             src = fw / name
@@ -105,7 +106,7 @@ class RpiFirmware(Bootloader):
         (dest / "cmdline.txt").write_text(cmdline + "\n")
 
 
-def extlinux_conf(kernel: dict[str, Any], cmdline: str, prefix: str, dtb: str | None) -> str:
+def extlinux_conf(kernel: KernelRecord, cmdline: str, prefix: str, dtb: str | None) -> str:
     """extlinux.conf for U-Boot's distro boot (doc/develop/distro.rst): paths are relative to
     the partition it is read from."""
     return (
@@ -113,8 +114,8 @@ def extlinux_conf(kernel: dict[str, Any], cmdline: str, prefix: str, dtb: str | 
         "default tuoba\n"
         "timeout 1\n"
         "label tuoba\n"
-        f"    menu label TuobaOS (Linux {kernel['version']})\n"
-        f"    linux {prefix}/{kernel['image']}\n"
+        f"    menu label TuobaOS (Linux {kernel.version})\n"
+        f"    linux {prefix}/{kernel.boot_image}\n"
         + (f"    fdt {prefix}/{dtb}\n" if dtb else "")
         + f"    append {cmdline}\n"
     )
@@ -128,7 +129,7 @@ class Zynq(Bootloader):
 
     method = "zynq"
 
-    def boot_partition(self, dest: Path, kernel: dict[str, Any], cmdline: str) -> None:
+    def boot_partition(self, dest: Path, kernel: KernelRecord, cmdline: str) -> None:
         for file, path in self.supplied.items():
             shutil.copyfile(path, dest / file)
         dtbs = self.copy_kernel(kernel, dest, dest)
@@ -218,7 +219,7 @@ class Extlinux(Bootloader):
 
     method = "extlinux"
 
-    def root_tree(self, root: Path, kernel: dict[str, Any], cmdline: str) -> None:
+    def root_tree(self, root: Path, kernel: KernelRecord, cmdline: str) -> None:
         boot = root / "boot"
         (boot / "extlinux").mkdir(parents=True, exist_ok=True)
         dtbs = self.copy_kernel(kernel, boot, boot / "dtbs")
@@ -310,7 +311,7 @@ class AmlogicFip(Extlinux):
         work = log.parent / "amlogic-fip"
         work.mkdir(parents=True, exist_ok=True)
         code, fip = work / "mbr-boot-code.bin", work / "boot-image.bin"
-        code.write_bytes(data[: image.MBR_BOOT_CODE])
+        code.write_bytes(data[: disk.MBR_BOOT_CODE])
         fip.write_bytes(data[AML_SD_OFFSET:])
         return [(0, code), (AML_SD_OFFSET, fip)]
 

@@ -1,238 +1,253 @@
-"""Disk images: partition table, filesystems, block map, compression, checksums, manifest.
+"""Composing a board's disk image from what the steps before made: the root tree (rootfs +
+kernel modules + rendered overlays + fstab + enabled services + the boot method's files),
+its filesystems, the partition table and the loader outside it; then the block map, the xz
+copy, the manifest and SHA256SUMS. The disk-level helpers are in `tuoba.disk`.
 
-Everything is written under a temporary name and renamed when complete, so an interrupted
-build never leaves a finished-looking artifact.
+Every artifact is written under a temporary name and renamed when complete; on failure the
+scratch (staging tree, partition images) goes too, so a full disk keeps nothing of it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import errno
-import hashlib
-import os
-import uuid
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from tuoba import run
-from tuoba.board import PARTITION_TYPES, ImageSpec
-from tuoba.publish import atomic
-from tuoba.sources import sha256_file
+from tuoba import bootloader, disk, overlay, publish, run, sources, ui
+from tuoba.digest import digest
+from tuoba.errors import BuildError
+from tuoba.manifest import Manifest
+from tuoba.plan import Plan
+from tuoba.records import FetchRecord, ImageRecord, KernelRecord, OverlayRecord, RootfsRecord
 
-SECTOR = 512
-MBR_BOOT_CODE = 440  # the MBR's boot code area; the disk signature and partition table follow
-ALIGN = 1 << 20  # partitions start on 1 MiB boundaries
-BMAP_BLOCK = 4096
-# Fixed timestamp for filesystem metadata, so the same inputs give the same bytes.
-SOURCE_DATE_EPOCH = 1700000000
+SUFFIXES = (".img", ".img.xz", ".img.bmap", ".manifest.json")
+GPT_END = 34 * 512  # protective MBR, GPT header and a 128-entry table (the backup is at the end)
 
-
-@dataclasses.dataclass(frozen=True)
-class PlacedPartition:
-    name: str
-    type: str  # GPT type GUID or MBR type byte, as the table wants
-    fs: str
-    mountpoint: str | None
-    start: int  # bytes
-    size: int  # bytes
-    uuid: str  # PARTUUID as the kernel sees it (GPT: a UUID; MBR: <disk id>-<number>)
-    fs_uuid: str
+# What differs between stages, asked of the plan's stage by the caller.
+Audit = Callable[[Path], list[dict[str, Any]] | None]
+FstabLine = Callable[[disk.PlacedPartition], str]
 
 
-def stable_uuid(seed: str, what: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tuoba:{seed}:{what}"))
+def compose(
+    plan: Plan,
+    *,
+    fetched: FetchRecord,
+    root: RootfsRecord,
+    kernel: KernelRecord,
+    overlays: OverlayRecord,
+    audit: Audit,
+    fstab_line: FstabLine,
+    log: Path,
+) -> ImageRecord:
+    """Make the image and everything beside it; on failure remove its scratch and raise."""
+    try:
+        return _compose(plan, fetched, root, kernel, overlays, audit, fstab_line, log)
+    except BaseException:
+        shutil.rmtree(plan.build_dir / "staging", ignore_errors=True)
+        for scratch in plan.build_dir.glob("part-*"):
+            if scratch.is_dir():
+                shutil.rmtree(scratch, ignore_errors=True)
+            else:
+                scratch.unlink(missing_ok=True)
+        raise
 
 
-def mbr_disk_id(seed: str) -> str:
-    return stable_uuid(seed, "disk")[:8]
+def _compose(
+    plan: Plan,
+    fetched: FetchRecord,
+    root: RootfsRecord,
+    kernel: KernelRecord,
+    overlays: OverlayRecord,
+    audit: Audit,
+    fstab_line: FstabLine,
+    log: Path,
+) -> ImageRecord:
+    log.unlink(missing_ok=True)
+    out = plan.out_dir
+    name = plan.image_name
+    img, xz, bmap = out / f"{name}.img", out / f"{name}.img.xz", out / f"{name}.img.bmap"
+    manifest_file = out / f"{name}.manifest.json"
+    for old in (manifest_file, img, xz, bmap):  # no stale set may look finished
+        old.unlink(missing_ok=True)
 
-
-def layout(spec: ImageSpec, seed: str) -> list[PlacedPartition]:
-    """Place partitions on 1 MiB boundaries; the last one without a size takes the rest."""
-    placed = []
-    offset = spec.first_partition
-    end = spec.size - ALIGN  # room for the backup GPT
-    gpt = spec.table == "gpt"
-    for number, p in enumerate(spec.partitions, start=1):
-        size = p.size if p.size is not None else end - offset
-        if size <= 0 or offset + size > end:
-            raise ValueError(f"partition '{p.name}' does not fit in {spec.size} bytes")
-        placed.append(
-            PlacedPartition(
-                name=p.name,
-                type=PARTITION_TYPES[p.type][0 if gpt else 1],
-                fs=p.fs,
-                mountpoint=p.mountpoint,
-                start=offset,
-                size=size,
-                uuid=(
-                    stable_uuid(seed, f"part:{p.name}")
-                    if gpt
-                    else f"{mbr_disk_id(seed)}-{number:02x}"
-                ),
-                fs_uuid=stable_uuid(seed, f"fs:{p.name}"),
-            )
-        )
-        offset += -(-size // ALIGN) * ALIGN
-    return placed
-
-
-def sfdisk_script(table: str, parts: list[PlacedPartition], seed: str) -> str:
-    lines = [f"label: {'gpt' if table == 'gpt' else 'dos'}", "unit: sectors"]
-    if table == "gpt":
-        lines.append(f"label-id: {stable_uuid(seed, 'disk')}")
-    else:
-        lines.append(f"label-id: 0x{mbr_disk_id(seed)}")
-    for p in parts:
-        fields = [f"start={p.start // SECTOR}", f"size={p.size // SECTOR}", f"type={p.type}"]
-        if table == "gpt":
-            fields += [f"uuid={p.uuid}", f'name="{p.name}"']
-        lines.append(", ".join(fields))
-    return "\n".join(lines) + "\n"
-
-
-def make_ext4(tree: Path, dest: Path, size: int, label: str, fs_uuid: str, log: Path) -> None:
-    dest.unlink(missing_ok=True)
-    run.run(
+    seed = digest({"image": plan.image_inputs(), "rootfs": root.digest})
+    parts = disk.layout(plan.board.image, seed)
+    root_part = next(p for p in parts if p.mountpoint == "/")
+    cmdline = " ".join(
         [
-            "mkfs.ext4",
-            "-q",
-            "-F",
-            "-L",
-            label,
-            "-U",
-            fs_uuid,
-            "-E",
-            f"hash_seed={fs_uuid}",
-            "-d",
-            str(tree),
-            str(dest),
-            f"{size // 1024}k",
-        ],
-        env={"E2FSPROGS_FAKE_TIME": str(SOURCE_DATE_EPOCH)},
-        log=log,
+            f"root=PARTUUID={root_part.uuid}",
+            "rootwait",
+            f"console={plan.board.console}",
+            *plan.board.kernel.cmdline,
+        ]
     )
+    loader = bootloader.for_board(plan.board, plan.store, {s.file: s.path for s in plan.supplied})
 
+    with ui.step("Staging the root tree (rootfs + overlays + services)"):
+        staging = stage_tree(plan, root, kernel, overlays, loader, cmdline, parts, fstab_line, log)
+    audited = audit(staging)
 
-def vfat_volume_id(fs_uuid: str) -> str:
-    """The 32-bit FAT volume serial (8 hex digits) made from a partition's filesystem UUID."""
-    return fs_uuid.replace("-", "")[:8]
+    spec = plan.board.image
+    with ui.step(f"Writing {img.name} ({spec.size >> 20} MiB, {spec.table})"):
+        filesystems = make_filesystems(plan, staging, parts, loader, kernel, cmdline, log)
+        shutil.rmtree(staging)
+        raw = loader.raw_writes(log)
+        check_raw_writes(raw, parts, spec.table, plan.board.name)
+        with publish.atomic(img) as tmp:
+            with tmp.open("wb") as f:
+                f.truncate(spec.size)
+            run.run(
+                ["sfdisk", "--no-reread", "--no-tell-kernel", str(tmp)],
+                input=disk.sfdisk_script(spec.table, parts, seed),
+                log=log,
+            )
+            for part, fs_file in filesystems:
+                disk.copy_sparse(fs_file, tmp, part.start)
+                fs_file.unlink()
+            for offset, blob in raw:
+                disk.copy_sparse(blob, tmp, offset)
+            with publish.atomic(bmap) as tmp_bmap:
+                disk.write_bmap(tmp, tmp_bmap)
+            with publish.atomic(xz) as tmp_xz:
+                disk.compress_xz(tmp, tmp_xz)
 
-
-def fs_uuid_as_seen(part: PlacedPartition) -> str:
-    """A partition's filesystem UUID as blkid and busybox's volume_id print it (for UUID=):
-    FAT's volume serial is XXXX-XXXX in upper case."""
-    if part.fs == "vfat":
-        serial = vfat_volume_id(part.fs_uuid).upper()
-        return f"{serial[:4]}-{serial[4:]}"
-    return part.fs_uuid
-
-
-def make_vfat(tree: Path, dest: Path, size: int, label: str, fs_uuid: str, log: Path) -> None:
-    """A FAT32 filesystem holding `tree`, made without mounting (mtools)."""
-    dest.unlink(missing_ok=True)
-    volume_id = vfat_volume_id(fs_uuid)
-    run.run(
-        ["mkfs.vfat", "-F", "32", "-n", label.upper()[:11], "-i", volume_id, "-C", str(dest),
-         str(size // 1024)],
-        log=log,
-    )  # fmt: skip
-    entries = sorted(str(p) for p in tree.iterdir())
-    if entries:
-        run.run(
-            ["mcopy", "-s", "-p", "-m", "-i", str(dest), *entries, "::/"],
-            env={"MTOOLS_SKIP_CHECK": "1", "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)},
-            log=log,
-        )
-
-
-def copy_sparse(src: Path, dest: Path, offset: int) -> None:
-    """Copy src into dest at offset, skipping holes (images stay sparse)."""
-    with src.open("rb") as fi, dest.open("r+b") as fo:
-        for start, end in data_ranges(fi.fileno(), os.fstat(fi.fileno()).st_size):
-            fi.seek(start)
-            fo.seek(offset + start)
-            remaining = end - start
-            while remaining:
-                chunk = fi.read(min(remaining, 8 << 20))
-                fo.write(chunk)
-                remaining -= len(chunk)
-
-
-def data_ranges(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """(start, end) byte ranges that hold data, from SEEK_DATA/SEEK_HOLE."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                return
-            raise
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        yield start, end
-        pos = end
-
-
-def write_bmap(image: Path, dest: Path) -> None:
-    """A bmaptool-compatible (format 2.0) block map with a sha256 per mapped range."""
-    size = image.stat().st_size
-    blocks = -(-size // BMAP_BLOCK)
-    ranges = []
-    mapped = 0
-    with image.open("rb") as f:
-        for start, end in data_ranges(f.fileno(), size):
-            first, last = start // BMAP_BLOCK, (min(end, size) - 1) // BMAP_BLOCK
-            f.seek(first * BMAP_BLOCK)
-            h = hashlib.sha256()
-            remaining = (last - first + 1) * BMAP_BLOCK
-            while remaining > 0:
-                chunk = f.read(min(remaining, 8 << 20))
-                if not chunk:
-                    break
-                h.update(chunk)
-                remaining -= len(chunk)
-            ranges.append((first, last, h.hexdigest()))
-            mapped += last - first + 1
-    body = "\n".join(
-        f'        <Range chksum="{c}"> {a if a == b else f"{a}-{b}"} </Range>' for a, b, c in ranges
+    boot_files = [out / f for f in (kernel.kernel, kernel.initrd) if f]
+    boot_files += [out / d for d in kernel.board_dtbs]
+    loaders = []
+    for offset, blob in raw:  # beside the image too: what was written where
+        exported = out / f"{name}.{blob.name}"
+        with publish.atomic(exported) as tmp:
+            shutil.copyfile(blob, tmp)
+        boot_files.append(exported)
+        loaders.append({"file": exported.name, "offset": offset, "size": blob.stat().st_size})
+    manifest = Manifest(
+        name=name,
+        version=plan.version,
+        board=plan.board.name,
+        arch=plan.board.arch,
+        stage=plan.stage,
+        recipes=[r.name for r in plan.recipes],
+        tests=list(plan.tests),
+        hostname=plan.board.hostname,
+        inputs_digest=seed,
+        kernel=kernel.public(),
+        boot={
+            "kernel": kernel.kernel,
+            "initrd": kernel.initrd,
+            "cmdline": cmdline,
+            "qemu": None if plan.board.qemu is None else vars(plan.board.qemu),
+            "loaders": loaders,
+            "supplied": [
+                {"file": s.file, "sha256": s.sha256, "from": s.path.name} for s in plan.supplied
+            ],
+        },
+        partitions=[vars(p) for p in parts],
+        sources={n: src.public() for n, src in fetched.sources.items()},
+        rootfs={k: v for k, v in root.public().items() if k != "packages"},
+        packages=root.packages,
+        files={f.name: sources.sha256_file(f) for f in (img, xz, bmap, *boot_files)},
+        audit=audited,
     )
-    head = (
-        '<?xml version="1.0" ?>\n<bmap version="2.0">\n'
-        f"    <ImageSize> {size} </ImageSize>\n"
-        f"    <BlockSize> {BMAP_BLOCK} </BlockSize>\n"
-        f"    <BlocksCount> {blocks} </BlocksCount>\n"
-        f"    <MappedBlocksCount> {mapped} </MappedBlocksCount>\n"
-        "    <ChecksumType> sha256 </ChecksumType>\n"
-    )
-    # bmaptool checks BmapFileChecksum: sha256 of the file with the checksum field zeroed.
-    placeholder = "0" * 64
-    text = (
-        head
-        + f"    <BmapFileChecksum> {placeholder} </BmapFileChecksum>\n"
-        + f"    <BlockMap>\n{body}\n    </BlockMap>\n</bmap>\n"
-    )
-    checksum = hashlib.sha256(text.encode()).hexdigest()
-    dest.write_text(text.replace(placeholder, checksum, 1))
+    with publish.atomic(manifest_file) as tmp:
+        tmp.write_text(manifest.to_json())
+    disk.sha256sums(out, [img, xz, bmap, manifest_file, *boot_files])
+    return ImageRecord(image=str(img), manifest=str(manifest_file))
 
 
-def compress_xz(src: Path, dest: Path) -> None:
-    with dest.open("wb") as out:
-        # Preset 1: within 6 % of preset 3 on these images at 40 % of the time (2 cores).
-        run.run(["xz", "-T0", "-1", "-c", str(src)], stdout_file=out)
+def stage_tree(
+    plan: Plan,
+    root: RootfsRecord,
+    kernel: KernelRecord,
+    overlays: OverlayRecord,
+    loader: bootloader.Bootloader,
+    cmdline: str,
+    parts: list[disk.PlacedPartition],
+    fstab_line: FstabLine,
+    log: Path,
+) -> Path:
+    """The image's root tree, in the build directory: a copy of the root filesystem (hard
+    links when out/ shares the cache's filesystem) with everything the image adds."""
+    staging = plan.build_dir / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    same_fs = Path(root.tree).stat().st_dev == plan.build_dir.stat().st_dev
+    run.run(["cp", "-al" if same_fs else "-a", root.tree, str(staging)], log=log)
+    if kernel.modules:
+        shutil.copytree(kernel.modules, staging / "usr/lib/modules" / kernel.version, symlinks=True)
+    overlay.apply_overlay(Path(overlays.tree), staging)
+    write_fstab(staging, parts, fstab_line)
+    loader.root_tree(staging, kernel, cmdline)
+    if plan.services:
+        run.run(["systemctl", f"--root={staging}", "enable", *plan.services], log=log)
+    if (staging / "etc/shadow").is_file():
+        (staging / "etc/shadow").chmod(0o640)  # git keeps no modes but the exec bit
+    return staging
 
 
-def sha256sums(directory: Path, files: list[Path]) -> None:
-    """Merge entries for `files` into directory/SHA256SUMS (other images' lines are kept)."""
+def make_filesystems(
+    plan: Plan,
+    staging: Path,
+    parts: list[disk.PlacedPartition],
+    loader: bootloader.Bootloader,
+    kernel: KernelRecord,
+    cmdline: str,
+    log: Path,
+) -> list[tuple[disk.PlacedPartition, Path]]:
+    """One filesystem image per partition: the staged tree for the root, the boot method's
+    files for the first FAT partition (where firmware looks)."""
+    filesystems = []
+    boot_done = False
+    for part in parts:
+        fs_file = plan.build_dir / f"part-{part.name}.{part.fs}"
+        if part.mountpoint == "/":
+            disk.make_ext4(staging, fs_file, part.size, part.name, part.fs_uuid, log)
+        elif part.fs == "vfat":
+            tree = plan.build_dir / f"part-{part.name}"
+            shutil.rmtree(tree, ignore_errors=True)
+            tree.mkdir()
+            if not boot_done:
+                loader.boot_partition(tree, kernel, cmdline)
+                boot_done = True
+            disk.make_vfat(tree, fs_file, part.size, part.name, part.fs_uuid, log)
+            shutil.rmtree(tree)
+        else:
+            raise BuildError(f"partition '{part.name}': no way to fill a {part.fs} filesystem")
+        filesystems.append((part, fs_file))
+    return filesystems
 
-    sums = directory / "SHA256SUMS"
-    entries: dict[str, str] = {}
-    if sums.exists():
-        for line in sums.read_text().splitlines():
-            digest, _, name = line.partition("  ")
-            if name and (directory / name).exists():  # entries of deleted files go
-                entries[name] = digest
-    for f in files:
-        entries[f.name] = sha256_file(f)
-    with atomic(sums) as tmp:
-        tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(entries.items())))
+
+def check_raw_writes(
+    raw: list[tuple[int, Path]], parts: list[disk.PlacedPartition], table: str, board: str
+) -> None:
+    """A loader written outside the partitions must not overlap the table or a partition. On
+    an MBR disk the boot code area before the disk signature (bytes 0-439) is a loader's."""
+    table_end = GPT_END if table == "gpt" else 512
+    for offset, blob in raw:
+        end = offset + blob.stat().st_size
+        clash = [p.name for p in parts if offset < p.start + p.size and p.start < end]
+        boot_code = table == "mbr" and end <= disk.MBR_BOOT_CODE
+        if (offset < table_end and not boot_code) or clash:
+            what = f"partition '{clash[0]}'" if clash else "the partition table"
+            raise BuildError(
+                f"{blob.name} ({blob.stat().st_size} bytes at byte {offset}) overlaps {what}",
+                hint=f"move the first partition (image -> first_partition) in boards/{board}/"
+                "board.yaml past the loader's end",
+            )
+
+
+def write_fstab(root: Path, parts: list[disk.PlacedPartition], fstab_line: FstabLine) -> None:
+    """Mount every partition that has a mountpoint: the root by PARTUUID (stable across card
+    readers; stage 2's line is for `mount -o remount,rw /`, which needs no lookup), the others
+    as the stage's mount can find them."""
+    lines = ["# written by tuoba: <partition> <mountpoint> <type> <options> <dump> <pass>"]
+    for p in parts:
+        if p.mountpoint is None:
+            continue
+        if p.mountpoint == "/":
+            lines.append(f"PARTUUID={p.uuid} / {p.fs} rw,errors=remount-ro 0 1")
+        else:
+            (root / p.mountpoint.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            lines.append(fstab_line(p))
+    fstab = root / "etc/fstab"
+    fstab.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write into
+    fstab.write_text("\n".join(lines) + "\n")

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from tuoba import arch as arches
-from tuoba import host, run
+from tuoba import host, records, run
 from tuoba.cache import Store
 from tuoba.digest import digest
 from tuoba.errors import BuildError
 from tuoba.plan import Plan
+from tuoba.records import RootfsRecord
 from tuoba.sources import sha256_file
 
 
@@ -144,7 +145,7 @@ def stale_index_error(log: Path) -> None:
     )
 
 
-def build_rootfs(plan: Plan, log: Path) -> dict[str, Any]:
+def build_rootfs(plan: Plan, log: Path) -> RootfsRecord:
     """Build (or reuse) the rootfs tree; returns its record (digest, tree, packages)."""
     host.require_binfmt(plan.board.arch)
     store = plan.store
@@ -175,8 +176,10 @@ def build_rootfs(plan: Plan, log: Path) -> dict[str, Any]:
         assert entry is not None  # (just made)
     else:
         log.write_text(f"reused cached rootfs {entry.data}\n")
-    rec: dict[str, Any] = json.loads((entry.data / "rootfs.json").read_text())
-    return rec | {"tree": str(entry.data / "tree")}
+    rec = json.loads((entry.data / "rootfs.json").read_text())
+    return records.from_dict(
+        RootfsRecord, rec | {"tree": str(entry.data / "tree")}, f"{entry.data}/rootfs.json"
+    )
 
 
 def _mkosi_build(plan: Plan, store: Store, site: Path, key: str, log: Path, data: Path) -> None:

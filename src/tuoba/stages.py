@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tuoba import elfaudit, host, image, kbuild, rootfs, sources, ui, userland
+from tuoba import disk, elfaudit, host, kbuild, rootfs, sources, ui, userland
 from tuoba.digest import digest
 from tuoba.plan import Plan
+from tuoba.records import RootfsRecord
 
 
 class Stage:
@@ -45,15 +46,15 @@ class Stage:
         """The plan's values the root filesystem depends on."""
         raise NotImplementedError
 
-    def build_root(self, log: Path, fetched: dict[str, Path]) -> dict[str, Any]:
-        """Build (or reuse) the root tree; returns the rootfs record (digest, tree, packages)."""
+    def build_root(self, log: Path, fetched: dict[str, Path]) -> RootfsRecord:
+        """Build (or reuse) the root tree; returns the rootfs step's record."""
         raise NotImplementedError
 
     def audit(self, staging: Path) -> list[dict[str, Any]] | None:
         """Check the staged tree before it becomes the image; None: no audit for this stage."""
         return None
 
-    def fstab_line(self, p: image.PlacedPartition) -> str:
+    def fstab_line(self, p: disk.PlacedPartition) -> str:
         """The fstab line of a partition other than the root."""
         return f"PARTUUID={p.uuid} {p.mountpoint} {p.fs} defaults,nofail 0 2"
 
@@ -77,7 +78,7 @@ class Debian(Stage):
     def root_inputs(self) -> dict[str, Any]:
         return rootfs.inputs(self.plan)
 
-    def build_root(self, log: Path, fetched: dict[str, Path]) -> dict[str, Any]:
+    def build_root(self, log: Path, fetched: dict[str, Path]) -> RootfsRecord:
         return rootfs.build_rootfs(self.plan, log)
 
 
@@ -97,7 +98,7 @@ class Llvm(Stage):
     def root_inputs(self) -> dict[str, Any]:
         return {"stage": 2, "arch": self.plan.board.arch, "builds": list(self.plan.builds)}
 
-    def build_root(self, log: Path, fetched: dict[str, Path]) -> dict[str, Any]:
+    def build_root(self, log: Path, fetched: dict[str, Path]) -> RootfsRecord:
         """The LLVM + musl toolchain, then each package the recipes build, merged into one
         tree."""
         plan = self.plan
@@ -129,19 +130,19 @@ class Llvm(Stage):
             packages.append(entry(pkg, "package"))
         tree = plan.build_dir / "userland"
         userland.assemble(trees, tree)
-        return {
-            "digest": digest({"toolchain": tc.digest, "trees": [str(t) for t in trees]}),
-            "tree": str(tree),
-            "packages": packages,
-            "toolchain": {"triple": tc.triple, "digest": tc.digest, "clang": tc.clang},
-        }
+        return RootfsRecord(
+            digest=digest({"toolchain": tc.digest, "trees": [str(t) for t in trees]}),
+            tree=str(tree),
+            packages=packages,
+            toolchain={"triple": tc.triple, "digest": tc.digest, "clang": tc.clang},
+        )
 
     def audit(self, staging: Path) -> list[dict[str, Any]] | None:
         with ui.step("Auditing every ELF file (clang + musl only, no GCC, no glibc)"):
             musl_loader = userland.target(self.plan.board.arch)[2]
             return elfaudit.audit_tree(staging, self.plan.board.arch, musl_loader)
 
-    def fstab_line(self, p: image.PlacedPartition) -> str:
+    def fstab_line(self, p: disk.PlacedPartition) -> str:
         """busybox's mount resolves no PARTUUID= (only UUID= and LABEL=, through its
         volume_id) and has no `nofail`: other partitions are named by filesystem UUID."""
-        return f"UUID={image.fs_uuid_as_seen(p)} {p.mountpoint} {p.fs} defaults 0 2"
+        return f"UUID={disk.fs_uuid_as_seen(p)} {p.mountpoint} {p.fs} defaults 0 2"

@@ -27,8 +27,8 @@ from tuoba import (
     kbuild,
     overlay,
     publish,
+    records,
     rootfs,
-    run,
     sources,
     stages,
     ui,
@@ -36,8 +36,8 @@ from tuoba import (
 from tuoba.digest import digest
 from tuoba.errors import BuildError, TuobaError
 from tuoba.kernel import assert_config, parse_config
-from tuoba.manifest import Manifest
 from tuoba.plan import Plan, render_context
+from tuoba.records import R
 
 
 def code_digest() -> str:
@@ -73,19 +73,19 @@ def record_path(plan: Plan, step: str) -> Path:
     return plan.build_dir / f"{step}.json"
 
 
-def read_record(plan: Plan, step: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(record_path(plan, step).read_text())
-    return data
+def read_record(plan: Plan, kind: type[R]) -> R:
+    """The record a step before this one wrote."""
+    return records.read(kind, record_path(plan, kind.step))
 
 
-def write_record(plan: Plan, step: str, data: dict[str, Any]) -> None:
+def write_record(plan: Plan, record: records.Record) -> None:
     """The step's record, with the cache entries its paths point into (a build whose entries
     were pruned since runs the step again: see forget_pruned). Entries used only to make the
     step's results (a tool, an unpacked source) are not among them: the results do not need
     them once made."""
-    data = data | {"cache": sorted(_refs(plan, data))}
-    with publish.atomic(record_path(plan, step)) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    text = records.to_json(record, sorted(_refs(plan, record.to_dict())))
+    with publish.atomic(record_path(plan, record.step)) as tmp:
+        tmp.write_text(text)
 
 
 def _refs(plan: Plan, value: Any) -> set[str]:
@@ -136,15 +136,14 @@ def fetch(plan: Plan) -> None:
         path = sources.fetch(
             src, plan.store, debian_mirrors=plan.mirrors, offline=plan.request.offline
         )
-        fetched[src.name] = {"sha256": src.sha256, "path": str(path), "origin": src.origin}
+        fetched[src.name] = records.FetchedSource(src.sha256, str(path), src.origin)
     stages.of(plan).prepare_tools()
-    write_record(plan, "fetch", {"sources": fetched})
+    write_record(plan, records.FetchRecord(sources=fetched))
 
 
 def build_root(plan: Plan) -> None:
-    fetched = {name: Path(v["path"]) for name, v in read_record(plan, "fetch")["sources"].items()}
-    record = stages.of(plan).build_root(log_path(plan, "rootfs"), fetched)
-    write_record(plan, "rootfs", record)
+    fetched = read_record(plan, records.FetchRecord)
+    write_record(plan, stages.of(plan).build_root(log_path(plan, "rootfs"), fetched.paths))
 
 
 BOOT_SUFFIXES = (".Image", ".zImage", ".vmlinuz", ".initrd")
@@ -160,7 +159,7 @@ def kernel(plan: Plan) -> None:
 def kernel_tuoba(plan: Plan) -> None:
     """The TuobaOS kernel: built here by clang/LLVM from the pinned source."""
     ks = kbuild.load_source(plan.data_dir)
-    tarball = Path(read_record(plan, "fetch")["sources"][ks.source.name]["path"])
+    tarball = read_record(plan, records.FetchRecord).path(ks.source.name)
     rec = kbuild.build_kernel(
         unpack=lambda: kbuild.unpack_source(ks, tarball, plan.store),
         source_id=ks.id,
@@ -183,26 +182,32 @@ def kernel_tuoba(plan: Plan) -> None:
             shutil.copyfile(built / "dtbs" / dtb, tmp)
     write_record(
         plan,
-        "kernel",
-        {
-            **rec,
+        records.KernelRecord(
+            source="tuoba",
+            version=rec["version"],
+            compiler=rec["compiler"],
+            config_sha256=rec["config_sha256"],
+            config_digest=rec["config_digest"],
+            image=rec["image"],
+            dtbs=rec["dtbs"],
+            build_seconds=rec["build_seconds"],
+            dir=str(built),
             # (entries cached before the linker was read from the config said "0")
-            "linker": kbuild.linker(parse_config((built / "config").read_text())),
-            "source_tarball": ks.source.name,
-            "requested": {o.name: o.value for f in plan.fragments for o in f.options},
-            "features": {f.name: [o.name for o in f.options] for f in plan.features},
-            "kernel": out_kernel.name,
-            "board_dtbs": [f"{plan.image_name}.{d}" for d in board_dtbs],
-            "initrd": None,
-            "kernel_sha256": sources.sha256_file(out_kernel),
-            "modules": str(built / "modules" / "lib" / "modules" / rec["version"]),
-        },
+            linker=kbuild.linker(parse_config((built / "config").read_text())),
+            source_tarball=ks.source.name,
+            requested={o.name: o.value for f in plan.fragments for o in f.options},
+            features={f.name: [o.name for o in f.options] for f in plan.features},
+            kernel=out_kernel.name,
+            board_dtbs=[f"{plan.image_name}.{d}" for d in board_dtbs],
+            kernel_sha256=sources.sha256_file(out_kernel),
+            modules=str(built / "modules" / "lib" / "modules" / rec["version"]),
+        ),
     )
 
 
 def kernel_distro(plan: Plan) -> None:
     """Distro kernel: take it from the rootfs and prove its config has every requested option."""
-    tree = Path(read_record(plan, "rootfs")["tree"])
+    tree = Path(read_record(plan, records.RootfsRecord).tree)
     kernels = sorted((tree / "boot").glob("vmlinuz-*"))
     if len(kernels) != 1:
         raise BuildError(
@@ -223,19 +228,18 @@ def kernel_distro(plan: Plan) -> None:
             shutil.copyfile(src, tmp)
     write_record(
         plan,
-        "kernel",
-        {
-            "source": plan.board.kernel.source,
-            "package": plan.board.kernel.package,
-            "version": version,
-            "compiler": config.get("CONFIG_CC_VERSION_TEXT", "").strip('"'),
-            "config_sha256": sources.sha256_file(config_file),
-            "features": {f.name: [o.name for o in f.options] for f in plan.features},
-            "kernel": out_kernel.name,
-            "initrd": out_initrd.name,
-            "kernel_sha256": sources.sha256_file(out_kernel),
-            "initrd_sha256": sources.sha256_file(out_initrd),
-        },
+        records.KernelRecord(
+            source=plan.board.kernel.source,
+            package=plan.board.kernel.package,
+            version=version,
+            compiler=config.get("CONFIG_CC_VERSION_TEXT", "").strip('"'),
+            config_sha256=sources.sha256_file(config_file),
+            features={f.name: [o.name for o in f.options] for f in plan.features},
+            kernel=out_kernel.name,
+            initrd=out_initrd.name,
+            kernel_sha256=sources.sha256_file(out_kernel),
+            initrd_sha256=sources.sha256_file(out_initrd),
+        ),
     )
 
 
@@ -251,214 +255,31 @@ def render(plan: Plan) -> None:
     files = overlay.render_overlays(plan.overlays, render_context(plan, key), dest)
     write_record(
         plan,
-        "overlay",
-        {
-            "files": {
+        records.OverlayRecord(
+            files={
                 f: f"-> {(dest / f).readlink()}"
                 if (dest / f).is_symlink()
                 else sources.sha256_file(dest / f)
                 for f in sorted(files)
-            }
-        },
+            },
+            tree=str(dest),
+        ),
     )
 
 
 def build_image(plan: Plan) -> None:
-    """Compose the image; on failure its scratch (the staging tree, the partition images) goes
-    too: after a full disk nothing of it keeps the space."""
-    try:
-        _build_image(plan)
-    except BaseException:
-        shutil.rmtree(plan.build_dir / "staging", ignore_errors=True)
-        for scratch in plan.build_dir.glob("part-*"):
-            if scratch.is_dir():
-                shutil.rmtree(scratch, ignore_errors=True)
-            else:
-                scratch.unlink(missing_ok=True)
-        raise
-
-
-def _build_image(plan: Plan) -> None:
-    rootfs_rec = read_record(plan, "rootfs")
-    kernel_rec = read_record(plan, "kernel")
-    log = log_path(plan, "image")
-    log.unlink(missing_ok=True)
-    out = plan.out_dir
-    name = plan.image_name
-    img, xz, bmap = out / f"{name}.img", out / f"{name}.img.xz", out / f"{name}.img.bmap"
-    manifest_file = out / f"{name}.manifest.json"
-    for old in (manifest_file, img, xz, bmap):  # no stale set may look finished
-        old.unlink(missing_ok=True)
-
-    seed = digest({"image": plan.image_inputs(), "rootfs": rootfs_rec["digest"]})
-    parts = image.layout(plan.board.image, seed)
-    root = next(p for p in parts if p.mountpoint == "/")
-    cmdline = " ".join(
-        [
-            f"root=PARTUUID={root.uuid}",
-            "rootwait",
-            f"console={plan.board.console}",
-            *plan.board.kernel.cmdline,
-        ]
+    stage = stages.of(plan)
+    record = image.compose(
+        plan,
+        fetched=read_record(plan, records.FetchRecord),
+        root=read_record(plan, records.RootfsRecord),
+        kernel=read_record(plan, records.KernelRecord),
+        overlays=read_record(plan, records.OverlayRecord),
+        audit=stage.audit,
+        fstab_line=stage.fstab_line,
+        log=log_path(plan, "image"),
     )
-
-    with ui.step("Staging the root tree (rootfs + overlays + services)"):
-        staging = plan.build_dir / "staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        # hard links when out/ shares the cache's filesystem; a copy when it does not
-        same_fs = Path(rootfs_rec["tree"]).stat().st_dev == plan.build_dir.stat().st_dev
-        run.run(["cp", "-al" if same_fs else "-a", rootfs_rec["tree"], str(staging)], log=log)
-        if kernel_rec.get("modules"):
-            shutil.copytree(
-                kernel_rec["modules"],
-                staging / "usr/lib/modules" / kernel_rec["version"],
-                symlinks=True,
-            )
-        overlay.apply_overlay(plan.build_dir / "overlay", staging)
-        write_fstab(staging, parts, stages.of(plan))
-        loader = bootloader.for_board(
-            plan.board, plan.store, {s.file: s.path for s in plan.supplied}
-        )
-        loader.root_tree(staging, kernel_rec, cmdline)
-        if plan.services:
-            run.run(["systemctl", f"--root={staging}", "enable", *plan.services], log=log)
-        if (staging / "etc/shadow").is_file():
-            (staging / "etc/shadow").chmod(0o640)  # git keeps no modes but the exec bit
-
-    audit = stages.of(plan).audit(staging)
-
-    spec = plan.board.image
-    with ui.step(f"Writing {img.name} ({spec.size >> 20} MiB, {spec.table})"):
-        filesystems = []
-        boot_done = False
-        for part in parts:
-            fs_file = plan.build_dir / f"part-{part.name}.{part.fs}"
-            if part.mountpoint == "/":
-                image.make_ext4(staging, fs_file, part.size, part.name, part.fs_uuid, log)
-            elif part.fs == "vfat":
-                tree = plan.build_dir / f"part-{part.name}"
-                shutil.rmtree(tree, ignore_errors=True)
-                tree.mkdir()
-                if not boot_done:  # the first FAT partition is where firmware looks
-                    loader.boot_partition(tree, kernel_rec, cmdline)
-                    boot_done = True
-                image.make_vfat(tree, fs_file, part.size, part.name, part.fs_uuid, log)
-                shutil.rmtree(tree)
-            else:
-                raise BuildError(f"partition '{part.name}': no way to fill a {part.fs} filesystem")
-            filesystems.append((part, fs_file))
-        shutil.rmtree(staging)
-        raw = loader.raw_writes(log)
-        check_raw_writes(raw, parts, plan.board.image.table, plan.board.name)
-        with publish.atomic(img) as tmp:
-            with tmp.open("wb") as f:
-                f.truncate(plan.board.image.size)
-            run.run(
-                ["sfdisk", "--no-reread", "--no-tell-kernel", str(tmp)],
-                input=image.sfdisk_script(plan.board.image.table, parts, seed),
-                log=log,
-            )
-            for part, fs_file in filesystems:
-                image.copy_sparse(fs_file, tmp, part.start)
-                fs_file.unlink()
-            for offset, blob in raw:
-                image.copy_sparse(blob, tmp, offset)
-            with publish.atomic(bmap) as tmp_bmap:
-                image.write_bmap(tmp, tmp_bmap)
-            with publish.atomic(xz) as tmp_xz:
-                image.compress_xz(tmp, tmp_xz)
-
-    boot_files = [out / kernel_rec[k] for k in ("kernel", "initrd") if kernel_rec.get(k)]
-    boot_files += [out / d for d in kernel_rec.get("board_dtbs", [])]
-    loaders = []
-    for offset, blob in raw:  # beside the image too: what was written where
-        exported = out / f"{name}.{blob.name}"
-        with publish.atomic(exported) as tmp:
-            shutil.copyfile(blob, tmp)
-        boot_files.append(exported)
-        loaders.append({"file": exported.name, "offset": offset, "size": blob.stat().st_size})
-    manifest = Manifest(
-        name=name,
-        version=plan.version,
-        board=plan.board.name,
-        arch=plan.board.arch,
-        stage=plan.stage,
-        recipes=[r.name for r in plan.recipes],
-        tests=list(plan.tests),
-        hostname=plan.board.hostname,
-        inputs_digest=seed,
-        kernel={k: v for k, v in kernel_rec.items() if k not in HOST_ONLY},
-        boot={
-            "kernel": kernel_rec["kernel"],
-            "initrd": kernel_rec["initrd"],
-            "cmdline": cmdline,
-            "qemu": None if plan.board.qemu is None else vars(plan.board.qemu),
-            "loaders": loaders,
-            "supplied": [
-                {"file": s.file, "sha256": s.sha256, "from": s.path.name} for s in plan.supplied
-            ],
-        },
-        partitions=[vars(p) for p in parts],
-        sources={
-            n: {k: v for k, v in src.items() if k not in HOST_ONLY}
-            for n, src in read_record(plan, "fetch")["sources"].items()
-        },
-        rootfs={
-            "digest": rootfs_rec["digest"],
-            **{k: rootfs_rec[k] for k in ("mkosi", "toolchain") if k in rootfs_rec},
-        },
-        packages=rootfs_rec["packages"],
-        files={f.name: sources.sha256_file(f) for f in (img, xz, bmap, *boot_files)},
-        audit=audit,
-    )
-    with publish.atomic(manifest_file) as tmp:
-        tmp.write_text(manifest.to_json())
-    image.sha256sums(out, [img, xz, bmap, manifest_file, *boot_files])
-    write_record(plan, "image", {"image": str(img), "manifest": str(manifest_file)})
-
-
-# Build-record keys about the build host (cache entries and where they are): the records need them,
-# the manifest that travels with the image does not (the kernel is named by config_digest).
-HOST_ONLY = frozenset({"dir", "modules", "path", "cache"})
-
-GPT_END = 34 * 512  # protective MBR, GPT header and a 128-entry table (the backup is at the end)
-
-
-def check_raw_writes(
-    raw: list[tuple[int, Path]], parts: list[image.PlacedPartition], table: str, board: str
-) -> None:
-    """A loader written outside the partitions must not overlap the table or a partition. On
-    an MBR disk the boot code area before the disk signature (bytes 0-439) is a loader's."""
-    table_end = GPT_END if table == "gpt" else 512
-    for offset, blob in raw:
-        end = offset + blob.stat().st_size
-        clash = [p.name for p in parts if offset < p.start + p.size and p.start < end]
-        boot_code = table == "mbr" and end <= image.MBR_BOOT_CODE
-        if (offset < table_end and not boot_code) or clash:
-            what = f"partition '{clash[0]}'" if clash else "the partition table"
-            raise BuildError(
-                f"{blob.name} ({blob.stat().st_size} bytes at byte {offset}) overlaps {what}",
-                hint=f"move the first partition (image -> first_partition) in boards/{board}/"
-                "board.yaml past the loader's end",
-            )
-
-
-def write_fstab(root: Path, parts: list[image.PlacedPartition], stage: stages.Stage) -> None:
-    """Mount every partition that has a mountpoint: the root by PARTUUID (stable across card
-    readers; stage 2's line is for `mount -o remount,rw /`, which needs no lookup), the others
-    as the stage's mount can find them."""
-    lines = ["# written by tuoba: <partition> <mountpoint> <type> <options> <dump> <pass>"]
-    for p in parts:
-        if p.mountpoint is None:
-            continue
-        if p.mountpoint == "/":
-            lines.append(f"PARTUUID={p.uuid} / {p.fs} rw,errors=remount-ro 0 1")
-        else:
-            (root / p.mountpoint.lstrip("/")).mkdir(parents=True, exist_ok=True)
-            lines.append(stage.fstab_line(p))
-    fstab = root / "etc/fstab"
-    fstab.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write into
-    fstab.write_text("\n".join(lines) + "\n")
+    write_record(plan, record)
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -521,11 +342,8 @@ def _overlay_inputs(plan: Plan) -> Inputs:
 
 
 def _image_outputs(plan: Plan) -> tuple[Path, ...]:
-    name = plan.image_name
-    return tuple(plan.out_dir / f"{name}{ext}" for ext in IMAGE_SUFFIXES)
+    return tuple(plan.out_dir / f"{plan.image_name}{ext}" for ext in image.SUFFIXES)
 
-
-IMAGE_SUFFIXES = (".img", ".img.xz", ".img.bmap", ".manifest.json")
 
 STEPS = (
     Step("fetch", "Fetching sources", fetch, _fetch_inputs),

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tuoba.disk import write_bmap
 from tuoba.flash import inspect_device, problems, root_disks
-from tuoba.image import write_bmap
 
 pytestmark = [
     pytest.mark.integration,

@@ -1,0 +1,201 @@
+"""What each build step hands the steps after it: one typed record per step, written by the
+step as JSON, last (`OUT/.build/BOARD-sSTAGE/<step>.json`: its SCons target), and read back
+by the steps after it through `load`.
+
+Paths in records are places on the build host (cache entries, the build directory); the
+manifest that travels with the image takes the records' other fields (`public`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from tuoba.errors import BuildError
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    step: ClassVar[str]
+    # Fields naming places on this host: the steps need them, the manifest leaves them out.
+    host_only: ClassVar[frozenset[str]] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def public(self) -> dict[str, Any]:
+        """The fields for the manifest: no host paths, nothing that does not apply (None)."""
+        return {
+            k: v for k, v in self.to_dict().items() if k not in self.host_only and v is not None
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchedSource:
+    sha256: str
+    path: str  # in the cache
+    origin: str  # the URL it came from
+
+    def public(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "origin": self.origin}
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchRecord(Record):
+    step = "fetch"
+    sources: dict[str, FetchedSource]
+
+    def path(self, name: str) -> Path:
+        return Path(self.sources[name].path)
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        return {name: Path(s.path) for name, s in self.sources.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class RootfsRecord(Record):
+    step = "rootfs"
+    host_only = frozenset({"tree"})
+    digest: str  # of everything the tree was made from
+    tree: str  # the root tree (a cache entry, or the build directory for stage 2)
+    packages: list[dict[str, Any]]  # what it holds: name, version (and how it was built)
+    mkosi: str | None = None  # stage 1: the mkosi that built it
+    toolchain: dict[str, Any] | None = None  # stage 2: triple, digest, clang
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelRecord(Record):
+    """A kernel made for the image: TuobaOS's own clang build (`source: tuoba`) or the
+    distribution's, taken from the root filesystem (`source: distro`)."""
+
+    step = "kernel"
+    host_only = frozenset({"dir", "modules"})
+    source: str
+    version: str  # its release string (uname -r)
+    compiler: str
+    config_sha256: str
+    features: dict[str, list[str]]  # feature fragment -> the options it asked for
+    kernel: str  # the boot image beside the disk image in out/
+    kernel_sha256: str
+    initrd: str | None = None  # … and its initrd there, if it has one
+    initrd_sha256: str | None = None
+    package: str | None = None  # distro: the Debian package
+    # tuoba: the cached build
+    linker: str | None = None
+    config_digest: str | None = None  # its cache key
+    image: str | None = None  # the boot image's file name in the build (Image, zImage)
+    dtbs: list[str] = dataclasses.field(default_factory=list)  # in the build's dtbs/
+    board_dtbs: list[str] = dataclasses.field(default_factory=list)  # beside the image in out/
+    build_seconds: float | None = None
+    source_tarball: str | None = None
+    requested: dict[str, str] | None = None  # option -> value, every fragment's
+    dir: str | None = None  # the cache entry
+    modules: str | None = None  # lib/modules/<version> in it
+
+    @property
+    def built(self) -> Path:
+        """The cached build (tuoba's kernel)."""
+        if self.dir is None:
+            raise BuildError(f"the {self.source} kernel {self.version} has no build directory")
+        return Path(self.dir)
+
+    @property
+    def boot_image(self) -> str:
+        """The boot image's file name in the build (tuoba's kernel)."""
+        if self.image is None:
+            raise BuildError(f"the {self.source} kernel {self.version} has no built image")
+        return self.image
+
+
+@dataclasses.dataclass(frozen=True)
+class OverlayRecord(Record):
+    step = "overlay"
+    files: dict[str, str]  # path in the image -> sha256, or "-> target" for a symlink
+    tree: str  # where they were rendered
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord(Record):
+    step = "image"
+    image: str
+    manifest: str
+
+
+R = TypeVar("R", bound=Record)
+
+
+def from_dict(cls: type[R], data: Any, where: str) -> R:
+    """A record from its JSON form; a record of another form (an older tuoba's, or damaged)
+    is an error naming it, never half-read."""
+    if not isinstance(data, dict):
+        raise _unreadable(where, "not a JSON object")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _unreadable(where, f"no '{f.name}'")
+            continue
+        values[f.name] = _value(hints[f.name], data[f.name], f"{where} -> {f.name}")
+    return cls(**values)
+
+
+def _value(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise _unreadable(where, "not a JSON object")
+        names = {f.name for f in dataclasses.fields(hint)}
+        if names - value.keys():
+            raise _unreadable(where, f"no '{sorted(names - value.keys())[0]}'")
+        return typing.cast(Any, hint)(**{k: value[k] for k in names})
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _unreadable(where, "not a JSON object")
+        return {k: _value(args[1], v, f"{where} -> {k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise _unreadable(where, "not a JSON list")
+        return value
+    if hint is float and isinstance(value, int | float):
+        return float(value)
+    if isinstance(hint, type) and hint is not Any and not isinstance(value, hint):
+        raise _unreadable(where, f"expected {hint.__name__}, found {type(value).__name__}")
+    return value
+
+
+def _unreadable(where: str, what: str) -> BuildError:
+    return BuildError(
+        f"{where}: not a step record this tuoba reads ({what})",
+        hint="run the build again: the step writes a new record",
+    )
+
+
+def to_json(record: Record, cache_refs: list[str]) -> str:
+    """The JSON text of a record, with the cache entries its paths point into."""
+    data = record.to_dict() | {"cache": cache_refs}
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def read(cls: type[R], path: Path) -> R:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise BuildError(
+            f"step '{cls.step}' has no record ({path})",
+            hint="run the build again: the step runs when its record is missing",
+        ) from e
+    except ValueError as e:
+        raise _unreadable(str(path), f"not JSON: {e}") from e
+    return from_dict(cls, data, str(path))
