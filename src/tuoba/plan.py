@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,11 @@ from tuoba.cache import Store
 from tuoba.config import Doc
 from tuoba.errors import InputError
 from tuoba.kernel import Feature, feature_names, load_feature, load_fragment
-from tuoba.recipe import Recipe, load_recipe, recipe_names
+from tuoba.recipe import Recipe, Section, load_recipe, recipe_names
 
 DEFAULT_BOARD = "qemu-aarch64"
 IMAGE_CHECKS = "tests/image/"  # guest checks of every image (kernel, serial console)
 DEFAULT_RECIPES = ("base",)
-SUPPORTED_STAGES = (1, 2)
 DEBIAN_RELEASE = "bookworm"
 
 
@@ -285,9 +285,35 @@ def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tupl
     return tuple(out)
 
 
+@dataclasses.dataclass(frozen=True)
+class StageRules:
+    """What resolving a plan must know of a stage; how its root filesystem is built is
+    tuoba.stages' (a layer above)."""
+
+    debian: bool  # the image is Debian: the board's packages (and a distro kernel) go in
+    check: Callable[[Path, Board, Doc], None]  # refuses what the stage cannot build
+
+
+def _stage2_check(data_dir: Path, board: Board, board_doc: Doc) -> None:
+    userland.target(board.arch)  # an arch stage 2 cannot build for is an error here
+    userland.load_toolchain(data_dir)
+    if board.kernel.source != "tuoba":
+        raise board_doc.error(
+            ("kernel", "source"),
+            "stage 2 needs the TuobaOS kernel (source: tuoba): its headers and modules come "
+            "from the clang build",
+        )
+
+
+STAGES: dict[int, StageRules] = {
+    1: StageRules(debian=True, check=lambda data_dir, board, doc: None),
+    2: StageRules(debian=False, check=_stage2_check),
+}
+
+
 def resolve(req: Request) -> Plan:
     data_dir = Path(req.data_dir)
-    if req.stage not in SUPPORTED_STAGES:
+    if req.stage not in STAGES:
         hint = {
             3: "stage 3 (llvm-libc in place of musl) is not built yet: llvm-libc 14 (the "
             "host's LLVM) has no full C library for Linux; use --stage 1 or --stage 2",
@@ -308,7 +334,7 @@ def resolve(req: Request) -> Plan:
             data_dir, board.kernel.features, board.arch, board_doc, ("kernel", "features")
         )
     }
-    recipes = []
+    recipes: list[tuple[Recipe, Section]] = []
     seen: set[str] = set()
     wanted = [*req.recipes[:1], *board.recipes, *req.recipes[1:]]
     for name in wanted:
@@ -324,35 +350,34 @@ def resolve(req: Request) -> Plan:
         seen.add(name)
         recipe, doc = load_recipe(data_dir, name)
         recipe = recipe.for_arch(board.arch)
-        if req.stage == 2 and recipe.stage2 is None:
+        section = recipe.section(req.stage)
+        if section is None:
             from_board = name in board.recipes
             raise InputError(
-                f"{doc.where(())}: recipe '{name}' has no stage-2 form (no stage2 section)"
+                f"{doc.where(())}: recipe '{name}' has no stage-{req.stage} form "
+                f"(no stage{req.stage} section)"
                 + (f"; board '{board.name}' includes it by default" if from_board else ""),
-                hint="build it with --stage 1, or give the recipe a stage2 section",
+                hint=f"build it with --stage 1, or give the recipe a stage{req.stage} section",
             )
-        recipes.append(recipe)
+        recipes.append((recipe, section))
         for f in _check_features(
             data_dir, recipe.kernel_features, board.arch, doc, ("kernel_features",)
         ):
             features.setdefault(f.name, f)
-        section = f"stage{req.stage}"
-        for i, o in enumerate(recipe.overlays(req.stage)):
+        where = f"stage{req.stage}"
+        for i, o in enumerate(section.overlays):
             if not (data_dir / "overlays" / o).is_dir():
-                raise doc.error((section, "overlays", i), f"no overlay directory overlays/{o}/")
-        for i, t in enumerate(recipe.tests(req.stage)):
+                raise doc.error((where, "overlays", i), f"no overlay directory overlays/{o}/")
+        for i, t in enumerate(section.tests):
             if not recipe.check_file(t).is_file():
                 raise doc.error(
-                    (section, "tests", i),
+                    (where, "tests", i),
                     f"no guest check module recipes/{recipe.name}/checks/test_{t}.py",
                 )
-        if recipe.stage2 is not None and req.stage == 2:
-            for i, b in enumerate(recipe.stage2.builds):
-                if not (data_dir / "userland" / b / "package.yaml").is_file():
-                    raise doc.error(
-                        ("stage2", "builds", i), f"no package userland/{b}/package.yaml"
-                    )
-                userland.load_package(data_dir, b)  # validated before any side effect
+        for i, b in enumerate(section.builds):
+            if not (data_dir / "userland" / b / "package.yaml").is_file():
+                raise doc.error((where, "builds", i), f"no package userland/{b}/package.yaml")
+            userland.load_package(data_dir, b)  # validated before any side effect
 
     fragments = list(features.values())
     kernel_dtbs: tuple[str, ...] = ()
@@ -386,31 +411,22 @@ def resolve(req: Request) -> Plan:
             )
         )
 
-    if req.stage == 2:
-        userland.target(board.arch)  # an arch stage 2 cannot build for is an error here
-        userland.load_toolchain(data_dir)
-    if req.stage == 2 and board.kernel.source != "tuoba":
-        raise board_doc.error(
-            ("kernel", "source"),
-            "stage 2 needs the TuobaOS kernel (source: tuoba): its headers and modules come "
-            "from the clang build",
-        )
+    rules = STAGES[req.stage]
+    rules.check(data_dir, board, board_doc)
     packages: list[str] = []  # Debian packages: stage 2 installs none at all
-    if req.stage == 1:
+    if rules.debian:
         if board.kernel.source == "distro":
             # The distro kernel needs an initramfs (virtio and ext4 are modules in Debian's).
             packages += [board.kernel.package, "initramfs-tools"]
         packages += board.packages
-        for r in recipes:
-            packages += r.stage1.packages
+    packages += [p for _, sec in recipes for p in sec.packages]
     overlays = [Overlay(f"board:{board.name}", board.directory / "overlay",
                         f"boards/{board.name}/overlay")]  # fmt: skip
     overlays = [o for o in overlays if o.path.is_dir()]
-    for r in recipes:
-        overlays += [Overlay(o, data_dir / "overlays" / o) for o in r.overlays(req.stage)]
+    for r, sec in recipes:
+        overlays += [Overlay(o, data_dir / "overlays" / o) for o in sec.overlays]
         if (own := r.own_overlay(req.stage)) is not None:
-            name = r.name if req.stage == 1 else f"{r.name}-s{req.stage}"
-            overlays.append(Overlay(name, own, str(own.relative_to(data_dir))))
+            overlays.append(Overlay(own[0], own[1], str(own[1].relative_to(data_dir))))
 
     if req.mirror:
         mirrors = [req.mirror.rstrip("/")]
@@ -429,29 +445,23 @@ def resolve(req: Request) -> Plan:
     return Plan(
         request=req,
         board=board,
-        recipes=tuple(recipes),
+        recipes=tuple(r for r, _ in recipes),
         features=tuple(features.values()),
         fragments=tuple(fragments),
         kernel_dtbs=kernel_dtbs,
         board_dts=board_dts,
         supplied=supplied,
         packages=tuple(dict.fromkeys(packages)),
-        builds=tuple(
-            dict.fromkeys(
-                b for r in recipes if r.stage2 and req.stage == 2 for b in r.stage2.builds
-            )
-        ),
+        builds=tuple(dict.fromkeys(b for _, sec in recipes for b in sec.builds)),
         overlays=tuple(overlays),
-        services=tuple(
-            dict.fromkeys(s for r in recipes if req.stage == 1 for s in r.stage1.services)
-        ),
+        services=tuple(dict.fromkeys(s for _, sec in recipes for s in sec.services)),
         tests=tuple(
             dict.fromkeys(
                 [
                     *(
                         str(r.check_file(t).relative_to(data_dir))
-                        for r in recipes
-                        for t in r.tests(req.stage)
+                        for r, sec in recipes
+                        for t in sec.tests
                     ),
                     # the clang-built kernel proves its features in the guest
                     *([IMAGE_CHECKS + "test_kernel.py"] if board.kernel.source == "tuoba" else []),

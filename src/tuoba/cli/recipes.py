@@ -16,6 +16,7 @@ def command(app: App) -> None:
     """
     for name in recipe_names(app.data_dir):
         recipe, _ = load_recipe(app.data_dir, name)
-        s1 = f"s1: {len(recipe.stage1.packages)} pkgs"
-        s2 = "s2: -" if recipe.stage2 is None else f"s2: {len(recipe.stage2.builds)} builds"
-        click.echo(f"{name:<12} {s1:<13} {s2:<13} {recipe.description}")
+        s1, s2 = recipe.section(1), recipe.section(2)
+        s1_text = "s1: -" if s1 is None else f"s1: {len(s1.packages)} pkgs"
+        s2_text = "s2: -" if s2 is None else f"s2: {len(s2.builds)} builds"
+        click.echo(f"{name:<12} {s1_text:<13} {s2_text:<13} {recipe.description}")
