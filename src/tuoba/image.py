@@ -19,6 +19,7 @@ from tuoba.digest import digest
 from tuoba.errors import BuildError
 from tuoba.manifest import Manifest
 from tuoba.plan import Plan
+from tuoba.recipe import Artifact
 from tuoba.records import FetchRecord, ImageRecord, KernelRecord, OverlayRecord, RootfsRecord
 
 SUFFIXES = (".img", ".img.xz", ".img.bmap", ".manifest.json")
@@ -86,6 +87,7 @@ def _compose(
 
     with ui.step("Staging the root tree (rootfs + overlays + services)"):
         staging = stage_tree(plan, root, kernel, overlays, loader, cmdline, parts, fstab_line, log)
+        install_artifacts(staging, plan.artifacts, fetched)
     audited = audit(staging)
 
     spec = plan.board.image
@@ -182,6 +184,21 @@ def stage_tree(
     if (staging / "etc/shadow").is_file():
         (staging / "etc/shadow").chmod(0o640)  # git keeps no modes but the exec bit
     return staging
+
+
+def install_artifacts(root: Path, artifacts: tuple[Artifact, ...], fetched: FetchRecord) -> None:
+    """The recipes' pinned files (sources.yaml), copied from the cache to their paths."""
+    for a in artifacts:
+        dest = root / a.install.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_dir() and not dest.is_symlink():
+            raise BuildError(
+                f"{a.install} is a directory in the image: {a.source.name} cannot go there",
+                hint="give the file's own path as its install: in the recipe's sources.yaml",
+            )
+        dest.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write
+        shutil.copyfile(fetched.path(a.source.name), dest)
+        dest.chmod(a.mode)
 
 
 def make_filesystems(

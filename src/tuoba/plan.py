@@ -21,7 +21,7 @@ from tuoba.cache import Store
 from tuoba.config import Doc
 from tuoba.errors import InputError
 from tuoba.kernel import Feature, feature_names, load_feature, load_fragment
-from tuoba.recipe import Recipe, Section, load_recipe, recipe_names
+from tuoba.recipe import Artifact, Recipe, Section, load_recipe, recipe_names
 
 DEFAULT_BOARD = "qemu-aarch64"
 IMAGE_CHECKS = "tests/image/"  # guest checks of every image (kernel, serial console)
@@ -83,6 +83,7 @@ class Plan:
     packages: tuple[str, ...]  # stage 1: Debian packages
     builds: tuple[str, ...]  # stage 2: userland/ packages built by LLVM against musl
     overlays: tuple[Overlay, ...]
+    artifacts: tuple[Artifact, ...]  # pinned files of the recipes' sources.yaml, for this arch
     services: tuple[str, ...]
     tests: tuple[str, ...]
     release: str
@@ -152,6 +153,7 @@ class Plan:
             "qemu": None if self.board.qemu is None else dataclasses.asdict(self.board.qemu),
             "kernel_cmdline": self.board.kernel.cmdline,
             "supplied": {s.file: s.sha256 for s in self.supplied},
+            "artifacts": [[a.install, a.mode, a.source.sha256] for a in self.artifacts],
         }
 
 
@@ -245,6 +247,30 @@ def _check_features(
             )
         out.append(load_feature(data_dir, n, arch))
     return out
+
+
+def _check_artifacts(recipes: list[Recipe]) -> tuple[Artifact, ...]:
+    """The recipes' pinned files: no two put at one path, no two of one name with other bytes
+    (the fetch step keeps sources by name)."""
+    by_path: dict[str, str] = {}
+    by_name: dict[str, tuple[str, str]] = {}
+    out = []
+    for r in recipes:
+        for a in r.artifacts:
+            if (other := by_path.setdefault(a.install, r.name)) != r.name:
+                raise InputError(
+                    f"recipes '{other}' and '{r.name}' both install {a.install}",
+                    hint=f"drop one (recipes/{r.name}/sources.yaml)",
+                )
+            seen = by_name.setdefault(a.source.name, (a.source.sha256, r.name))
+            if seen[0] != a.source.sha256:
+                raise InputError(
+                    f"recipes '{seen[1]}' and '{r.name}' pin different files named {a.source.name}",
+                    hint=f"pin the same sha256, or fetch it under another URL name "
+                    f"(recipes/{r.name}/sources.yaml)",
+                )
+            out.append(a)
+    return tuple(out)
 
 
 def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tuple[Supplied, ...]:
@@ -428,6 +454,8 @@ def resolve(req: Request) -> Plan:
         if (own := r.own_overlay(req.stage)) is not None:
             overlays.append(Overlay(own[0], own[1], str(own[1].relative_to(data_dir))))
 
+    artifacts = _check_artifacts([r for r, _ in recipes])
+
     if req.mirror:
         mirrors = [req.mirror.rstrip("/")]
         security: list[str] = []
@@ -454,6 +482,7 @@ def resolve(req: Request) -> Plan:
         packages=tuple(dict.fromkeys(packages)),
         builds=tuple(dict.fromkeys(b for _, sec in recipes for b in sec.builds)),
         overlays=tuple(overlays),
+        artifacts=artifacts,
         services=tuple(dict.fromkeys(s for _, sec in recipes for s in sec.services)),
         tests=tuple(
             dict.fromkeys(

@@ -4,6 +4,7 @@
     recipes/<name>/checks/test_*.py  its guest checks (testinfra), named in `tests:`
     recipes/<name>/overlay/          its own files for stage 1 (optional)
     recipes/<name>/overlay-s2/       … for stage 2 (optional)
+    recipes/<name>/sources.yaml      pinned files that are no Debian package (optional)
 
     stage1: Debian packages, shared overlays (overlays/), systemd services, guest checks
     stage2: packages built from source by LLVM against musl (userland/), overlays, checks
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 from tuoba.board import ARCHES
 from tuoba.config import Doc, Field, PathPart, load_yaml, name_list, parse_mapping, string
 from tuoba.errors import InputError
+from tuoba.sources import Source, parse_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,21 +49,36 @@ class Section:
 
 
 @dataclasses.dataclass(frozen=True)
+class Artifact:
+    """A pinned file that is no Debian package (a release binary, an image tarball), fetched
+    like every source (url + sha256 + mirrors, into the cache) and installed into the image."""
+
+    source: Source
+    install: str  # its absolute path in the image
+    mode: int
+    arch: tuple[str, ...]  # the architectures it is for (empty: every one)
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe:
     name: str
     directory: Path  # recipes/<name>
     description: str
     kernel_features: tuple[str, ...]
     sections: tuple[tuple[int, Section], ...]  # (stage, what it puts in); a stage absent: none
+    artifacts: tuple[Artifact, ...] = ()  # from its sources.yaml
 
     def section(self, stage: int) -> Section | None:
         """What the recipe puts into a stage's image; None: it has no form for that stage."""
         return dict(self.sections).get(stage)
 
     def for_arch(self, arch: str) -> Recipe:
-        """This recipe as built for `arch`: its arch replacements applied."""
+        """This recipe as built for `arch`: its arch replacements applied, its artifacts for
+        other architectures left out."""
         return dataclasses.replace(
-            self, sections=tuple((n, s.for_arch(arch)) for n, s in self.sections)
+            self,
+            sections=tuple((n, s.for_arch(arch)) for n, s in self.sections),
+            artifacts=tuple(a for a in self.artifacts if not a.arch or arch in a.arch),
         )
 
     def check_file(self, test: str) -> Path:
@@ -136,6 +154,73 @@ RECIPE_FIELDS = [
 ]
 
 
+def _install_path(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
+    s = string(doc, path, value)
+    parts = s.split("/")[1:]
+    if not s.startswith("/") or not parts or any(p in ("", ".", "..") for p in parts):
+        raise doc.error(
+            path,
+            f"'{s[:80]}' is not an absolute path of a file in the image",
+            hint="write it like /usr/local/bin/k3s (no '..', no trailing /)",
+        )
+    return s
+
+
+def _mode(doc: Doc, path: tuple[PathPart, ...], value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise doc.error(
+            path,
+            f"mode {value} is a number, not an octal string",
+            hint='quote it, like "0755" (YAML reads 0755 unquoted as the number 493)',
+        )
+    s = string(doc, path, value)
+    if not re.fullmatch(r"0?[0-7]{3}", s):
+        raise doc.error(
+            path, f"'{s[:20]}' is not a file mode", hint='an octal string like "0755" (quoted)'
+        )
+    return int(s, 8)
+
+
+def _arches(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ...]:
+    names = name_list(doc, path, value)
+    for i, a in enumerate(names):
+        if a not in ARCHES:
+            raise doc.error((*path, i), f"unknown arch '{a}' (known: {', '.join(ARCHES)})")
+    return names
+
+
+ARTIFACT_FIELDS = [
+    Field("install", _install_path, help="where the file goes in the image (absolute path)"),
+    Field("mode", _mode, 0o644, help="its file mode, an octal string"),
+    Field("arch", _arches, (), help="the architectures it is for (absent: every one)"),
+]
+
+
+def _artifacts(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[Artifact, ...]:
+    if not isinstance(value, list):
+        raise doc.error(path, "expected a list of artifacts (url, sha256, install …)")
+    out: list[Artifact] = []
+    for i, item in enumerate(value):
+        src, v = parse_source(doc, (*path, i), item, ARTIFACT_FIELDS)
+        for earlier in out:
+            if earlier.install == v["install"] and set(earlier.arch or ARCHES) & set(
+                v["arch"] or ARCHES
+            ):
+                raise doc.error((*path, i, "install"), f"{v['install']} is installed twice")
+        out.append(Artifact(src, v["install"], v["mode"], v["arch"]))
+    return tuple(out)
+
+
+def load_artifacts(directory: Path, display: str) -> tuple[Artifact, ...]:
+    """A recipe's sources.yaml: its pinned files that are no Debian package."""
+    doc = load_yaml(directory / "sources.yaml", display=f"{display}/sources.yaml")
+    v = parse_mapping(
+        doc, (), doc.data, [Field("artifacts", _artifacts, (), help="pinned files to install")]
+    )
+    artifacts: tuple[Artifact, ...] = v["artifacts"]
+    return artifacts
+
+
 def recipe_names(data_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in (data_dir / "recipes").glob("*/recipe.yaml"))
 
@@ -150,4 +235,6 @@ def load_recipe(data_dir: Path, recipe: str) -> tuple[Recipe, Doc]:
     v = parse_mapping(doc, (), doc.data, RECIPE_FIELDS)
     given = {n: v.pop(f"stage{n}") for n in SECTION_FIELDS}
     sections = tuple((n, s) for n, s in given.items() if s is not None)
+    if (directory / "sources.yaml").is_file():
+        v["artifacts"] = load_artifacts(directory, f"recipes/{recipe}")
     return Recipe(name=recipe, directory=directory, sections=sections, **v), doc

@@ -127,6 +127,7 @@ def plan_sources(plan: Plan) -> list[sources.Source]:
     if plan.board.kernel.source == "tuoba":
         srcs.append(kbuild.load_source(plan.data_dir).source)
     srcs += bootloader.for_board(plan.board, plan.store).sources()
+    srcs += [a.source for a in plan.artifacts]
     return srcs
 
 
@@ -308,7 +309,7 @@ def _fetch_inputs(plan: Plan) -> Inputs:
     return Inputs(
         files=(data / "host" / "tools.yaml", data / "kernel" / "sources.yaml",
                *stages.of(plan).input_files()),
-        values=(plan.board.kernel.source,),
+        values=(plan.board.kernel.source, [dataclasses.asdict(a) for a in plan.artifacts]),
     )  # fmt: skip
 
 
@@ -354,7 +355,9 @@ STEPS = (
         "image",
         "Composing the disk image",
         build_image,
-        lambda plan: Inputs(after=("rootfs", "kernel", "overlay"), values=(plan.image_inputs(),)),
+        lambda plan: Inputs(
+            after=("fetch", "rootfs", "kernel", "overlay"), values=(plan.image_inputs(),)
+        ),
         _image_outputs,
     ),
 )

@@ -166,3 +166,73 @@ def test_check_validates_every_board_and_writes_nothing(project: Path) -> None:
         code, out = invoke(project, "build", "--board", board, "--check")
         assert code == 0, out
     assert not (project / "out").exists()
+
+
+# --- a recipe's sources.yaml ------------------------------------------------------------------
+
+GOOD_ARTIFACT = {
+    "url": "https://example.invalid/k3s-arm64",
+    "sha256": "a" * 64,
+    "origin": "the release's sha256sum-arm64.txt",
+    "install": "/usr/local/bin/k3s",
+    "mode": '"0755"',
+}
+
+
+def pinned_recipe(project: Path, name: str = "pinned", **changes: str) -> None:
+    fields = {**GOOD_ARTIFACT, **changes}
+    recipe = project / "recipes" / name
+    recipe.mkdir()
+    (recipe / "recipe.yaml").write_text("description: pinned files (test)\n")
+    (recipe / "sources.yaml").write_text(
+        "artifacts:\n" + "".join(
+            f"  {'-' if i == 0 else ' '} {k}: {v}\n"
+            for i, (k, v) in enumerate(fields.items()) if v != "DROP"
+        )
+    )  # fmt: skip
+
+
+def test_recipe_sources_pass(project: Path) -> None:
+    pinned_recipe(project)
+    code, out = invoke(project, "build", "--board", "rpi3", "--check", "--recipe", "pinned")
+    assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"mode": "0755"}, ":6 -> artifacts[0] -> mode: mode 493 is a number, not an octal string"),
+        ({"mode": '"rwx"'}, ":6 -> artifacts[0] -> mode: 'rwx' is not a file mode"),
+        (
+            {"install": "usr/bin/k3s"},
+            ":5 -> artifacts[0] -> install: 'usr/bin/k3s' is not an absolute path",
+        ),
+        ({"install": "/usr/../etc/shadow"}, "-> install: '/usr/../etc/shadow' is not an absolute"),
+        ({"sha256": "abc"}, ":3 -> artifacts[0] -> sha256: 'abc' is not a sha256"),
+        ({"arch": "[riscv64]"}, "-> artifacts[0] -> arch[0]: unknown arch 'riscv64'"),
+        ({"install": "DROP"}, "-> artifacts[0]: missing required key 'install'"),
+        ({"size": "12"}, "-> artifacts[0] -> size: unknown key 'size'"),
+    ],
+    ids=["mode-unquoted", "mode-text", "relative", "dotdot", "sha", "arch", "no-install", "typo"],
+)
+def test_recipe_sources_refused(project: Path, change: dict[str, str], said: str) -> None:
+    pinned_recipe(project, **change)
+    got = refused(project, "--recipe", "pinned")
+    assert "error: recipes/pinned/sources.yaml" in got and said in got, got
+
+
+def test_two_recipes_installing_one_path(project: Path) -> None:
+    pinned_recipe(project, "one")
+    pinned_recipe(project, "two", url="https://example.invalid/other/k3s", sha256="b" * 64)
+    got = refused(project, "--recipe", "one", "--recipe", "two")
+    assert "error: recipes 'one' and 'two' both install /usr/local/bin/k3s" in got, got
+
+
+def test_an_artifact_for_another_arch_is_left_out(project: Path) -> None:
+    from tuoba.plan import Request, resolve
+
+    pinned_recipe(project, arch="[armhf]")
+    req = Request(board="rpi3", recipes=("base", "pinned"), stage=1, data_dir=str(project),
+                  out_dir=str(project / "out"), cache_dir=str(project / "cache"),
+                  mirror="http://mirror.invalid/debian", check_needs=False)  # fmt: skip
+    assert resolve(req).artifacts == ()

@@ -38,6 +38,8 @@ def _targets() -> list[tuple[str, tuple[str, ...]]]:
     for recipe in sorted(p.parent.name for p in (ROOT / "recipes").glob("*/recipe.yaml")):
         for stage in ("1", "2"):
             out.append((f"recipes/{recipe}/recipe.yaml", ("--recipe", recipe, "--stage", stage)))
+        if (ROOT / "recipes" / recipe / "sources.yaml").is_file():
+            out.append((f"recipes/{recipe}/sources.yaml", ("--recipe", recipe)))
     for package in sorted(p.parent.name for p in (ROOT / "userland").glob("*/package.yaml")):
         out.append((f"userland/{package}/package.yaml", ("--stage", "2")))
     out.append(("kernel/sources.yaml", ()))
