@@ -20,7 +20,14 @@ from tuoba.errors import BuildError
 from tuoba.manifest import Manifest
 from tuoba.plan import Plan
 from tuoba.recipe import Artifact
-from tuoba.records import FetchRecord, ImageRecord, KernelRecord, OverlayRecord, RootfsRecord
+from tuoba.records import (
+    ArtifactsRecord,
+    FetchRecord,
+    ImageRecord,
+    KernelRecord,
+    OverlayRecord,
+    RootfsRecord,
+)
 
 SUFFIXES = (".img", ".img.xz", ".img.bmap", ".manifest.json")
 GPT_END = 34 * 512  # protective MBR, GPT header and a 128-entry table (the backup is at the end)
@@ -34,6 +41,7 @@ def compose(
     plan: Plan,
     *,
     fetched: FetchRecord,
+    artifacts: ArtifactsRecord,
     root: RootfsRecord,
     kernel: KernelRecord,
     overlays: OverlayRecord,
@@ -43,7 +51,7 @@ def compose(
 ) -> ImageRecord:
     """Make the image and everything beside it; on failure remove its scratch and raise."""
     try:
-        return _compose(plan, fetched, root, kernel, overlays, audit, fstab_line, log)
+        return _compose(plan, fetched, artifacts, root, kernel, overlays, audit, fstab_line, log)
     except BaseException:
         shutil.rmtree(plan.build_dir / "staging", ignore_errors=True)
         for scratch in plan.build_dir.glob("part-*"):
@@ -57,6 +65,7 @@ def compose(
 def _compose(
     plan: Plan,
     fetched: FetchRecord,
+    artifacts: ArtifactsRecord,
     root: RootfsRecord,
     kernel: KernelRecord,
     overlays: OverlayRecord,
@@ -86,8 +95,9 @@ def _compose(
     loader = bootloader.for_board(plan.board, plan.store, {s.file: s.path for s in plan.supplied})
 
     with ui.step("Staging the root tree (rootfs + overlays + services)"):
-        staging = stage_tree(plan, root, kernel, overlays, loader, cmdline, parts, fstab_line, log)
-        install_artifacts(staging, plan.artifacts, fetched)
+        staging = stage_tree(
+            plan, root, kernel, artifacts, overlays, loader, cmdline, parts, fstab_line, log
+        )
     audited = audit(staging)
 
     spec = plan.board.image
@@ -145,7 +155,10 @@ def _compose(
             ],
         },
         partitions=[vars(p) for p in parts],
-        sources={n: src.public() for n, src in fetched.sources.items()},
+        sources={
+            **{n: src.public() for n, src in fetched.sources.items()},
+            **{a.source.name: artifacts.files[a.install].public() for a in plan.artifacts},
+        },
         rootfs={k: v for k, v in root.public().items() if k != "packages"},
         packages=root.packages,
         files={f.name: sources.sha256_file(f) for f in (img, xz, bmap, *boot_files)},
@@ -161,6 +174,7 @@ def stage_tree(
     plan: Plan,
     root: RootfsRecord,
     kernel: KernelRecord,
+    artifacts: ArtifactsRecord,
     overlays: OverlayRecord,
     loader: bootloader.Bootloader,
     cmdline: str,
@@ -169,13 +183,16 @@ def stage_tree(
     log: Path,
 ) -> Path:
     """The image's root tree, in the build directory: a copy of the root filesystem (hard
-    links when out/ shares the cache's filesystem) with everything the image adds."""
+    links when out/ shares the cache's filesystem) with everything the image adds: the
+    kernel's modules, the recipes' pinned files, the rendered overlays, fstab, the boot
+    method's files, the enabled services."""
     staging = plan.build_dir / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     same_fs = Path(root.tree).stat().st_dev == plan.build_dir.stat().st_dev
     run.run(["cp", "-al" if same_fs else "-a", root.tree, str(staging)], log=log)
     if kernel.modules:
         shutil.copytree(kernel.modules, staging / "usr/lib/modules" / kernel.version, symlinks=True)
+    install_artifacts(staging, plan.artifacts, artifacts, overlays)
     overlay.apply_overlay(Path(overlays.tree), staging)
     write_fstab(staging, parts, fstab_line)
     loader.root_tree(staging, kernel, cmdline)
@@ -186,10 +203,27 @@ def stage_tree(
     return staging
 
 
-def install_artifacts(root: Path, artifacts: tuple[Artifact, ...], fetched: FetchRecord) -> None:
-    """The recipes' pinned files (sources.yaml), copied from the cache to their paths."""
+def install_artifacts(
+    root: Path, artifacts: tuple[Artifact, ...], fetched: ArtifactsRecord, overlays: OverlayRecord
+) -> None:
+    """The recipes' pinned files (sources.yaml), copied from the cache to their paths. An
+    overlay file at the same path would silently replace one: that is refused, as is a path
+    that goes through a symbolic link (it could lead out of the image's tree)."""
     for a in artifacts:
-        dest = root / a.install.lstrip("/")
+        rel = a.install.lstrip("/")
+        if rel in overlays.files:
+            raise BuildError(
+                f"{a.install} is both a pinned file ({a.source.name}) and an overlay file",
+                hint="drop one of them: the recipe's sources.yaml or the overlay's file",
+            )
+        dest = root / rel
+        for parent in reversed(Path(rel).parents[:-1]):
+            if (root / parent).is_symlink():
+                raise BuildError(
+                    f"{a.install}: /{parent} is a symbolic link in the image "
+                    f"(-> {(root / parent).readlink()}), so {a.source.name} is not put there",
+                    hint="install it at the path the link points to",
+                )
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.is_dir() and not dest.is_symlink():
             raise BuildError(
@@ -197,7 +231,7 @@ def install_artifacts(root: Path, artifacts: tuple[Artifact, ...], fetched: Fetc
                 hint="give the file's own path as its install: in the recipe's sources.yaml",
             )
         dest.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write
-        shutil.copyfile(fetched.path(a.source.name), dest)
+        shutil.copyfile(fetched.files[a.install].path, dest)
         dest.chmod(a.mode)
 
 

@@ -153,7 +153,12 @@ class Plan:
             "qemu": None if self.board.qemu is None else dataclasses.asdict(self.board.qemu),
             "kernel_cmdline": self.board.kernel.cmdline,
             "supplied": {s.file: s.sha256 for s in self.supplied},
-            "artifacts": [[a.install, a.mode, a.source.sha256] for a in self.artifacts],
+            # (absent when there are none: images of unchanged inputs keep their UUIDs)
+            **(
+                {"artifacts": [[a.install, a.mode, a.source.sha256] for a in self.artifacts]}
+                if self.artifacts
+                else {}
+            ),
         }
 
 
@@ -249,14 +254,14 @@ def _check_features(
     return out
 
 
-def _check_artifacts(recipes: list[Recipe]) -> tuple[Artifact, ...]:
+def _check_artifacts(recipes: list[Recipe], stage: int) -> tuple[Artifact, ...]:
     """The recipes' pinned files: no two put at one path, no two of one name with other bytes
     (the fetch step keeps sources by name)."""
     by_path: dict[str, str] = {}
     by_name: dict[str, tuple[str, str]] = {}
     out = []
     for r in recipes:
-        for a in r.artifacts:
+        for a in (a for a in r.artifacts if stage in a.stages):
             if (other := by_path.setdefault(a.install, r.name)) != r.name:
                 raise InputError(
                     f"recipes '{other}' and '{r.name}' both install {a.install}",
@@ -454,7 +459,7 @@ def resolve(req: Request) -> Plan:
         if (own := r.own_overlay(req.stage)) is not None:
             overlays.append(Overlay(own[0], own[1], str(own[1].relative_to(data_dir))))
 
-    artifacts = _check_artifacts([r for r, _ in recipes])
+    artifacts = _check_artifacts([r for r, _ in recipes], req.stage)
 
     if req.mirror:
         mirrors = [req.mirror.rstrip("/")]

@@ -57,6 +57,7 @@ class Artifact:
     install: str  # its absolute path in the image
     mode: int
     arch: tuple[str, ...]  # the architectures it is for (empty: every one)
+    stages: tuple[int, ...] = (1,)  # the stages whose images get it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,10 +190,26 @@ def _arches(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ...]
     return names
 
 
+def _stages(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise doc.error(path, "expected a list of stages, like [1] or [1, 2]")
+    for i, n in enumerate(value):
+        if isinstance(n, bool) or not isinstance(n, int) or n not in SECTION_FIELDS:
+            raise doc.error(
+                (*path, i),
+                f"{n!r} is not a stage",
+                hint=f"stages are {', '.join(map(str, SECTION_FIELDS))}",
+            )
+    return tuple(value)
+
+
 ARTIFACT_FIELDS = [
     Field("install", _install_path, help="where the file goes in the image (absolute path)"),
     Field("mode", _mode, 0o644, help="its file mode, an octal string"),
     Field("arch", _arches, (), help="the architectures it is for (absent: every one)"),
+    # Stage 2's ELF audit refuses what clang and musl did not build: a release binary is for
+    # stage 1 unless it says otherwise.
+    Field("stages", _stages, (1,), help="the stages whose images get it (default [1])"),
 ]
 
 
@@ -207,7 +224,7 @@ def _artifacts(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[Artifa
                 v["arch"] or ARCHES
             ):
                 raise doc.error((*path, i, "install"), f"{v['install']} is installed twice")
-        out.append(Artifact(src, v["install"], v["mode"], v["arch"]))
+        out.append(Artifact(src, v["install"], v["mode"], v["arch"], v["stages"]))
     return tuple(out)
 
 

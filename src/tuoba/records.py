@@ -23,6 +23,8 @@ class Record:
     step: ClassVar[str]
     # Fields naming places on this host: the steps need them, the manifest leaves them out.
     host_only: ClassVar[frozenset[str]] = frozenset()
+    # Fields the manifest keeps even when they are None (a reader tells "none" from "unknown").
+    always_public: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -30,7 +32,9 @@ class Record:
     def public(self) -> dict[str, Any]:
         """The fields for the manifest: no host paths, nothing that does not apply (None)."""
         return {
-            k: v for k, v in self.to_dict().items() if k not in self.host_only and v is not None
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in self.host_only and (v is not None or k in self.always_public)
         }
 
 
@@ -58,6 +62,14 @@ class FetchRecord(Record):
 
 
 @dataclasses.dataclass(frozen=True)
+class ArtifactsRecord(Record):
+    """The recipes' pinned files (sources.yaml), fetched: install path -> the cached file."""
+
+    step = "artifacts"
+    files: dict[str, FetchedSource]
+
+
+@dataclasses.dataclass(frozen=True)
 class RootfsRecord(Record):
     step = "rootfs"
     host_only = frozenset({"tree"})
@@ -75,6 +87,7 @@ class KernelRecord(Record):
 
     step = "kernel"
     host_only = frozenset({"dir", "modules"})
+    always_public = frozenset({"initrd"})
     source: str
     version: str  # its release string (uname -r)
     compiler: str
@@ -126,7 +139,7 @@ class ImageRecord(Record):
     manifest: str
 
 
-R = TypeVar("R", bound=Record)
+R = TypeVar("R")
 
 
 def from_dict(cls: type[R], data: Any, where: str) -> R:
@@ -136,7 +149,7 @@ def from_dict(cls: type[R], data: Any, where: str) -> R:
         raise _unreadable(where, "not a JSON object")
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(typing.cast(Any, cls)):
         if f.name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise _unreadable(where, f"no '{f.name}'")
@@ -153,13 +166,8 @@ def _value(hint: Any, value: Any, where: str) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise _unreadable(where, "not a JSON object")
-        names = {f.name for f in dataclasses.fields(hint)}
-        if names - value.keys():
-            raise _unreadable(where, f"no '{sorted(names - value.keys())[0]}'")
-        return typing.cast(Any, hint)(**{k: value[k] for k in names})
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return from_dict(typing.cast(Any, hint), value, where)
     if origin is dict:
         if not isinstance(value, dict):
             raise _unreadable(where, "not a JSON object")
@@ -168,7 +176,7 @@ def _value(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise _unreadable(where, "not a JSON list")
         return value
-    if hint is float and isinstance(value, int | float):
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(hint, type) and hint is not Any and not isinstance(value, hint):
         raise _unreadable(where, f"expected {hint.__name__}, found {type(value).__name__}")
@@ -188,14 +196,22 @@ def to_json(record: Record, cache_refs: list[str]) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def read(cls: type[R], path: Path) -> R:
+RecordT = TypeVar("RecordT", bound=Record)
+
+
+def read(cls: type[RecordT], path: Path) -> RecordT:
+    """A step's record; one of another form is removed (so the next build runs its step
+    again) and reported."""
     try:
-        data = json.loads(path.read_text())
+        return from_dict(cls, json.loads(path.read_text()), str(path))
     except FileNotFoundError as e:
         raise BuildError(
             f"step '{cls.step}' has no record ({path})",
             hint="run the build again: the step runs when its record is missing",
         ) from e
     except ValueError as e:
+        path.unlink(missing_ok=True)
         raise _unreadable(str(path), f"not JSON: {e}") from e
-    return from_dict(cls, data, str(path))
+    except BuildError:
+        path.unlink(missing_ok=True)
+        raise

@@ -176,17 +176,29 @@ def build_rootfs(plan: Plan, log: Path) -> RootfsRecord:
         assert entry is not None  # (just made)
     else:
         log.write_text(f"reused cached rootfs {entry.data}\n")
-    rec = json.loads((entry.data / "rootfs.json").read_text())
-    return records.from_dict(
-        RootfsRecord, rec | {"tree": str(entry.data / "tree")}, f"{entry.data}/rootfs.json"
-    )
+    try:
+        rec = json.loads((entry.data / "rootfs.json").read_text())
+        return records.from_dict(
+            RootfsRecord, rec | {"tree": str(entry.data / "tree")}, f"{entry.data}/rootfs.json"
+        )
+    except (ValueError, BuildError) as e:
+        raise BuildError(
+            f"the cached root filesystem {key[:12]}… has an unreadable record ({e})",
+            hint=f"remove the entry and build again: tuoba cache rm rootfs/{key[:12]}",
+        ) from e
+
+
+def work_dirs(store: Store, key: str) -> tuple[Path, Path]:
+    """mkosi's configuration directory and its workspace for one rootfs build: side by side,
+    since mkosi refuses a workspace inside a build source (its configuration directory is
+    one)."""
+    work = store.work("rootfs") / key[:16]
+    return work, work.with_name(f"{work.name}.workspace")
 
 
 def _mkosi_build(plan: Plan, store: Store, site: Path, key: str, log: Path, data: Path) -> None:
     """Run mkosi for the plan; its tree becomes data/tree."""
-    work = store.work("rootfs") / key[:16]
-    # mkosi refuses a workspace inside its configuration directory (a build source)
-    workspace = work.with_name(f"{work.name}.workspace")
+    work, workspace = work_dirs(store, key)
     for d in (work, workspace):
         shutil.rmtree(d, ignore_errors=True)
     (work / "mkosi.sandbox/etc/apt/sources.list.d").mkdir(parents=True)

@@ -37,7 +37,7 @@ from tuoba.digest import digest
 from tuoba.errors import BuildError, TuobaError
 from tuoba.kernel import assert_config, parse_config
 from tuoba.plan import Plan, render_context
-from tuoba.records import R
+from tuoba.records import RecordT
 
 
 def code_digest() -> str:
@@ -73,7 +73,7 @@ def record_path(plan: Plan, step: str) -> Path:
     return plan.build_dir / f"{step}.json"
 
 
-def read_record(plan: Plan, kind: type[R]) -> R:
+def read_record(plan: Plan, kind: type[RecordT]) -> RecordT:
     """The record a step before this one wrote."""
     return records.read(kind, record_path(plan, kind.step))
 
@@ -127,7 +127,6 @@ def plan_sources(plan: Plan) -> list[sources.Source]:
     if plan.board.kernel.source == "tuoba":
         srcs.append(kbuild.load_source(plan.data_dir).source)
     srcs += bootloader.for_board(plan.board, plan.store).sources()
-    srcs += [a.source for a in plan.artifacts]
     return srcs
 
 
@@ -140,6 +139,18 @@ def fetch(plan: Plan) -> None:
         fetched[src.name] = records.FetchedSource(src.sha256, str(path), src.origin)
     stages.of(plan).prepare_tools()
     write_record(plan, records.FetchRecord(sources=fetched))
+
+
+def fetch_artifacts(plan: Plan) -> None:
+    """The recipes' pinned files (sources.yaml), in a record of their own: only the image
+    step reads it, so a new artifact re-runs nothing before the image."""
+    fetched = {}
+    for a in plan.artifacts:
+        path = sources.fetch(
+            a.source, plan.store, debian_mirrors=plan.mirrors, offline=plan.request.offline
+        )
+        fetched[a.install] = records.FetchedSource(a.source.sha256, str(path), a.source.origin)
+    write_record(plan, records.ArtifactsRecord(files=fetched))
 
 
 def build_root(plan: Plan) -> None:
@@ -273,6 +284,7 @@ def build_image(plan: Plan) -> None:
     record = image.compose(
         plan,
         fetched=read_record(plan, records.FetchRecord),
+        artifacts=read_record(plan, records.ArtifactsRecord),
         root=read_record(plan, records.RootfsRecord),
         kernel=read_record(plan, records.KernelRecord),
         overlays=read_record(plan, records.OverlayRecord),
@@ -309,7 +321,7 @@ def _fetch_inputs(plan: Plan) -> Inputs:
     return Inputs(
         files=(data / "host" / "tools.yaml", data / "kernel" / "sources.yaml",
                *stages.of(plan).input_files()),
-        values=(plan.board.kernel.source, [dataclasses.asdict(a) for a in plan.artifacts]),
+        values=(plan.board.kernel.source,),
     )  # fmt: skip
 
 
@@ -348,6 +360,12 @@ def _image_outputs(plan: Plan) -> tuple[Path, ...]:
 
 STEPS = (
     Step("fetch", "Fetching sources", fetch, _fetch_inputs),
+    Step(
+        "artifacts",
+        "Fetching the recipes' pinned files",
+        fetch_artifacts,
+        lambda plan: Inputs(values=([dataclasses.asdict(a) for a in plan.artifacts],)),
+    ),
     Step("rootfs", "Building the root filesystem ({how})", build_root, _rootfs_inputs),
     Step("kernel", "Preparing the kernel and checking its config", kernel, _kernel_inputs),
     Step("overlay", "Rendering overlays", render, _overlay_inputs),
@@ -356,7 +374,8 @@ STEPS = (
         "Composing the disk image",
         build_image,
         lambda plan: Inputs(
-            after=("fetch", "rootfs", "kernel", "overlay"), values=(plan.image_inputs(),)
+            after=("fetch", "artifacts", "rootfs", "kernel", "overlay"),
+            values=(plan.image_inputs(),),
         ),
         _image_outputs,
     ),

@@ -236,3 +236,38 @@ def test_an_artifact_for_another_arch_is_left_out(project: Path) -> None:
                   out_dir=str(project / "out"), cache_dir=str(project / "cache"),
                   mirror="http://mirror.invalid/debian", check_needs=False)  # fmt: skip
     assert resolve(req).artifacts == ()
+
+
+def test_an_artifact_for_this_arch_is_kept(project: Path) -> None:
+    from tuoba.plan import Request, resolve
+
+    pinned_recipe(project, arch="[arm64]")
+    req = Request(board="rpi3", recipes=("base", "pinned"), stage=1, data_dir=str(project),
+                  out_dir=str(project / "out"), cache_dir=str(project / "cache"),
+                  mirror="http://mirror.invalid/debian", check_needs=False)  # fmt: skip
+    (artifact,) = resolve(req).artifacts
+    assert (artifact.install, artifact.mode, artifact.source.name) == (
+        "/usr/local/bin/k3s",
+        0o755,
+        "k3s-arm64",
+    )
+    assert artifact.stages == (1,)
+
+
+def test_one_name_pinned_to_two_hashes(project: Path) -> None:
+    pinned_recipe(project, "one")
+    pinned_recipe(project, "two", install="/usr/bin/k3s", sha256="b" * 64)
+    got = refused(project, "--recipe", "one", "--recipe", "two")
+    assert "error: recipes 'one' and 'two' pin different files named k3s-arm64" in got, got
+
+
+@pytest.mark.parametrize(
+    ("stages", "said"),
+    [("[3]", "-> stages[0]: 3 is not a stage"), ("[[1]]", "-> stages[0]: [1] is not a stage"),
+     ("[]", "-> stages: expected a list of stages")],
+    ids=["three", "nested", "empty"],
+)  # fmt: skip
+def test_artifact_stages_refused(project: Path, stages: str, said: str) -> None:
+    pinned_recipe(project, stages=stages)
+    got = refused(project, "--recipe", "pinned")
+    assert said in got, got

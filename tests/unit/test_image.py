@@ -9,6 +9,11 @@ import pytest
 
 from tests.unit.test_disk import spec
 from tuoba.disk import layout
+from tuoba.errors import BuildError
+from tuoba.image import install_artifacts
+from tuoba.recipe import Artifact
+from tuoba.records import ArtifactsRecord, FetchedSource, OverlayRecord
+from tuoba.sources import Source
 
 
 @pytest.mark.parametrize(
@@ -25,7 +30,6 @@ from tuoba.disk import layout
 def test_raw_writes_keep_off_the_table_and_partitions(
     tmp_path: Path, table: str, offset: int, size: int, clash: str | None
 ) -> None:
-    from tuoba.errors import BuildError
     from tuoba.image import check_raw_writes
 
     blob = tmp_path / "loader.bin"
@@ -44,7 +48,7 @@ def test_fstab_names_partitions_the_way_each_stage_can_mount_them(tmp_path: Path
     from tuoba.stages import Stage
 
     def stage(n: int) -> Stage:
-        return Stage.registry[n](None)  # type: ignore[arg-type]  # (fstab_line reads no plan)
+        return Stage.registry[n](None)  # (fstab_line reads no plan)
 
     boot, root = layout(spec(), "seed")
     (tmp_path / "etc").mkdir()
@@ -58,3 +62,42 @@ def test_fstab_names_partitions_the_way_each_stage_can_mount_them(tmp_path: Path
     assert f"UUID={serial} /boot vfat defaults 0 2" in s2
     assert f"PARTUUID={root.uuid} / ext4 " in s1 and f"PARTUUID={root.uuid} / ext4 " in s2
     assert (tmp_path / "boot").is_dir()
+
+
+def _artifact(install: str) -> tuple[object, object]:
+    from tuoba.records import ArtifactsRecord, FetchedSource
+
+    a = Artifact(Source("k3s-arm64", "http://x/k3s-arm64", "a" * 64), install, 0o755, ())
+    return a, ArtifactsRecord(files={install: FetchedSource("a" * 64, "", "test")})
+
+
+def test_artifacts_go_to_their_path_with_their_mode(tmp_path: Path) -> None:
+
+    cached = tmp_path / "cached"
+    cached.write_bytes(b"\x7fELF binary")
+    a, _ = _artifact("/usr/local/bin/k3s")
+    rec = ArtifactsRecord(files={a.install: FetchedSource("a" * 64, str(cached), "t")})
+    root = tmp_path / "root"
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "usr/local/bin/k3s").write_text("old")  # (a hard link into the cache: replaced)
+    install_artifacts(root, (a,), rec, OverlayRecord(files={}, tree=""))
+    dest = root / "usr/local/bin/k3s"
+    assert dest.read_bytes() == b"\x7fELF binary" and dest.stat().st_mode & 0o777 == 0o755
+
+
+def test_an_artifact_an_overlay_also_writes_is_refused(tmp_path: Path) -> None:
+
+    a, rec = _artifact("/usr/local/bin/k3s")
+    overlays = OverlayRecord(files={"usr/local/bin/k3s": "f" * 64}, tree="")
+    with pytest.raises(BuildError, match=r"both a pinned file .* and an overlay file"):
+        install_artifacts(tmp_path, (a,), rec, overlays)
+
+
+def test_an_artifact_behind_a_symlink_is_refused(tmp_path: Path) -> None:
+
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var/run").symlink_to("/run")  # as in Debian: it would lead out of the tree
+    a, rec = _artifact("/var/run/k3s/k3s")
+    with pytest.raises(BuildError, match="/var/run is a symbolic link in the image"):
+        install_artifacts(tmp_path, (a,), rec, OverlayRecord(files={}, tree=""))
+    assert not Path("/run/k3s").exists()
