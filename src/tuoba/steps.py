@@ -2,7 +2,7 @@
 the records of the steps it comes after), what it writes, and its function. SConstruct loops
 over STEPS and holds no per-step code; only step functions write to disk.
 
-    fetch -> rootfs -> kernel -> overlay -> image
+    fetch -> artifacts -> rootfs -> kernel -> overlay -> image
 
 Each step writes a small JSON record as its SCons target, last, so an interrupted step leaves
 no target and runs again on the next build. Adding a step: its function (here or in a module

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,19 @@ EXAMPLES = int(os.environ.get("TUOBA_FUZZ_EXAMPLES", "4"))
 SECONDS_PER_MUTANT = 10
 
 
+# Recipes of the test data, copied into the fuzzer's project: kinds of data file no recipe of the
+# tree has yet (a sources.yaml).
+TEST_RECIPES = ROOT / "tests" / "data" / "recipes"
+
+
+def _original(file: str) -> Path:
+    """Where a target's unmutated text is: the tree, or the test data."""
+    parts = Path(file).parts
+    if parts[0] == "recipes" and (TEST_RECIPES / parts[1]).is_dir():
+        return TEST_RECIPES.joinpath(*parts[1:])
+    return ROOT / file
+
+
 def _targets() -> list[tuple[str, tuple[str, ...]]]:
     """(data file, the `tuoba build` arguments that make it read that file)."""
     out: list[tuple[str, tuple[str, ...]]] = []
@@ -40,6 +54,8 @@ def _targets() -> list[tuple[str, tuple[str, ...]]]:
             out.append((f"recipes/{recipe}/recipe.yaml", ("--recipe", recipe, "--stage", stage)))
         if (ROOT / "recipes" / recipe / "sources.yaml").is_file():
             out.append((f"recipes/{recipe}/sources.yaml", ("--recipe", recipe)))
+    for recipe in sorted(p.parent.name for p in (TEST_RECIPES).glob("*/recipe.yaml")):
+        out.append((f"recipes/{recipe}/sources.yaml", ("--recipe", recipe)))
     for package in sorted(p.parent.name for p in (ROOT / "userland").glob("*/package.yaml")):
         out.append((f"userland/{package}/package.yaml", ("--stage", "2")))
     out.append(("kernel/sources.yaml", ()))
@@ -56,6 +72,7 @@ def fuzz_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     """A project copy, and the placeholder files the boards that need one are given."""
     root = tmp_path_factory.mktemp("fuzz")
     project = copy_project(root / "project")
+    shutil.copytree(TEST_RECIPES, project / "recipes", dirs_exist_ok=True)
     supplies = {
         "pynq-z2": f"BOOT.BIN={zynq_boot_image(root / 'BOOT.BIN')}",
         "vim3": f"u-boot.bin.sd.bin={amlogic_sd_fip(root / 'u-boot.bin.sd.bin')}",
@@ -168,7 +185,7 @@ def test_mutants_validate_or_are_refused_with_a_location(
     project, supplies = fuzz_project
     board = args[1] if args[:1] == ("--board",) else None
     supply = ("--supply", supplies[board]) if board in supplies else ()
-    text = (ROOT / file).read_text()
+    text = _original(file).read_text()
 
     # deadline=None: Hypothesis's own timing flakes on a loaded machine; check_mutant bounds it
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
