@@ -27,7 +27,20 @@ def invoke(project: Path, *args: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(
-    "command", ["build", "test", "boot", "boards", "recipes", "doctor", "kernel", "cache"]
+    "command",
+    [
+        "build",
+        "test",
+        "boot",
+        "boards",
+        "recipes",
+        "doctor",
+        "kernel",
+        "cache",
+        "release",
+        "download",
+        "flash",
+    ],  # fmt: skip
 )
 def test_every_command_has_help(project: Path, command: str) -> None:
     code, out = invoke(project, command, "--help")

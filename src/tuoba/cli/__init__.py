@@ -165,9 +165,23 @@ cli.params[:0] = [o.for_group() for o in GLOBAL_OPTIONS]
 
 
 def _register() -> None:
-    from tuoba.cli import boards, boot, build, cache, doctor, flash, kernel, recipes, test
+    from tuoba.cli import (
+        boards,
+        boot,
+        build,
+        cache,
+        doctor,
+        download,
+        flash,
+        kernel,
+        recipes,
+        release,
+        test,
+    )
 
-    for module in (build, test, boot, flash, boards, recipes, kernel, cache, doctor):
+    for module in (
+        build, test, boot, flash, release, download, boards, recipes, kernel, cache, doctor
+    ):  # fmt: skip
         with_global_options(module.command)
         cli.add_command(module.command)
 

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tuoba import release as core
+from tuoba import ui
+from tuoba.cli import App
+
+
+@click.command("release")
+@click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--sign-key",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The private SSH key that signs SHA256SUMS (unencrypted; ssh-keygen -t ed25519).",
+)
+@click.option("--board", "boards", multiple=True, help="Only this board's images (repeatable).")
+@click.option(
+    "--stage", "stages", multiple=True, type=click.IntRange(1, 2), help="Only this stage."
+)
+@click.option(
+    "--signer",
+    default="release@tuoba",
+    show_default=True,
+    help="The signer's name in the allowed_signers line written beside the release.",
+)
+@click.pass_obj
+def command(
+    app: App,
+    dest: Path,
+    sign_key: Path,
+    boards: tuple[str, ...],
+    stages: tuple[int, ...],
+    signer: str,
+) -> None:
+    """Make a signed release of built images in DEST, for `tuoba download` and web servers.
+
+    Copies each image's .img.xz, .img.bmap, manifest and boot files (checked against the
+    hashes its manifest recorded), writes catalog.json, SHA256SUMS over every file and
+    SHA256SUMS.sig (ssh-keygen -Y sign, namespace tuoba-release), and allowed_signers with the
+    key's public half. Serve DEST over HTTP as it is.
+
+    \b
+    Example:
+      ssh-keygen -t ed25519 -N '' -f release-key
+      tuoba release public/ --sign-key release-key --board rpi4 --board qemu-aarch64
+    """
+    images = core.built_images(app.out_dir, boards, stages)
+    cat = core.make_release(images, dest.resolve(), sign_key, signer)
+    for image in cat.images:
+        xz = image.file("image")
+        ui.info(
+            f"{image.name}: {xz.name} ({xz.size / (1 << 20):.0f} MiB), {len(image.files)} files"
+        )
+    ui.info(f"release {cat.version} in {dest}: catalog.json, SHA256SUMS, SHA256SUMS.sig")

@@ -1,0 +1,286 @@
+"""`tuoba release` and `tuoba download` for real: ssh-keygen signs and verifies, a real HTTP
+server on loopback serves the release (with HTTP ranges, as web servers do), and misbehaving
+ones cut a transfer midway, serve a tampered byte or a re-signed checksum list. The images are
+small stand-ins with real manifests (tests/integration releases a built one)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_cli import invoke
+from tuoba.manifest import Manifest
+
+BOARD = "qemu-aarch64"
+NAME = f"tuoba-{BOARD}-s1-0.1.0"
+
+
+def fake_build(out: Path, name: str = NAME, board: str = BOARD, size: int = 3 << 20) -> None:
+    """An out/ as `tuoba build` leaves it: image, xz, bmap, kernel and a manifest naming their
+    hashes. The xz is 3 MiB of incompressible bytes, so a transfer can be cut midway."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        f"{name}.img": b"raw image " * 1000,
+        f"{name}.img.xz": os.urandom(size),
+        f"{name}.img.bmap": b"<bmap/>\n",
+        f"{name}.Image": b"kernel " * 100,
+    }
+    for file, data in files.items():
+        (out / file).write_bytes(data)
+    manifest = Manifest(
+        name=name, version="0.1.0", board=board, arch="arm64", stage=1, recipes=["base"],
+        tests=[], hostname="h", inputs_digest="0" * 64,
+        kernel={"version": "6.1.170-tuoba"},
+        boot={"kernel": f"{name}.Image", "initrd": None, "cmdline": "", "qemu": None,
+              "loaders": [], "supplied": []},
+        partitions=[], sources={}, rootfs={}, packages=[],
+        files={f: hashlib.sha256(d).hexdigest() for f, d in files.items()},
+    )  # fmt: skip
+    (out / f"{name}.manifest.json").write_text(manifest.to_json())
+
+
+def keypair(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t", "-f", str(path)],
+                   check=True)  # fmt: skip
+    return path
+
+
+class Server:
+    """A loopback HTTP server for a directory, with Range/If-Range (206) as web servers do,
+    and faults on request: cut the first transfer of a file midway, or flip a byte of it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cut_first: set[str] = set()
+        self.tamper: set[str] = set()
+        self.requests: list[tuple[str, str | None]] = []
+
+
+@contextlib.contextmanager
+def serve(server: Server) -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            name = self.path.lstrip("/")
+            server.requests.append((name, self.headers.get("Range")))
+            path = server.root / name
+            if not path.is_file():
+                self.send_error(404)
+                return
+            data = bytearray(path.read_bytes())
+            if name in server.tamper:
+                data[len(data) // 2] ^= 0xFF
+            etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+            start = 0
+            rng = self.headers.get("Range")
+            if rng and self.headers.get("If-Range") in (None, etag):
+                start = int(rng.removeprefix("bytes=").split("-")[0])
+            self.send_response(206 if start else 200)
+            self.send_header("ETag", etag)
+            self.send_header("Content-Length", str(len(data) - start))
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.end_headers()
+            body = bytes(data[start:])
+            if name in server.cut_first:
+                server.cut_first.discard(name)
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(2)  # the connection drops midway
+                return
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/catalog.json"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def released(project: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(release dir, private key, allowed_signers the user keeps) of a fake qemu-aarch64 build."""
+    fake_build(project / "out")
+    key = keypair(tmp_path / "release-key")
+    dest = tmp_path / "public"
+    code, out = invoke(project, "release", str(dest), "--sign-key", str(key))
+    assert code == 0, out
+    trusted = tmp_path / "trusted_signers"
+    trusted.write_text((dest / "allowed_signers").read_text())
+    return dest, key, trusted
+
+
+def download(project: Path, url: str, trusted: Path | None, *extra: str) -> tuple[int, str]:
+    signers = ("--allowed-signers", str(trusted)) if trusted else ()
+    return invoke(project, "--out", str(project / "dl"), "download", "--board", BOARD,
+                  "--catalog", url, *signers, *extra)  # fmt: skip
+
+
+def test_release_is_signed_listed_and_checksummed(released: tuple[Path, Path, Path]) -> None:
+    dest, _, trusted = released
+    catalog = json.loads((dest / "catalog.json").read_text())
+    (image,) = catalog["images"]
+    assert (image["board"], image["stage"], image["name"]) == (BOARD, 1, NAME)
+    roles = {f["name"]: f["role"] for f in image["files"]}
+    assert roles == {f"{NAME}.img.xz": "image", f"{NAME}.img.bmap": "bmap",
+                     f"{NAME}.Image": "boot", f"{NAME}.manifest.json": "manifest"}  # fmt: skip
+    assert not (dest / f"{NAME}.img").exists(), "the raw image is not shipped, its xz is"
+    subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=dest, check=True,
+                   capture_output=True)  # fmt: skip
+    assert "catalog.json" in (dest / "SHA256SUMS").read_text()
+    with (dest / "SHA256SUMS").open("rb") as sums:  # ssh-keygen itself agrees
+        subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(trusted), "-I", "release@tuoba",
+                        "-n", "tuoba-release", "-s", str(dest / "SHA256SUMS.sig")],
+                       stdin=sums, check=True, capture_output=True)  # fmt: skip
+
+
+def test_download_verifies_and_keeps_the_files(
+    project: Path, released: tuple[Path, Path, Path]
+) -> None:
+    dest, _, trusted = released
+    with serve(Server(dest)) as url:
+        code, out = download(project, url, trusted)
+    assert code == 0, out
+    for name in (f"{NAME}.img.xz", f"{NAME}.img.bmap", f"{NAME}.Image", f"{NAME}.manifest.json"):
+        assert (project / "dl" / name).read_bytes() == (dest / name).read_bytes(), name
+    assert not list((project / "dl").glob(".*")), "no partial files left"
+    assert "tuoba flash" in out
+
+
+def test_an_interrupted_transfer_resumes_with_a_range(
+    project: Path, released: tuple[Path, Path, Path]
+) -> None:
+    dest, _, trusted = released
+    server = Server(dest)
+    server.cut_first = {f"{NAME}.img.xz"}
+    with serve(server) as url:
+        code, out = download(project, url, trusted)
+    assert code == 0, out
+    xz_requests = [rng for name, rng in server.requests if name == f"{NAME}.img.xz"]
+    assert xz_requests[0] is None and xz_requests[1] and xz_requests[1].startswith("bytes=")
+    assert int(xz_requests[1].removeprefix("bytes=").rstrip("-")) > 0, xz_requests
+    assert (project / "dl" / f"{NAME}.img.xz").read_bytes() == (
+        dest / f"{NAME}.img.xz"
+    ).read_bytes()
+
+
+def test_a_partial_file_of_an_earlier_run_is_resumed(
+    project: Path, released: tuple[Path, Path, Path]
+) -> None:
+    dest, _, trusted = released
+    data = (dest / f"{NAME}.img.xz").read_bytes()
+    dl = project / "dl"
+    dl.mkdir()
+    (dl / f".{NAME}.img.xz.part").write_bytes(data[:1000])
+    server = Server(dest)
+    with serve(server) as url:
+        etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+        sha = hashlib.sha256(data).hexdigest()
+        (dl / f".{NAME}.img.xz.part.json").write_text(json.dumps(
+            {"url": url.replace("catalog.json", f"{NAME}.img.xz"), "sha256": sha,
+             "validator": etag}))  # fmt: skip
+        code, out = download(project, url, trusted)
+    assert code == 0, out
+    assert (f"{NAME}.img.xz", "bytes=1000-") in server.requests
+    assert (dl / f"{NAME}.img.xz").read_bytes() == data
+
+
+def test_a_tampered_byte_is_refused_and_nothing_kept(
+    project: Path, released: tuple[Path, Path, Path]
+) -> None:
+    dest, _, trusted = released
+    server = Server(dest)
+    server.tamper = {f"{NAME}.img.xz"}
+    with serve(server) as url:
+        code, out = download(project, url, trusted)
+    assert code == 7, out
+    said = " ".join(out.split())
+    assert f"error: {NAME}.img.xz: downloaded" in said and "the release signs" in said, said
+    assert not (project / "dl" / f"{NAME}.img.xz").exists()
+    assert not list((project / "dl").glob(f".{NAME}.img.xz*")), "the bad bytes are not kept"
+
+
+def test_checksums_signed_by_another_key_are_refused(
+    project: Path, released: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    dest, _, trusted = released
+    # someone swaps a byte of the image and re-signs SHA256SUMS (and the catalog) with their key
+    xz = dest / f"{NAME}.img.xz"
+    xz.write_bytes(b"\x00" + xz.read_bytes()[1:])
+    other = keypair(tmp_path / "other-key")
+    sums = dest / "SHA256SUMS"
+    text = sums.read_text().splitlines()
+    sha = hashlib.sha256(xz.read_bytes()).hexdigest()
+    sums.write_text("".join(f"{sha}  {ln.split('  ')[1]}\n" if ln.endswith(".img.xz")
+                            else ln + "\n" for ln in text))  # fmt: skip
+    (dest / "SHA256SUMS.sig").unlink()
+    subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-f", str(other), "-n", "tuoba-release",
+                    str(sums)], check=True, capture_output=True)  # fmt: skip
+    with serve(Server(dest)) as url:
+        code, out = download(project, url, trusted)
+    assert code == 7, out
+    assert "SHA256SUMS.sig is not signed by a key in" in " ".join(out.split()), out
+    assert not (project / "dl").exists() or not list((project / "dl").iterdir())
+
+
+def test_without_allowed_signers_the_release_key_is_used_with_a_warning(
+    project: Path, released: tuple[Path, Path, Path]
+) -> None:
+    dest, _, _ = released
+    with serve(Server(dest)) as url:
+        code, out = download(project, url, None)
+    assert code == 0, out
+    assert "no --allowed-signers given" in " ".join(out.split())
+
+
+def test_an_unknown_board_names_what_the_release_has(
+    project: Path, released: tuple[Path, Path, Path]
+) -> None:
+    dest, _, trusted = released
+    with serve(Server(dest)) as url:
+        code, out = invoke(project, "download", "--board", "rpi4", "--catalog", url,
+                           "--allowed-signers", str(trusted))  # fmt: skip
+    assert code == 2, out
+    said = " ".join(out.split())
+    assert "error: the release has no image for board 'rpi4' stage 1" in said
+    assert f"it has: {BOARD} (stage 1)" in said
+
+
+def test_a_catalog_url_that_is_no_catalog(project: Path, tmp_path: Path) -> None:
+    (tmp_path / "catalog.json").write_text("<html>not found</html>")
+    with serve(Server(tmp_path)) as url:
+        code, out = download(project, url, None)
+    assert code == 7, out
+    assert "not a TuobaOS release catalog" in " ".join(out.split())
+
+
+def test_release_refuses_an_image_changed_since_its_build(project: Path, tmp_path: Path) -> None:
+    fake_build(project / "out")
+    (project / "out" / f"{NAME}.img.bmap").write_text("edited\n")
+    code, out = invoke(project, "release", str(tmp_path / "public"), "--sign-key",
+                       str(keypair(tmp_path / "k")))  # fmt: skip
+    assert code == 2, out
+    assert "is not the file its manifest recorded" in " ".join(out.split())
+    assert not (tmp_path / "public" / "SHA256SUMS.sig").exists()
+
+
+def test_release_of_a_board_not_built(project: Path, tmp_path: Path) -> None:
+    fake_build(project / "out")
+    code, out = invoke(project, "release", str(tmp_path / "public"), "--sign-key",
+                       str(keypair(tmp_path / "k")), "--board", "rpi4")  # fmt: skip
+    assert code == 2, out
+    assert "no built image of board 'rpi4' stage 1" in " ".join(out.split())
