@@ -40,7 +40,7 @@ def invoke(project: Path, *args: str) -> tuple[int, str]:
         "release",
         "download",
         "flash",
-    ],  # fmt: skip
+    ],
 )
 def test_every_command_has_help(project: Path, command: str) -> None:
     code, out = invoke(project, command, "--help")
