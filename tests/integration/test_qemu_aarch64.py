@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.test_release import Server, keypair, serve
 from tests.conftest import copy_project
 
 pytestmark = pytest.mark.integration
@@ -153,6 +154,39 @@ def test_partition_table(built: Project) -> None:
     assert root["type"] == "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"
     cmdline = built.manifest()["boot"]["cmdline"]  # type: ignore[index]
     assert f"root=PARTUUID={root['uuid'].lower()}" in cmdline
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
+def test_release_download_and_flash_to_a_loop_device(built: Project, tmp_path: Path) -> None:
+    """The built image released (signed), served on loopback, downloaded with a transfer cut
+    midway, and flashed from its .img.xz to a loop device: the card holds the built image."""
+    key = keypair(tmp_path / "release-key")
+    public = tmp_path / "public"
+    built.tuoba("release", str(public), "--sign-key", str(key))
+    trusted = tmp_path / "trusted_signers"
+    trusted.write_text((public / "allowed_signers").read_text())
+    server = Server(public)
+    xz_name = built.artifact(".img.xz").name
+    server.cut_first = {xz_name}
+    dl = tmp_path / "dl"
+    with serve(server) as url:
+        built.tuoba("--out", str(dl), "download", "--board", BOARD, "--catalog", url,
+                    "--allowed-signers", str(trusted))  # fmt: skip
+    assert [r for n, r in server.requests if n == xz_name][1], "the cut transfer was resumed"
+    img = built.artifact(".img")
+    card = tmp_path / "card"
+    with card.open("wb") as f:
+        f.truncate(img.stat().st_size + (64 << 20))  # sparse: a card a little larger
+    dev = subprocess.run(["losetup", "-f", "--show", str(card)], capture_output=True, text=True,
+                         check=True).stdout.strip()  # fmt: skip
+    try:
+        flashed = built.tuoba("flash", str(dl / xz_name), "--device", dev, "--yes", "--force")
+        assert "verified" in flashed.stdout + flashed.stderr, flashed.stderr
+        with open(dev, "rb") as f, img.open("rb") as want:
+            for _ in range(img.stat().st_size >> 24):  # 16 MiB at a time
+                assert f.read(1 << 24) == want.read(1 << 24)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def test_guest_checks_pass_in_qemu(built: Project) -> None:
