@@ -23,7 +23,7 @@ CATALOG = "catalog.json"
 SUMS = "SHA256SUMS"
 SIGNATURE = "SHA256SUMS.sig"  # (never <name>.bmap.sig: bmaptool reads those as GPG signatures)
 SIGNERS = "allowed_signers"
-ROLES = ("image", "bmap", "manifest", "boot")
+ROLES = ("image", "bmap", "manifest", "boot", "sbom")
 
 
 class DownloadError(TuobaError):
@@ -35,7 +35,8 @@ class DownloadError(TuobaError):
 @dataclasses.dataclass(frozen=True)
 class CatalogFile:
     name: str  # relative to the catalog
-    role: str  # image (.img.xz), bmap, manifest, boot (kernel, initrd, device tree, loader)
+    role: str  # image (.img.xz), bmap, manifest, boot (kernel, initrd, device tree, loader),
+    # sbom (.spdx.json, .cdx.json)
     size: int
     sha256: str
 

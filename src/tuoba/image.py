@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuoba import bootloader, disk, overlay, publish, run, sources, ui
+from tuoba import bootloader, disk, overlay, publish, run, sbom, sources, ui
 from tuoba.digest import digest
 from tuoba.errors import BuildError
 from tuoba.manifest import Manifest
@@ -99,6 +99,7 @@ def _compose(
             plan, root, kernel, artifacts, overlays, loader, cmdline, parts, fstab_line, log
         )
     audited = audit(staging)
+    licences = sbom.debian_licences(staging)  # (for the SBOMs: the copyright files are here)
 
     spec = plan.board.image
     with ui.step(f"Writing {img.name} ({spec.size >> 20} MiB, {spec.table})"):
@@ -160,7 +161,10 @@ def _compose(
             **{a.source.name: artifacts.files[a.install].public() for a in plan.artifacts},
         },
         rootfs={k: v for k, v in root.public().items() if k != "packages"},
-        packages=root.packages,
+        packages=[
+            p | {"license": licences[p["name"]]} if p["name"] in licences else p
+            for p in root.packages
+        ],
         files={f.name: sources.sha256_file(f) for f in (img, xz, bmap, *boot_files)},
         audit=audited,
     )

@@ -2,19 +2,21 @@
 
 Each image's compressed image, block map, manifest and boot files (the kernel and device trees
 QEMU boards boot with, the loaders written outside the partitions) are checked against the
-sha256 its manifest recorded, then copied; `catalog.json` lists them, `SHA256SUMS` covers every
+sha256 its manifest recorded, then copied, and its SBOMs written (SPDX 2.3 and CycloneDX 1.6,
+tuoba.sbom); `catalog.json` lists them, `SHA256SUMS` covers every
 file (the catalog too), and `SHA256SUMS.sig` signs it, written last: a release without its
 signature is not finished, and `tuoba download` refuses it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from pathlib import Path
 
-from tuoba import catalog, manifest, publish, ui
+from tuoba import catalog, manifest, publish, sbom, ui
 from tuoba.catalog import Catalog, CatalogFile, CatalogImage
 from tuoba.errors import InputError
 from tuoba.sources import sha256_file
@@ -52,6 +54,7 @@ def make_release(
     pub = catalog.public_key(sign_key)  # (checked before anything is written)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / catalog.SIGNATURE).unlink(missing_ok=True)  # unfinished until signed again
+    released = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     entries = []
     for image in images:
         m = manifest.load(image)
@@ -69,6 +72,15 @@ def make_release(
             with ui.step(f"Adding {name}"):
                 _copy(src, dest / name)
             files.append(CatalogFile(name, role, src.stat().st_size, recorded))
+        xz_sha = next(f.sha256 for f in files if f.role == "image")
+        for suffix, doc in ((".spdx.json", sbom.spdx), (".cdx.json", sbom.cyclonedx)):
+            sbom_file = dest / f"{m.name}{suffix}"
+            with publish.atomic(sbom_file) as tmp:
+                tmp.write_text(json.dumps(doc(m, xz_sha, released), indent=2) + "\n")
+            files.append(
+                CatalogFile(sbom_file.name, "sbom", sbom_file.stat().st_size,
+                            sha256_file(sbom_file))
+            )  # fmt: skip
         entries.append(
             CatalogImage(
                 name=m.name,
@@ -82,7 +94,7 @@ def make_release(
         )
     cat = Catalog(
         version=entries[0].version,
-        released=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        released=released,
         images=tuple(entries),
     )
     with publish.atomic(dest / catalog.CATALOG) as tmp:

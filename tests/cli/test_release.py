@@ -42,7 +42,18 @@ def fake_build(out: Path, name: str = NAME, board: str = BOARD, size: int = 3 <<
         kernel={"version": "6.1.170-tuoba"},
         boot={"kernel": f"{name}.Image", "initrd": None, "cmdline": "", "qemu": None,
               "loaders": [], "supplied": []},
-        partitions=[], sources={}, rootfs={}, packages=[],
+        partitions=[],
+        sources={"linux_6.1.170.orig.tar.xz": {"sha256": "d" * 64, "origin": "Debian Sources"}},
+        rootfs={},
+        packages=[
+            {"name": "bash", "version": "5.2.15-2+b7", "arch": "arm64",
+             "license": "GPL-3.0-or-later"},
+            {"name": "libc6", "version": "2.36-9+deb12u10", "arch": "arm64"},
+            {"name": "perl-base", "version": "5.36.0-7", "arch": "arm64",
+             "license": "GPL-1.0-or-later OR Artistic-1.0-Perl"},
+            {"name": "busybox", "version": "1.35.0", "role": "package", "source_sha256": "e" * 64,
+             "built_by": "Debian clang version 14.0.6", "target": "aarch64-linux-musl"},
+        ],
         files={f: hashlib.sha256(d).hexdigest() for f, d in files.items()},
     )  # fmt: skip
     (out / f"{name}.manifest.json").write_text(manifest.to_json())
@@ -137,7 +148,8 @@ def test_release_is_signed_listed_and_checksummed(released: tuple[Path, Path, Pa
     assert (image["board"], image["stage"], image["name"]) == (BOARD, 1, NAME)
     roles = {f["name"]: f["role"] for f in image["files"]}
     assert roles == {f"{NAME}.img.xz": "image", f"{NAME}.img.bmap": "bmap",
-                     f"{NAME}.Image": "boot", f"{NAME}.manifest.json": "manifest"}  # fmt: skip
+                     f"{NAME}.Image": "boot", f"{NAME}.manifest.json": "manifest",
+                     f"{NAME}.spdx.json": "sbom", f"{NAME}.cdx.json": "sbom"}  # fmt: skip
     assert not (dest / f"{NAME}.img").exists(), "the raw image is not shipped, its xz is"
     subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=dest, check=True,
                    capture_output=True)  # fmt: skip
@@ -155,7 +167,8 @@ def test_download_verifies_and_keeps_the_files(
     with serve(Server(dest)) as url:
         code, out = download(project, url, trusted)
     assert code == 0, out
-    for name in (f"{NAME}.img.xz", f"{NAME}.img.bmap", f"{NAME}.Image", f"{NAME}.manifest.json"):
+    for name in (f"{NAME}.img.xz", f"{NAME}.img.bmap", f"{NAME}.Image", f"{NAME}.manifest.json",
+                 f"{NAME}.spdx.json", f"{NAME}.cdx.json"):  # fmt: skip
         assert (project / "dl" / name).read_bytes() == (dest / name).read_bytes(), name
     assert not list((project / "dl").glob(".*")), "no partial files left"
     assert "tuoba flash" in out
@@ -284,3 +297,35 @@ def test_release_of_a_board_not_built(project: Path, tmp_path: Path) -> None:
                        str(keypair(tmp_path / "k")), "--board", "rpi4")  # fmt: skip
     assert code == 2, out
     assert "no built image of board 'rpi4' stage 1" in " ".join(out.split())
+
+
+def test_sboms_validate_and_name_every_package(released: tuple[Path, Path, Path]) -> None:
+    """SPDX 2.3 checked by the SPDX project's own validator, CycloneDX 1.6 by its schema."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    dest, _, _ = released
+    spdx_file = dest / f"{NAME}.spdx.json"
+    problems = validate_full_spdx_document(parse_file(str(spdx_file)))
+    assert not problems, [p.validation_message for p in problems]
+    spdx = json.loads(spdx_file.read_text())
+    by_name = {p["name"]: p for p in spdx["packages"]}
+    assert by_name["bash"]["licenseDeclared"] == "GPL-3.0-or-later"
+    assert by_name["libc6"]["licenseDeclared"] == "NOASSERTION"  # not machine-readable: no guess
+    assert by_name["bash"]["externalRefs"][0]["referenceLocator"] == (
+        "pkg:deb/debian/bash@5.2.15-2%2Bb7?distro=debian-12&arch=arm64"
+    )
+    assert by_name["linux_6.1.170.orig.tar.xz"]["checksums"][0]["checksumValue"] == "d" * 64
+    xz_sha = hashlib.sha256((dest / f"{NAME}.img.xz").read_bytes()).hexdigest()
+    assert by_name[NAME]["checksums"][0]["checksumValue"] == xz_sha
+
+    cdx_text = (dest / f"{NAME}.cdx.json").read_text()
+    error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(cdx_text)
+    assert error is None, error
+    cdx = json.loads(cdx_text)
+    names = {c["name"] for c in cdx["components"]}
+    assert {"bash", "libc6", "perl-base", "busybox", "linux"} <= names
+    perl = next(c for c in cdx["components"] if c["name"] == "perl-base")
+    assert perl["licenses"] == [{"expression": "GPL-1.0-or-later OR Artistic-1.0-Perl"}]
