@@ -165,6 +165,11 @@ def test_release_download_and_flash_to_a_loop_device(built: Project, tmp_path: P
     built.tuoba("release", str(public), "--sign-key", str(key))
     trusted = tmp_path / "trusted_signers"
     trusted.write_text((public / "allowed_signers").read_text())
+    spdx = json.loads((public / built.artifact(".spdx.json").name).read_text())
+    licensed = [
+        p for p in spdx["packages"] if p.get("licenseDeclared", "NOASSERTION") != "NOASSERTION"
+    ]
+    assert len(licensed) > 50, "the real root's copyright files give most packages a licence"
     server = Server(public)
     xz_name = built.artifact(".img.xz").name
     server.cut_first = {xz_name}
