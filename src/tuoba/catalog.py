@@ -23,6 +23,7 @@ CATALOG = "catalog.json"
 SUMS = "SHA256SUMS"
 SIGNATURE = "SHA256SUMS.sig"  # (never <name>.bmap.sig: bmaptool reads those as GPG signatures)
 SIGNERS = "allowed_signers"
+NOTES = "RELEASE-NOTES.md"
 ROLES = ("image", "bmap", "manifest", "boot", "sbom")
 
 

@@ -55,9 +55,12 @@ def make_release(
     dest.mkdir(parents=True, exist_ok=True)
     (dest / catalog.SIGNATURE).unlink(missing_ok=True)  # unfinished until signed again
     released = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    before = previous_manifests(dest)  # (read before this release's files replace them)
     entries = []
+    current = []
     for image in images:
         m = manifest.load(image)
+        current.append(m)
         files = []
         for role, name in _files_of(m):
             src = image.parent / name
@@ -99,15 +102,77 @@ def make_release(
     )
     with publish.atomic(dest / catalog.CATALOG) as tmp:
         tmp.write_text(cat.to_json())
+    with publish.atomic(dest / catalog.NOTES) as tmp:
+        tmp.write_text(release_notes(before, current, released))
     with publish.atomic(dest / catalog.SIGNERS) as tmp:
         tmp.write_text(catalog.signer_line(signer, pub))
-    names = [f.name for e in entries for f in e.files] + [catalog.CATALOG, catalog.SIGNERS]
+    names = [f.name for e in entries for f in e.files]
+    names += [catalog.CATALOG, catalog.SIGNERS, catalog.NOTES]
     sums = dest / catalog.SUMS
     with publish.atomic(sums) as tmp:
         tmp.write_text("".join(f"{sha256_file(dest / n)}  {n}\n" for n in sorted(set(names))))
     with publish.atomic(dest / catalog.SIGNATURE) as tmp:
         catalog.sign(sums, sign_key, tmp)
     return cat
+
+
+def previous_manifests(dest: Path) -> dict[tuple[str, int], manifest.Manifest]:
+    """The manifests of the release already in `dest` (its catalog's), by (board, stage)."""
+    cat_file = dest / catalog.CATALOG
+    if not cat_file.is_file():
+        return {}
+    try:
+        old = Catalog.from_json(cat_file.read_text(), str(cat_file))
+    except catalog.DownloadError:
+        ui.warn(f"{cat_file} is not a release catalog: the notes compare with nothing")
+        return {}
+    found = {}
+    for image in old.images:
+        m_file = dest / image.file("manifest").name
+        try:
+            found[(image.board, image.stage)] = manifest.Manifest.from_json(
+                m_file.read_text(), str(m_file)
+            )
+        except (OSError, InputError) as e:
+            ui.warn(f"the previous release's {m_file.name} is unreadable ({e}): not compared")
+    return found
+
+
+def release_notes(
+    before: dict[tuple[str, int], manifest.Manifest], now: list[manifest.Manifest], released: str
+) -> str:
+    """What changed since the previous release in the same directory, per image: packages
+    added, removed and upgraded, the kernel, the recipes."""
+    lines = [f"# TuobaOS {now[0].version}, released {released}", ""]
+    for m in now:
+        lines += [f"## {m.board}, stage {m.stage} ({m.arch}): {m.name}", ""]
+        kernel = f"Linux {m.kernel.get('version')}"
+        digest = str(m.kernel.get("config_digest") or m.kernel.get("config_sha256") or "")[:12]
+        old = before.get((m.board, m.stage))
+        lines.append(f"Recipes: {', '.join(m.recipes)}. Kernel: {kernel} (config {digest}).")
+        if old is None:
+            lines += [f"First release of this image: {len(m.packages)} packages.", ""]
+            continue
+        was = {p["name"]: p["version"] for p in old.packages}
+        now_pkgs = {p["name"]: p["version"] for p in m.packages}
+        added = sorted(set(now_pkgs) - set(was))
+        removed = sorted(set(was) - set(now_pkgs))
+        upgraded = sorted(n for n in set(was) & set(now_pkgs) if was[n] != now_pkgs[n])
+        old_digest = str(old.kernel.get("config_digest") or old.kernel.get("config_sha256"))
+        changes = []
+        if old.kernel.get("version") != m.kernel.get("version"):
+            changes.append(f"- kernel: {old.kernel.get('version')} -> {m.kernel.get('version')}")
+        elif not old_digest.startswith(digest):
+            changes.append(f"- kernel configuration changed ({old_digest[:12]} -> {digest})")
+        if old.recipes != m.recipes:
+            changes.append(f"- recipes: {', '.join(old.recipes)} -> {', '.join(m.recipes)}")
+        changes += [f"- added {n} {now_pkgs[n]}" for n in added]
+        changes += [f"- removed {n} {was[n]}" for n in removed]
+        changes += [f"- upgraded {n} {was[n]} -> {now_pkgs[n]}" for n in upgraded]
+        lines += ["", f"Since {old.version} ({old.inputs_digest[:12]}):"]
+        lines += changes or ["- nothing changed"]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _files_of(m: manifest.Manifest) -> list[tuple[str, str]]:
@@ -123,11 +188,17 @@ def _files_of(m: manifest.Manifest) -> list[tuple[str, str]]:
     return out
 
 
+LINK_FROM = 64 << 20  # files this large are hard-linked when they can be (tuoba never
+# writes into a built file: a rebuild replaces it), smaller ones copied
+
+
 def _copy(src: Path, dest: Path) -> None:
-    """A hard link when src and dest share a filesystem (images are large), else a copy;
-    either way the file appears under its name complete."""
+    """The file under its name in the release, complete: a hard link for a large image when
+    src and dest share a filesystem, else a copy."""
     with publish.atomic(dest) as tmp:
         try:
+            if src.stat().st_size < LINK_FROM:
+                raise OSError("small: copied")
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)

@@ -329,3 +329,31 @@ def test_sboms_validate_and_name_every_package(released: tuple[Path, Path, Path]
     assert {"bash", "libc6", "perl-base", "busybox", "linux"} <= names
     perl = next(c for c in cdx["components"] if c["name"] == "perl-base")
     assert perl["licenses"] == [{"expression": "GPL-1.0-or-later OR Artistic-1.0-Perl"}]
+
+
+def test_release_notes_say_what_changed_since_the_last_release(
+    project: Path, released: tuple[Path, Path, Path]
+) -> None:
+    dest, key, _ = released
+    notes = (dest / "RELEASE-NOTES.md").read_text()
+    assert "First release of this image: 4 packages." in notes, notes
+    # the next build: bash upgraded, libc6 gone, curl new, the kernel rebuilt with another config
+    m_file = project / "out" / f"{NAME}.manifest.json"
+    m = json.loads(m_file.read_text())
+    m["packages"] = [p for p in m["packages"] if p["name"] != "libc6"]
+    m["packages"][0]["version"] = "5.2.15-2+b8"
+    m["packages"].append({"name": "curl", "version": "7.88.1-10", "arch": "arm64"})
+    m["kernel"]["config_digest"] = "f" * 64
+    m["inputs_digest"] = "1" * 64
+    m_file.write_text(json.dumps(m))
+    code, out = invoke(project, "release", str(dest), "--sign-key", str(key))
+    assert code == 0, out
+    notes = (dest / "RELEASE-NOTES.md").read_text()
+    for line in (
+        "- added curl 7.88.1-10",
+        "- removed libc6 2.36-9+deb12u10",
+        "- upgraded bash 5.2.15-2+b7 -> 5.2.15-2+b8",
+        "- kernel configuration changed",
+    ):
+        assert line in notes, notes
+    assert "RELEASE-NOTES.md" in (dest / "SHA256SUMS").read_text()
