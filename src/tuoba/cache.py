@@ -167,20 +167,53 @@ class LocalBackend:
             shutil.rmtree(doomed)
 
 
+class Remote(Protocol):
+    """A shared cache behind the local one (tuoba.remote): asked for what the local cache lacks
+    before it is built, given what was built here."""
+
+    def pull(self, kind: str, key: str, work: Path) -> Meta | None: ...
+
+    def push(self, entry: Entry) -> None: ...
+
+
 class Store:
     """The cache a build uses: lookups, atomic publishing, and a note of what was used (by
-    `label`, a board and stage such as ``rpi4-s1``) for `tuoba cache list` and prune ages."""
+    `label`, a board and stage such as ``rpi4-s1``) for `tuoba cache list` and prune ages.
+    With a `remote`, a lookup the local cache misses is pulled from it, and what is made here
+    is pushed to it."""
 
-    def __init__(self, root: Path, label: str | None = None, backend: Backend | None = None):
+    def __init__(
+        self,
+        root: Path,
+        label: str | None = None,
+        backend: Backend | None = None,
+        remote: Remote | None = None,
+    ):
         self.root = root
         self.label = label
         self.backend: Backend = backend or LocalBackend(root)
+        self.remote = remote
 
     def get(self, kind: str, key: str) -> Entry | None:
         entry = self.backend.get(kind, key)
+        if entry is None and self.remote is not None:
+            entry = self._pull(kind, key)
         if entry is not None:
             self._used(entry)
         return entry
+
+    def _pull(self, kind: str, key: str) -> Entry | None:
+        assert self.remote is not None
+        _check_name(kind, key)
+        tmp_root = self.root / "store" / kind
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        work = tmp_root / f".{key}.tmp-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            meta = self.remote.pull(kind, key, work)
+            return None if meta is None else self.backend.publish(work, meta)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def has(self, ref: str) -> bool:
         """Whether the entry `kind/key` is there."""
@@ -188,9 +221,13 @@ class Store:
         return self.backend.get(kind, key) is not None
 
     def touch(self, ref: str) -> bool:
-        """Whether the entry `kind/key` is there; when it is, it counts as used now."""
+        """Whether the entry `kind/key` is here (the remote cache is not asked: a step whose
+        entry is gone runs again, and pulls it then); when it is, it counts as used now."""
         kind, _, key = ref.partition("/")
-        return self.get(kind, key) is not None
+        entry = self.backend.get(kind, key)
+        if entry is not None:
+            self._used(entry)
+        return entry is not None
 
     def ref_of(self, path: str) -> str | None:
         """The entry (kind/key) a path on this machine points into, if any."""
@@ -217,7 +254,10 @@ class Store:
             yield work / "data"
             size, files = tree_size(work / "data")
             meta = Meta(kind, key, what, dict(inputs), size, files, time.time())
-            self._used(self.backend.publish(work, meta))
+            entry = self.backend.publish(work, meta)
+            self._used(entry)
+            if self.remote is not None:
+                self.remote.push(entry)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -22,6 +22,7 @@ from tuoba.config import Doc
 from tuoba.errors import InputError
 from tuoba.kernel import Feature, feature_names, load_feature, load_fragment
 from tuoba.recipe import Artifact, Recipe, Section, load_recipe, recipe_names
+from tuoba.remote import RemoteCache, objects_for, safe_url
 
 DEFAULT_BOARD = "qemu-aarch64"
 IMAGE_CHECKS = "tests/image/"  # guest checks of every image (kernel, serial console)
@@ -44,10 +45,15 @@ class Request:
     mirror: str | None = None
     supplies: tuple[tuple[str, str], ...] = ()  # (file name, path): --supply FILE=PATH
     check_needs: bool = True  # False: no image is made (`tuoba kernel config`), needs don't matter
+    cache_url: str | None = None  # a shared remote cache behind the local one (tuoba.remote)
 
     def to_json(self) -> str:
-        """For people reading a build's records (request.json); SCons gets the whole Plan."""
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        """For people reading a build's records (request.json); SCons gets the whole Plan.
+        A cache URL is written without what may hold secrets (user info, query)."""
+        data = dataclasses.asdict(self)
+        if self.cache_url:
+            data["cache_url"] = safe_url(self.cache_url)
+        return json.dumps(data, indent=2, sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +111,11 @@ class Plan:
 
     @functools.cached_property
     def store(self) -> Store:
-        """The build cache, noting its uses as this board and stage."""
-        return Store(self.cache_dir, label=f"{self.board.name}-s{self.stage}")
+        """The build cache, noting its uses as this board and stage (and the remote cache
+        behind it, when there is one)."""
+        url = self.request.cache_url
+        return Store(self.cache_dir, label=f"{self.board.name}-s{self.stage}",
+                     remote=RemoteCache.open(url) if url else None)  # fmt: skip
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled for the SCons process without the store (each process opens its own)."""
@@ -474,6 +483,8 @@ def resolve(req: Request) -> Plan:
         )
     if req.ssh_key:
         check_public_key(Path(req.ssh_key))
+    if req.cache_url:
+        objects_for(req.cache_url)  # an URL of another kind is refused before the build
 
     return Plan(
         request=req,

@@ -37,6 +37,7 @@ class App:
     out_dir: Path
     cache_dir: Path
     debug: bool
+    cache_url: str | None = None
 
 
 class TuobaGroup(click.Group):
@@ -111,6 +112,12 @@ GLOBAL_OPTIONS = (
         "help": "Downloads, root filesystems and tools, shared by all builds. "
         "[default: ~/.cache/tuoba] [env: TUOBA_CACHE_DIR]",
     }),
+    GlobalOption(("--cache-url",), "cache_url", {
+        "envvar": "TUOBA_CACHE_URL", "default": None, "metavar": "URL",
+        "help": "A shared build cache behind the local one: s3://BUCKET/PREFIX (AWS settings; "
+        "AWS_ENDPOINT_URL for another S3 server) or a read-only https:// mirror of one. "
+        "[env: TUOBA_CACHE_URL]",
+    }),
     GlobalOption(("--data-dir",), "data_dir", {
         "type": click.Path(path_type=Path, file_okay=False, exists=True),
         "envvar": "TUOBA_DATA_DIR", "default": None,
@@ -138,6 +145,7 @@ def cli(
     verbose: int,
     out_dir: Path,
     cache_dir: Path | None,
+    cache_url: str | None,
     data_dir: Path | None,
 ) -> None:
     """Compose TuobaOS images for ARM boards from board and recipe data.
@@ -158,6 +166,7 @@ def cli(
         out_dir=out_dir.resolve(),
         cache_dir=(cache_dir or default_cache_dir()).resolve(),
         debug=debug,
+        cache_url=cache_url,
     )
 
 

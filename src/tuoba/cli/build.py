@@ -90,6 +90,7 @@ def command(
             data_dir=str(app.data_dir),
             out_dir=str(app.out_dir),
             cache_dir=str(app.cache_dir),
+            cache_url=app.cache_url,
             ssh_key=str(ssh_key.resolve()) if ssh_key else None,
             offline=offline,
             mirror=mirror,

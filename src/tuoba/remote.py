@@ -1,0 +1,291 @@
+"""A shared remote build cache: entries of the local cache (tuoba.cache) pushed to and pulled
+from an S3 bucket (`s3://BUCKET/PREFIX`: any S3 API server; the standard AWS credential chain,
+the endpoint from AWS_ENDPOINT_URL) or read from a plain HTTPS mirror of one (`https://…`,
+read-only), the way Yocto's sstate mirrors and Armbian's artifact cache share builds.
+
+Layout under the prefix, per entry:
+
+    v1/<kind>/<key>/<sha256>.tar.zst   the entry (data/ and its metadata), as a zstd tarball
+    v1/<kind>/<key>/entry.json         written last: the metadata, and which tarball (sha256,
+                                       size) is the entry — the commit marker
+
+A reader trusts a tarball only when its bytes match the marker's sha256 and size: a truncated
+or corrupt entry is refused (logged), the build makes it locally and pushes a good one over it.
+An upload that fails midway leaves no marker, so no entry; two builders pushing one key at
+once each upload their own tarball (named by its hash) and both markers are valid. A cache
+that cannot be reached turns into one warning and local builds. Credentials are the AWS
+chain's: they are never logged, and a URL is logged without its query.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import requests
+
+from tuoba import run, ui
+from tuoba.cache import Entry, Meta
+from tuoba.errors import BuildError, InputError
+
+LAYOUT = "v1"
+MARKER = "entry.json"
+
+
+class Unreachable(Exception):
+    """The remote cache did not answer (network, DNS, credentials)."""
+
+
+class Objects:
+    """The few object operations the cache needs."""
+
+    def get(self, name: str, dest: Path | None = None) -> bytes | None:
+        """The object's bytes (or into `dest`, returning b""), None when it does not exist."""
+        raise NotImplementedError
+
+    def put(self, name: str, src: Path | bytes) -> None:
+        raise NotImplementedError
+
+    def names(self, prefix: str) -> list[str]:
+        raise NotImplementedError
+
+    writable = True
+
+
+class S3Objects(Objects):
+    def __init__(self, bucket: str, prefix: str) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        config = botocore.config.Config(
+            connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"}
+        )
+        # endpoint, region and credentials come from the environment and AWS config files
+        self.s3 = boto3.session.Session().client("s3", config=config)
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def get(self, name: str, dest: Path | None = None) -> bytes | None:
+        try:
+            if dest is not None:
+                self.s3.download_file(self.bucket, self._key(name), str(dest))
+                return b""
+            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+            return body
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise Unreachable(_client_error(e)) from e
+        except (botocore.exceptions.BotoCoreError, OSError) as e:
+            raise Unreachable(type(e).__name__) from e
+
+    def put(self, name: str, src: Path | bytes) -> None:
+        try:
+            if isinstance(src, Path):
+                self.s3.upload_file(str(src), self.bucket, self._key(name))
+            else:
+                self.s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=src)
+        except botocore.exceptions.ClientError as e:
+            raise Unreachable(_client_error(e)) from e
+        except (botocore.exceptions.BotoCoreError, OSError) as e:
+            raise Unreachable(type(e).__name__) from e
+
+    def names(self, prefix: str) -> list[str]:
+        out = []
+        try:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            )
+            for page in pages:
+                out += [o["Key"] for o in page.get("Contents", [])]
+        except botocore.exceptions.ClientError as e:
+            raise Unreachable(_client_error(e)) from e
+        except (botocore.exceptions.BotoCoreError, OSError) as e:
+            raise Unreachable(type(e).__name__) from e
+        strip = len(self._key("")) if self.prefix else 0
+        return [n[strip:] for n in out]
+
+
+def _client_error(e: botocore.exceptions.ClientError) -> str:
+    err = e.response.get("Error", {})
+    return f"{err.get('Code', '?')}: {err.get('Message', '')}".strip()
+
+
+class HttpObjects(Objects):
+    """A read-only mirror: the same layout served over HTTP(S)."""
+
+    writable = False
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+
+    def get(self, name: str, dest: Path | None = None) -> bytes | None:
+        try:
+            with requests.get(f"{self.base}/{name}", stream=True, timeout=30) as r:
+                if r.status_code == 404:
+                    return None
+                r.raise_for_status()
+                if dest is None:
+                    return r.content
+                with dest.open("wb") as f:
+                    for chunk in r.iter_content(1 << 20):
+                        f.write(chunk)
+                return b""
+        except requests.RequestException as e:
+            raise Unreachable(type(e).__name__) from e
+
+    def put(self, name: str, src: Path | bytes) -> None:
+        raise Unreachable("an https:// cache is read-only")
+
+    def names(self, prefix: str) -> list[str]:
+        raise Unreachable("an https:// cache cannot be listed")
+
+
+def objects_for(url: str) -> Objects:
+    parts = urlsplit(url)
+    if parts.scheme == "s3" and parts.netloc:
+        return S3Objects(parts.netloc, parts.path)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return HttpObjects(url)
+    raise InputError(
+        f"--cache-url {safe_url(url)}: not an s3://BUCKET/PREFIX or https:// cache URL",
+        hint="e.g. s3://team-builds/tuoba (credentials and endpoint from the AWS settings: "
+        "AWS_ENDPOINT_URL for a server other than AWS's)",
+    )
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may be logged: no user info, no query (where tokens travel)."""
+    p = urlsplit(url)
+    host = p.hostname or ""
+    port = f":{p.port}" if p.port else ""
+    return f"{p.scheme}://{host}{port}{p.path}"
+
+
+@dataclasses.dataclass
+class RemoteCache:
+    """The remote half of a Store (cache.Remote): pull before building, push after."""
+
+    url: str
+    objects: Objects
+    disabled: str | None = None  # why it is no longer asked (unreachable), once said
+    refused: set[str] = dataclasses.field(default_factory=set)  # corrupt entries seen
+    pulled: int = 0  # bytes
+    pushed: int = 0
+
+    @classmethod
+    def open(cls, url: str) -> RemoteCache:
+        return cls(url, objects_for(url))
+
+    def _off(self, why: str) -> None:
+        if self.disabled is None:
+            ui.warn(
+                f"remote cache {safe_url(self.url)} not reachable ({why}): building locally "
+                "without it"
+            )
+        self.disabled = why
+
+    def pull(self, kind: str, key: str, work: Path) -> Meta | None:
+        """Fetch entry kind/key into `work` (data/ beneath it), verified; its metadata, or
+        None when the remote cache does not have it (or has it damaged: refused, logged)."""
+        if self.disabled is not None:
+            return None
+        base = f"{LAYOUT}/{kind}/{key}"
+        try:
+            raw = self.objects.get(f"{base}/{MARKER}")
+            if raw is None:
+                return None
+            marker = json.loads(raw)
+            sha, size = str(marker["archive_sha256"]), int(marker["archive_size"])
+            meta = Meta(**{k: marker["meta"][k] for k in _META_FIELDS})
+            if (meta.kind, meta.key) != (kind, key):
+                return self._refuse(kind, key, f"its marker names {meta.kind}/{meta.key[:12]}…")
+            with tempfile.TemporaryDirectory(dir=work.parent) as tmp:
+                archive = Path(tmp) / "entry.tar.zst"
+                if self.objects.get(f"{base}/{sha}.tar.zst", archive) is None:
+                    return self._refuse(kind, key, "its tarball is missing")
+                got = _sha256(archive)
+                if got != sha or archive.stat().st_size != size:
+                    return self._refuse(
+                        kind, key, f"{archive.stat().st_size} bytes with sha256 {got[:12]}…, "
+                        f"the marker says {size} bytes with {sha[:12]}…"
+                    )  # fmt: skip
+                work.mkdir(parents=True, exist_ok=True)
+                _untar(archive, work)
+                self.pulled += size
+        except Unreachable as e:
+            self._off(str(e))
+            return None
+        except (ValueError, KeyError, TypeError, BuildError) as e:
+            return self._refuse(kind, key, f"unreadable ({type(e).__name__})")
+        ui.info(f"  pulled {kind}/{key[:12]}… from the remote cache ({size >> 20} MiB)")
+        return meta
+
+    def _refuse(self, kind: str, key: str, why: str) -> Meta | None:
+        """Log a damaged entry (pushed over by this build later); None: build it here."""
+        ui.warn(f"remote cache entry {kind}/{key[:12]}… refused: {why}; building it here")
+        self.refused.add(f"{kind}/{key}")
+        return None
+
+    def push(self, entry: Entry) -> None:
+        """Upload a local entry (unless the remote cache has a good one already)."""
+        if self.disabled is not None or not self.objects.writable:
+            return
+        base = f"{LAYOUT}/{entry.meta.kind}/{entry.meta.key}"
+        try:
+            if entry.ref not in self.refused and self.objects.get(f"{base}/{MARKER}") is not None:
+                return  # someone pushed it already (first come stays)
+            with tempfile.TemporaryDirectory(dir=entry.data.parent.parent) as tmp:
+                archive = Path(tmp) / "entry.tar.zst"
+                _tar(entry.data, archive)
+                sha, size = _sha256(archive), archive.stat().st_size
+                self.objects.put(f"{base}/{sha}.tar.zst", archive)
+                marker = {"archive_sha256": sha, "archive_size": size,
+                          "meta": dataclasses.asdict(entry.meta)}  # fmt: skip
+                self.objects.put(f"{base}/{MARKER}", json.dumps(marker, default=str).encode())
+                self.pushed += size
+        except Unreachable as e:
+            self._off(str(e))
+            return
+        except BuildError as e:  # (tar: the entry is fine here; only the upload is lost)
+            ui.warn(f"could not pack {entry.ref} for the remote cache: {e.message}")
+            return
+        ui.info(f"  pushed {entry.ref[:24]}… to the remote cache ({size >> 20} MiB)")
+
+    def refs(self) -> list[str]:
+        """kind/key of every entry the remote cache holds (its markers)."""
+        names = self.objects.names(f"{LAYOUT}/")
+        return sorted(
+            n.removeprefix(f"{LAYOUT}/").removesuffix(f"/{MARKER}")
+            for n in names
+            if n.endswith(f"/{MARKER}")
+        )
+
+
+_META_FIELDS = tuple(f.name for f in dataclasses.fields(Meta))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tar(data: Path, archive: Path) -> None:
+    """data/ (an entry's artifact tree) as a zstd tarball: owners, modes and links kept."""
+    run.run(["tar", "--numeric-owner", "-I", "zstd -q -T0 -3", "-C", str(data.parent),
+             "-cf", str(archive), data.name])  # fmt: skip
+
+
+def _untar(archive: Path, work: Path) -> None:
+    """The tarball into work/ (it holds data/)."""
+    run.run(["tar", "--numeric-owner", "-I", "zstd -q", "-C", str(work), "-xf", str(archive)])
