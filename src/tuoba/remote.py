@@ -281,11 +281,17 @@ def _sha256(path: Path) -> str:
 
 
 def _tar(data: Path, archive: Path) -> None:
-    """data/ (an entry's artifact tree) as a zstd tarball: owners, modes and links kept."""
-    run.run(["tar", "--numeric-owner", "-I", "zstd -q -T0 -3", "-C", str(data.parent),
-             "-cf", str(archive), data.name])  # fmt: skip
+    """data/ (an entry's artifact tree) as a zstd tarball: owners, modes, links and
+    extended attributes kept."""
+    run.run(["tar", "--numeric-owner", *XATTRS, "-I", "zstd -q -T0 -3", "-C",
+             str(data.parent), "-cf", str(archive), data.name])  # fmt: skip
 
 
 def _untar(archive: Path, work: Path) -> None:
     """The tarball into work/ (it holds data/)."""
-    run.run(["tar", "--numeric-owner", "-I", "zstd -q", "-C", str(work), "-xf", str(archive)])
+    run.run(["tar", "--numeric-owner", *XATTRS, "-I", "zstd -q", "-C", str(work), "-xf",
+             str(archive)])  # fmt: skip
+
+
+# File capabilities (ping's cap_net_raw …) are extended attributes: a root tree keeps them.
+XATTRS = ("--xattrs", "--xattrs-include=*")
