@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +106,60 @@ def kernel_config(img: Path, manifest: dict[str, Any]) -> str:
     data = Path(json.loads(record.read_text())["dir"])  # CACHE/store/kernel/<key>/data
     assert data.parent.name == manifest["kernel"]["config_digest"]
     return (data / "config").read_text()
+
+
+class FileServer:
+    """A loopback HTTP server for a directory, with Range/If-Range (206) as web servers do,
+    and faults on request: cut the first transfer of a file midway, or flip a byte of it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cut_first: set[str] = set()
+        self.tamper: set[str] = set()
+        self.requests: list[tuple[str, str | None]] = []
+
+
+@contextlib.contextmanager
+def serve_files(server: FileServer) -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            name = self.path.lstrip("/")
+            server.requests.append((name, self.headers.get("Range")))
+            path = server.root / name
+            if not path.is_file():
+                self.send_error(404)
+                return
+            data = bytearray(path.read_bytes())
+            if name in server.tamper:
+                data[len(data) // 2] ^= 0xFF
+            etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+            start = 0
+            rng = self.headers.get("Range")
+            if rng and self.headers.get("If-Range") in (None, etag):
+                start = int(rng.removeprefix("bytes=").split("-")[0])
+            self.send_response(206 if start else 200)
+            self.send_header("ETag", etag)
+            self.send_header("Content-Length", str(len(data) - start))
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.end_headers()
+            body = bytes(data[start:])
+            if name in server.cut_first:
+                server.cut_first.discard(name)
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(2)  # the connection drops midway
+                return
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -9,6 +9,7 @@ scratch (staging tree, partition images) goes too, so a full disk keeps nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -37,21 +38,23 @@ Audit = Callable[[Path], list[dict[str, Any]] | None]
 FstabLine = Callable[[disk.PlacedPartition], str]
 
 
+@dataclasses.dataclass(frozen=True)
+class Made:
+    """What the steps before the image made: their records."""
+
+    fetched: FetchRecord
+    artifacts: ArtifactsRecord
+    root: RootfsRecord
+    kernel: KernelRecord
+    overlays: OverlayRecord
+
+
 def compose(
-    plan: Plan,
-    *,
-    fetched: FetchRecord,
-    artifacts: ArtifactsRecord,
-    root: RootfsRecord,
-    kernel: KernelRecord,
-    overlays: OverlayRecord,
-    audit: Audit,
-    fstab_line: FstabLine,
-    log: Path,
+    plan: Plan, made: Made, *, audit: Audit, fstab_line: FstabLine, log: Path
 ) -> ImageRecord:
     """Make the image and everything beside it; on failure remove its scratch and raise."""
     try:
-        return _compose(plan, fetched, artifacts, root, kernel, overlays, audit, fstab_line, log)
+        return _compose(plan, made, audit, fstab_line, log)
     except BaseException:
         shutil.rmtree(plan.build_dir / "staging", ignore_errors=True)
         for scratch in plan.build_dir.glob("part-*"):
@@ -62,17 +65,8 @@ def compose(
         raise
 
 
-def _compose(
-    plan: Plan,
-    fetched: FetchRecord,
-    artifacts: ArtifactsRecord,
-    root: RootfsRecord,
-    kernel: KernelRecord,
-    overlays: OverlayRecord,
-    audit: Audit,
-    fstab_line: FstabLine,
-    log: Path,
-) -> ImageRecord:
+def _compose(plan: Plan, made: Made, audit: Audit, fstab_line: FstabLine, log: Path) -> ImageRecord:
+    fetched, artifacts, root, kernel = made.fetched, made.artifacts, made.root, made.kernel
     log.unlink(missing_ok=True)
     out = plan.out_dir
     name = plan.image_name
@@ -95,9 +89,7 @@ def _compose(
     loader = bootloader.for_board(plan.board, plan.store, {s.file: s.path for s in plan.supplied})
 
     with ui.step("Staging the root tree (rootfs + overlays + services)"):
-        staging = stage_tree(
-            plan, root, kernel, artifacts, overlays, loader, cmdline, parts, fstab_line, log
-        )
+        staging = stage_tree(plan, made, loader, cmdline, parts, fstab_line, log)
     audited = audit(staging)
     licences = sbom.debian_licences(staging)  # (for the SBOMs: the copyright files are here)
 
@@ -176,10 +168,7 @@ def _compose(
 
 def stage_tree(
     plan: Plan,
-    root: RootfsRecord,
-    kernel: KernelRecord,
-    artifacts: ArtifactsRecord,
-    overlays: OverlayRecord,
+    made: Made,
     loader: bootloader.Bootloader,
     cmdline: str,
     parts: list[disk.PlacedPartition],
@@ -190,14 +179,15 @@ def stage_tree(
     links when out/ shares the cache's filesystem) with everything the image adds: the
     kernel's modules, the recipes' pinned files, the rendered overlays, fstab, the boot
     method's files, the enabled services."""
+    root, kernel = made.root, made.kernel
     staging = plan.build_dir / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     same_fs = Path(root.tree).stat().st_dev == plan.build_dir.stat().st_dev
     run.run(["cp", "-al" if same_fs else "-a", root.tree, str(staging)], log=log)
     if kernel.modules:
         shutil.copytree(kernel.modules, staging / "usr/lib/modules" / kernel.version, symlinks=True)
-    install_artifacts(staging, plan.artifacts, artifacts, overlays)
-    overlay.apply_overlay(Path(overlays.tree), staging)
+    install_artifacts(staging, plan.artifacts, made.artifacts, made.overlays)
+    overlay.apply_overlay(Path(made.overlays.tree), staging)
     write_fstab(staging, parts, fstab_line)
     loader.root_tree(staging, kernel, cmdline)
     if plan.services:

@@ -281,16 +281,15 @@ def render(plan: Plan) -> None:
 
 def build_image(plan: Plan) -> None:
     stage = stages.of(plan)
-    record = image.compose(
-        plan,
+    made = image.Made(
         fetched=read_record(plan, records.FetchRecord),
         artifacts=read_record(plan, records.ArtifactsRecord),
         root=read_record(plan, records.RootfsRecord),
         kernel=read_record(plan, records.KernelRecord),
         overlays=read_record(plan, records.OverlayRecord),
-        audit=stage.audit,
-        fstab_line=stage.fstab_line,
-        log=log_path(plan, "image"),
+    )
+    record = image.compose(
+        plan, made, audit=stage.audit, fstab_line=stage.fstab_line, log=log_path(plan, "image")
     )
     write_record(plan, record)
 

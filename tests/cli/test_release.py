@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
 import json
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cli.test_cli import invoke
+from tests.conftest import FileServer, serve_files
 from tuoba.manifest import Manifest
 
 BOARD = "qemu-aarch64"
@@ -65,61 +64,11 @@ def keypair(path: Path) -> Path:
     return path
 
 
-class Server:
-    """A loopback HTTP server for a directory, with Range/If-Range (206) as web servers do,
-    and faults on request: cut the first transfer of a file midway, or flip a byte of it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.cut_first: set[str] = set()
-        self.tamper: set[str] = set()
-        self.requests: list[tuple[str, str | None]] = []
-
-
 @contextlib.contextmanager
-def serve(server: Server) -> Iterator[str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            name = self.path.lstrip("/")
-            server.requests.append((name, self.headers.get("Range")))
-            path = server.root / name
-            if not path.is_file():
-                self.send_error(404)
-                return
-            data = bytearray(path.read_bytes())
-            if name in server.tamper:
-                data[len(data) // 2] ^= 0xFF
-            etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
-            start = 0
-            rng = self.headers.get("Range")
-            if rng and self.headers.get("If-Range") in (None, etag):
-                start = int(rng.removeprefix("bytes=").split("-")[0])
-            self.send_response(206 if start else 200)
-            self.send_header("ETag", etag)
-            self.send_header("Content-Length", str(len(data) - start))
-            if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            self.end_headers()
-            body = bytes(data[start:])
-            if name in server.cut_first:
-                server.cut_first.discard(name)
-                self.wfile.write(body[: len(body) // 2])
-                self.wfile.flush()
-                self.connection.shutdown(2)  # the connection drops midway
-                return
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/catalog.json"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def serve(server: FileServer) -> Iterator[str]:
+    """The release served on loopback; yields its catalog's URL."""
+    with serve_files(server) as base:
+        yield f"{base}/catalog.json"
 
 
 @pytest.fixture
@@ -164,7 +113,7 @@ def test_download_verifies_and_keeps_the_files(
     project: Path, released: tuple[Path, Path, Path]
 ) -> None:
     dest, _, trusted = released
-    with serve(Server(dest)) as url:
+    with serve(FileServer(dest)) as url:
         code, out = download(project, url, trusted)
     assert code == 0, out
     for name in (f"{NAME}.img.xz", f"{NAME}.img.bmap", f"{NAME}.Image", f"{NAME}.manifest.json",
@@ -178,7 +127,7 @@ def test_an_interrupted_transfer_resumes_with_a_range(
     project: Path, released: tuple[Path, Path, Path]
 ) -> None:
     dest, _, trusted = released
-    server = Server(dest)
+    server = FileServer(dest)
     server.cut_first = {f"{NAME}.img.xz"}
     with serve(server) as url:
         code, out = download(project, url, trusted)
@@ -199,7 +148,7 @@ def test_a_partial_file_of_an_earlier_run_is_resumed(
     dl = project / "dl"
     dl.mkdir()
     (dl / f".{NAME}.img.xz.part").write_bytes(data[:1000])
-    server = Server(dest)
+    server = FileServer(dest)
     with serve(server) as url:
         etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
         sha = hashlib.sha256(data).hexdigest()
@@ -216,7 +165,7 @@ def test_a_tampered_byte_is_refused_and_nothing_kept(
     project: Path, released: tuple[Path, Path, Path]
 ) -> None:
     dest, _, trusted = released
-    server = Server(dest)
+    server = FileServer(dest)
     server.tamper = {f"{NAME}.img.xz"}
     with serve(server) as url:
         code, out = download(project, url, trusted)
@@ -243,7 +192,7 @@ def test_checksums_signed_by_another_key_are_refused(
     (dest / "SHA256SUMS.sig").unlink()
     subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-f", str(other), "-n", "tuoba-release",
                     str(sums)], check=True, capture_output=True)  # fmt: skip
-    with serve(Server(dest)) as url:
+    with serve(FileServer(dest)) as url:
         code, out = download(project, url, trusted)
     assert code == 7, out
     assert "SHA256SUMS.sig is not signed by a key in" in " ".join(out.split()), out
@@ -254,7 +203,7 @@ def test_without_allowed_signers_the_release_key_is_used_with_a_warning(
     project: Path, released: tuple[Path, Path, Path]
 ) -> None:
     dest, _, _ = released
-    with serve(Server(dest)) as url:
+    with serve(FileServer(dest)) as url:
         code, out = download(project, url, None)
     assert code == 0, out
     assert "no --allowed-signers given" in " ".join(out.split())
@@ -264,7 +213,7 @@ def test_an_unknown_board_names_what_the_release_has(
     project: Path, released: tuple[Path, Path, Path]
 ) -> None:
     dest, _, trusted = released
-    with serve(Server(dest)) as url:
+    with serve(FileServer(dest)) as url:
         code, out = invoke(project, "download", "--board", "rpi4", "--catalog", url,
                            "--allowed-signers", str(trusted))  # fmt: skip
     assert code == 2, out
@@ -275,7 +224,7 @@ def test_an_unknown_board_names_what_the_release_has(
 
 def test_a_catalog_url_that_is_no_catalog(project: Path, tmp_path: Path) -> None:
     (tmp_path / "catalog.json").write_text("<html>not found</html>")
-    with serve(Server(tmp_path)) as url:
+    with serve(FileServer(tmp_path)) as url:
         code, out = download(project, url, None)
     assert code == 7, out
     assert "not a TuobaOS release catalog" in " ".join(out.split())

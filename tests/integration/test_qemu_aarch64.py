@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_release import Server, keypair, serve
-from tests.conftest import copy_project
+from tests.cli.test_release import keypair, serve
+from tests.conftest import FileServer, copy_project
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +170,7 @@ def test_release_download_and_flash_to_a_loop_device(built: Project, tmp_path: P
         p for p in spdx["packages"] if p.get("licenseDeclared", "NOASSERTION") != "NOASSERTION"
     ]
     assert len(licensed) > 50, "the real root's copyright files give most packages a licence"
-    server = Server(public)
+    server = FileServer(public)
     xz_name = built.artifact(".img.xz").name
     server.cut_first = {xz_name}
     dl = tmp_path / "dl"

@@ -9,44 +9,26 @@ integration tests make them), only the fetch, overlay and image steps run here.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import http.server
 import json
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project, ext4_file, partition_table, tuoba_build
+from tests.conftest import (
+    FileServer,
+    copy_project,
+    ext4_file,
+    partition_table,
+    serve_files,
+    tuoba_build,
+)
 
 pytestmark = pytest.mark.integration
 
 BOARD = "qemu-aarch64"
 TOOL = b"#!/bin/sh\necho 'hello from a pinned artifact'\n"
-
-
-@contextlib.contextmanager
-def serve(directory: Path) -> Iterator[str]:
-    """An HTTP server for `directory` on a free loopback port; yields its base URL."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(directory), **kwargs)  # type: ignore[arg-type]
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def add_recipe(project: Path, url: str, sha256: str) -> None:
@@ -79,7 +61,7 @@ def test_pinned_file_is_fetched_installed_and_named(tmp_path: Path) -> None:
     served.mkdir()
     (served / "tuoba-hello").write_bytes(TOOL)
     sha = hashlib.sha256(TOOL).hexdigest()
-    with serve(served) as url:
+    with serve_files(FileServer(served)) as url:
         add_recipe(project, url, sha)
         proc = tuoba_build(project, BOARD, "--recipe", "pinned")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -106,7 +88,7 @@ def test_bytes_that_do_not_match_the_pin_stop_the_build(tmp_path: Path) -> None:
     served = tmp_path / "www"
     served.mkdir()
     (served / "tuoba-hello").write_bytes(TOOL + b"# changed upstream\n")
-    with serve(served) as url:
+    with serve_files(FileServer(served)) as url:
         add_recipe(project, url, hashlib.sha256(TOOL).hexdigest())
         proc = tuoba_build(project, BOARD, "--recipe", "pinned")
     assert proc.returncode == 4, proc.stdout + proc.stderr
