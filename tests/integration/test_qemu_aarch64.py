@@ -50,7 +50,13 @@ KERNEL_CHECKS = {
     f"test_kvm_device_present[{H}]",
     f"test_modules_load[{H}]",
 }
-BPF_CHECKS = {f"test_kprobe_fires[{H}]"}
+BPF_CHECKS = {
+    f"test_bcc_counts_the_exact_syscalls_made[{H}]",
+    f"test_libbpf_tool_sees_what_the_check_does[{H}-execsnoop]",
+    f"test_libbpf_tool_sees_what_the_check_does[{H}-opensnoop]",
+    f"test_bpftrace_kprobe_fires[{H}]",
+    f"test_bpftool_lists_a_loaded_program[{H}]",
+}
 
 
 def expected_checks(manifest: dict[str, object]) -> set[str]:
