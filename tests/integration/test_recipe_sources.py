@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -59,15 +60,16 @@ def test_pinned_file_is_fetched_installed_and_named(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
     served = tmp_path / "www"
     served.mkdir()
-    (served / "tuoba-hello").write_bytes(TOOL)
-    sha = hashlib.sha256(TOOL).hexdigest()
+    tool = TOOL + f"# {os.urandom(8).hex()}\n".encode()  # downloaded, not found cached
+    (served / "tuoba-hello").write_bytes(tool)
+    sha = hashlib.sha256(tool).hexdigest()
     with serve_files(FileServer(served)) as url:
         add_recipe(project, url, sha)
         proc = tuoba_build(project, BOARD, "--recipe", "pinned")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = project / "out"
     img = out / f"tuoba-{BOARD}-s1-0.1.0.img"
-    assert ext4_file(img, root_start(img), "/usr/local/bin/tuoba-hello") == TOOL
+    assert ext4_file(img, root_start(img), "/usr/local/bin/tuoba-hello") == tool
     stat = subprocess.run(
         ["debugfs", "-R", "stat /usr/local/bin/tuoba-hello", f"{img}?offset={root_start(img)}"],
         capture_output=True, text=True, check=True,
@@ -87,9 +89,14 @@ def test_bytes_that_do_not_match_the_pin_stop_the_build(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
     served = tmp_path / "www"
     served.mkdir()
-    (served / "tuoba-hello").write_bytes(TOOL + b"# changed upstream\n")
-    with serve_files(FileServer(served)) as url:
-        add_recipe(project, url, hashlib.sha256(TOOL).hexdigest())
+    # bytes no run has cached (the cache would rightly serve pinned bytes it has), served with
+    # one byte flipped
+    tool = TOOL + f"# {os.urandom(8).hex()}\n".encode()
+    (served / "tuoba-hello").write_bytes(tool)
+    server = FileServer(served)
+    server.tamper = {"tuoba-hello"}
+    with serve_files(server) as url:
+        add_recipe(project, url, hashlib.sha256(tool).hexdigest())
         proc = tuoba_build(project, BOARD, "--recipe", "pinned")
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "source 'tuoba-hello'" in proc.stderr and "expected" in proc.stderr, proc.stderr
