@@ -26,8 +26,6 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import boto3
-import botocore.config
 import botocore.exceptions
 import requests
 
@@ -63,6 +61,10 @@ class S3Objects(Objects):
     def __init__(self, bucket: str, prefix: str) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        # (imported here: boto3 costs every tuoba command ~60 ms, and only s3:// needs it)
+        import boto3
+        import botocore.config
+
         config = botocore.config.Config(
             connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"}
         )
