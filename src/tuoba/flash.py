@@ -15,12 +15,13 @@ import lzma
 import os
 import re
 import stat
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from tuoba import run
+from tuoba import manifest, run
 from tuoba.errors import InputError, TuobaError
 
 CHUNK = 4 << 20
@@ -253,4 +254,51 @@ def _check(expected: str | None, h: hashlib._Hash, what: str) -> None:
         raise FlashError(
             f"{what} has sha256 {h.hexdigest()}, the bmap says {expected}",
             hint="the image does not match its .bmap; rebuild or re-download it",
+        )
+
+
+AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
+
+
+def manifest_beside(image: Path) -> manifest.Manifest:
+    """The manifest of an image as built or downloaded (.img or .img.xz beside it)."""
+    raw = image.with_suffix("") if image.suffix == ".xz" else image
+    m_file = manifest.path_for(raw)
+    if not m_file.is_file():
+        raise FlashError(
+            f"no manifest beside {image} ({m_file.name}): tuoba cannot find the root partition",
+            hint="keep the .manifest.json that came with the image beside it",
+        )
+    return manifest.Manifest.from_json(m_file.read_text(), str(m_file))
+
+
+def authorize_key(device: Path, m: manifest.Manifest, key: Path) -> None:
+    """Make `key` root's only authorized ssh key on a flashed card (the image's is its
+    builder's), writing the card's ext4 root filesystem with debugfs, then reading it back."""
+    root = next((p for p in m.partitions if p.get("mountpoint") == "/"), None)
+    if root is None or root.get("fs") != "ext4":
+        raise FlashError(f"{m.name} has no ext4 root partition to put the key on")
+    fs = f"{device}?offset={int(root['start'])}"
+    text = key.read_text().strip() + "\n"
+    with tempfile.TemporaryDirectory(prefix="tuoba-key-") as tmp:
+        src = Path(tmp) / "authorized_keys"
+        src.write_text(text)
+        src.chmod(0o600)
+        script = Path(tmp) / "debugfs.cmds"
+        script.write_text(
+            "mkdir /root/.ssh\n"  # (there already: debugfs says so and goes on)
+            f"rm {AUTHORIZED_KEYS}\n"
+            f"write {src} {AUTHORIZED_KEYS}\n"
+            f"sif {AUTHORIZED_KEYS} mode 0100600\n"
+            f"sif {AUTHORIZED_KEYS} uid 0\n"
+            f"sif {AUTHORIZED_KEYS} gid 0\n"
+        )
+        run.run(["debugfs", "-w", "-f", str(script), fs], capture=True, capture_stderr=True)
+    run.run(["blockdev", "--flushbufs", str(device)], check=False)
+    got = run.run(["debugfs", "-R", f"cat {AUTHORIZED_KEYS}", fs], capture=True,
+                  capture_stderr=True).stdout  # fmt: skip
+    if got != text:
+        raise FlashError(
+            f"{AUTHORIZED_KEYS} on {device} does not read back as the key given",
+            hint="the card may be failing; flash it again",
         )

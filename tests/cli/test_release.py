@@ -306,3 +306,31 @@ def test_release_notes_say_what_changed_since_the_last_release(
     ):
         assert line in notes, notes
     assert "RELEASE-NOTES.md" in (dest / "SHA256SUMS").read_text()
+
+
+def test_flash_refuses_a_key_that_is_no_public_key_before_writing(
+    project: Path, tmp_path: Path
+) -> None:
+    fake_build(project / "out")
+    card = tmp_path / "card"
+    card.write_bytes(b"\xaa" * 4096)
+    code, out = invoke(project, "flash", str(project / "out" / f"{NAME}.img.xz"), "--device",
+                       str(card), "--yes", "--ssh-key", "/etc/passwd")  # fmt: skip
+    assert code == 2, out
+    assert "--ssh-key /etc/passwd: not an OpenSSH public key" in " ".join(out.split())
+    assert card.read_bytes() == b"\xaa" * 4096
+
+
+def test_flash_with_a_key_needs_the_manifest_beside_the_image(
+    project: Path, tmp_path: Path
+) -> None:
+    fake_build(project / "out")
+    (project / "out" / f"{NAME}.manifest.json").unlink()
+    key = keypair(tmp_path / "k").with_suffix(".pub")
+    card = tmp_path / "card"
+    card.write_bytes(b"\xaa" * 4096)
+    code, out = invoke(project, "flash", str(project / "out" / f"{NAME}.img.xz"), "--device",
+                       str(card), "--yes", "--ssh-key", str(key))  # fmt: skip
+    assert code == 6, out
+    assert "cannot find the root partition" in " ".join(out.split())
+    assert card.read_bytes() == b"\xaa" * 4096

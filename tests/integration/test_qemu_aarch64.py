@@ -196,6 +196,16 @@ def test_release_download_and_flash_to_a_loop_device(built: Project, tmp_path: P
         with open(dev, "rb") as f, img.open("rb") as want:
             for _ in range(img.stat().st_size >> 24):  # 16 MiB at a time
                 assert f.read(1 << 24) == want.read(1 << 24)
+        # once more as a downloader does it: their own key instead of the release maker's
+        user_key = keypair(tmp_path / "user-key").with_suffix(".pub")
+        built.tuoba("flash", str(dl / xz_name), "--device", dev, "--yes", "--force",
+                    "--ssh-key", str(user_key))  # fmt: skip
+        root = next(p for p in built.manifest()["partitions"] if p["mountpoint"] == "/")  # type: ignore[attr-defined]
+        keys = subprocess.run(
+            ["debugfs", "-R", "cat /root/.ssh/authorized_keys", f"{dev}?offset={root['start']}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert keys == user_key.read_text().strip() + "\n"
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
 

@@ -163,3 +163,35 @@ def test_fat_serial_is_what_blkid_reads(tmp_path: Path) -> None:
         ["blkid", "-o", "value", "-s", "UUID", str(fs)], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert seen == fs_uuid_as_seen(boot)
+
+
+def test_a_flashed_card_gets_the_users_key(tmp_path: Path) -> None:
+    """`tuoba flash --ssh-key`: the card's root's authorized_keys becomes the user's key (the
+    image's is its builder's), root-owned and 0600, written with debugfs and read back."""
+    from tuoba.flash import authorize_key
+    from tuoba.manifest import Manifest
+
+    tree = tmp_path / "tree"
+    (tree / "root/.ssh").mkdir(parents=True)
+    (tree / "root/.ssh/authorized_keys").write_text("ssh-ed25519 AAAA builder@release\n")
+    fs = tmp_path / "root.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(tree), str(fs), "16M"], check=True)
+    card = tmp_path / "card"
+    card.write_bytes(bytes(1 << 20) + fs.read_bytes())  # the root partition from 1 MiB
+    user = tmp_path / "id.pub"
+    user.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUser user@laptop\n")
+    m = Manifest(name="n", version="0.1.0", board="b", arch="arm64", stage=1, recipes=[],
+                 tests=[], hostname="h", inputs_digest="0" * 64, kernel={}, boot={},
+                 partitions=[{"name": "root", "start": 1 << 20, "fs": "ext4", "mountpoint": "/"}],
+                 sources={}, rootfs={}, packages=[], files={})  # fmt: skip
+    authorize_key(card, m, user)
+    seen = subprocess.run(
+        ["debugfs", "-R", "stat /root/.ssh/authorized_keys", f"{card}?offset={1 << 20}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "Mode:  0600" in seen and "User:     0" in seen, seen
+    content = subprocess.run(
+        ["debugfs", "-R", "cat /root/.ssh/authorized_keys", f"{card}?offset={1 << 20}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert content == user.read_text() and "builder" not in content

@@ -10,6 +10,7 @@ from tuoba import flash as core
 from tuoba import ui
 from tuoba.cli import App
 from tuoba.errors import InputError
+from tuoba.plan import check_public_key
 
 
 @click.command("flash")
@@ -26,12 +27,25 @@ from tuoba.errors import InputError
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Block map [default: IMAGE.bmap beside the image].",
 )
+@click.option(
+    "--ssh-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="After writing, make this public key root's only authorized ssh key on the card (a "
+    "downloaded image carries its builder's).",
+)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
 @click.option("--force", is_flag=True, help="Allow a device that is not removable.")
 @click.option("--no-verify", is_flag=True, help="Skip reading the written ranges back.")
 @click.pass_obj
 def command(
-    app: App, image: Path, device: Path, bmap: Path | None, yes: bool, force: bool, no_verify: bool
+    app: App,
+    image: Path,
+    device: Path,
+    bmap: Path | None,
+    ssh_key: Path | None,
+    yes: bool,
+    force: bool,
+    no_verify: bool,
 ) -> None:
     """Write an image (.img or .img.xz) to an SD card, using its block map.
 
@@ -42,7 +56,11 @@ def command(
     \b
     Example:
       tuoba flash out/tuoba-rpi4-s1-0.1.0.img.xz --device /dev/sdb
+      tuoba flash tuoba-rpi4-s1-0.1.0.img.xz -d /dev/sdb --ssh-key ~/.ssh/id_ed25519.pub
     """
+    if ssh_key is not None:  # checked before a byte is written
+        check_public_key(ssh_key)
+        m = core.manifest_beside(image)
     bmap_path = bmap or core.bmap_for(image)
     if bmap_path.is_file():
         block_map = core.read_bmap(bmap_path)
@@ -83,3 +101,6 @@ def command(
         f"wrote {block_map.mapped_bytes / mib:.0f} MiB to {device} in {seconds:.1f} s"
         + ("" if no_verify else ", read back and verified")
     )
+    if ssh_key is not None:
+        core.authorize_key(device, m, ssh_key)
+        ui.info(f"root's authorized ssh key on {device} is now {ssh_key}")
