@@ -31,10 +31,16 @@ import requests
 
 from tuoba import run, ui
 from tuoba.cache import Entry, Meta
-from tuoba.errors import BuildError, InputError
+from tuoba.errors import BuildError, InputError, TuobaError
 
 LAYOUT = "v1"
 MARKER = "entry.json"
+
+
+class RemoteError(TuobaError):
+    """The remote cache could not be used for what was asked of it."""
+
+    exit_code = 4
 
 
 class Unreachable(Exception):
@@ -260,6 +266,24 @@ class RemoteCache:
             ui.warn(f"could not pack {entry.ref} for the remote cache: {e.message}")
             return
         ui.info(f"  pushed {entry.ref[:24]}… to the remote cache ({size >> 20} MiB)")
+
+    def entries(self) -> list[tuple[Meta, int]]:
+        """(metadata, packed size) of every entry the remote cache holds."""
+        out = []
+        try:
+            for ref in self.refs():
+                raw = self.objects.get(f"{LAYOUT}/{ref}/{MARKER}")
+                if raw is None:
+                    continue
+                try:
+                    marker = json.loads(raw)
+                    meta = Meta(**{k: marker["meta"][k] for k in _META_FIELDS})
+                    out.append((meta, int(marker["archive_size"])))
+                except (ValueError, KeyError, TypeError):
+                    ui.warn(f"remote cache entry {ref[:24]}…: unreadable marker")
+        except Unreachable as e:
+            self._off(str(e))
+        return out
 
     def refs(self) -> list[str]:
         """kind/key of every entry the remote cache holds (its markers)."""

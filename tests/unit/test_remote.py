@@ -171,3 +171,44 @@ def test_logged_urls_lose_their_secrets() -> None:
     assert remote.safe_url("https://user:pw@mirror.example:8443/c?token=abc") == (
         "https://mirror.example:8443/c"
     )
+
+
+def test_cache_push_list_and_pull_commands(project: Path, tmp_path: Path, bucket: str) -> None:
+    from tests.cli.test_cli import invoke
+
+    local = Store(tmp_path / "a")
+    make(local)  # made before there was a remote cache: only `cache push` uploads it
+    a = ("--cache-dir", str(tmp_path / "a"), "--cache-url", bucket)
+    code, out = invoke(project, *a, "cache", "push")
+    assert code == 0, out
+    assert "1 entries checked" in out
+    code, out = invoke(project, *a, "cache", "list", "--remote")
+    assert code == 0 and f"kernel     {KEY}" in out and "a kernel" in out, out
+    b = ("--cache-dir", str(tmp_path / "b"), "--cache-url", bucket)
+    code, out = invoke(project, *b, "cache", "pull", f"kernel/{KEY}")
+    assert code == 0, out
+    assert (tmp_path / "b/store/kernel" / KEY / "data/Image").read_text() == "kernel bytes"
+    code, out = invoke(project, *b, "cache", "pull", f"kernel/{'cd' * 32}")
+    assert code == 2 and "the remote cache has no such entry" in " ".join(out.split()), out
+
+
+def test_cache_commands_without_a_remote_say_how(project: Path) -> None:
+    from tests.cli.test_cli import invoke
+
+    code, out = invoke(project, "cache", "push")
+    assert code == 2 and "no remote cache: pass --cache-url URL" in " ".join(out.split()), out
+
+
+def test_cache_push_to_an_unreachable_remote_fails(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.cli.test_cli import invoke
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    make(Store(tmp_path / "a"))
+    code, out = invoke(project, "--cache-dir", str(tmp_path / "a"), "--cache-url",
+                       "s3://nowhere/x", "cache", "push")  # fmt: skip
+    assert code == 4 and "not reachable" in out and SECRET not in out, out

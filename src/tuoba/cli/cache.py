@@ -6,7 +6,7 @@ import time
 
 import click
 
-from tuoba import cache, lock
+from tuoba import cache, lock, remote
 from tuoba.cli import App
 from tuoba.errors import InputError
 
@@ -24,8 +24,9 @@ def command() -> None:
 @command.command("list")
 @click.option("--kind", help="Only entries of this kind (kernel, rootfs, source, …).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry, a line each.")
+@click.option("--remote", "of_remote", is_flag=True, help="The remote cache's (--cache-url).")
 @click.pass_obj
-def list_(app: App, kind: str | None, as_json: bool) -> None:
+def list_(app: App, kind: str | None, as_json: bool, of_remote: bool) -> None:
     """List the cache entries: kind, key, size, age (since last used), which boards use
     them, and what each is.
 
@@ -33,6 +34,14 @@ def list_(app: App, kind: str | None, as_json: bool) -> None:
     Example:
       tuoba cache list --kind kernel
     """
+    if of_remote:
+        rc = _remote(app)
+        for meta, size in rc.entries():
+            if kind is None or meta.kind == kind:
+                click.echo(f"{meta.kind:<10} {meta.key}  {cache.human_size(size):>10} (packed)"
+                           f"  {meta.what}")  # fmt: skip
+        _reachable(rc)
+        return
     store = cache.Store(app.cache_dir)
     entries = [e for e in store.entries() if kind is None or e.meta.kind == kind]
     now = time.time()
@@ -148,18 +157,89 @@ def rm(app: App, refs: tuple[str, ...]) -> None:
     """
     with lock.exclusive(app.cache_dir, "the cache", holder="tuoba cache rm"):
         store = cache.Store(app.cache_dir)
-        entries = store.entries()
-        chosen = []
-        for ref in refs:
-            kind, _, prefix = ref.partition("/")
-            found = [e for e in entries if e.meta.kind == kind and e.meta.key.startswith(prefix)]
-            if len(found) != 1 or not prefix:
-                raise InputError(
-                    f"{ref}: {'no' if not found else str(len(found))} cache entries match",
-                    hint="name one entry as KIND/KEY, with enough of the key to be unique "
-                    "(tuoba cache list)",
-                )
-            chosen.append(found[0])
-        for e in chosen:
+        for e in _choose(store.entries(), refs):
             store.remove(e)
             click.echo(f"removed {e.ref[:40]}  {e.meta.what}")
+
+
+def _choose(entries: list[cache.Entry], refs: tuple[str, ...]) -> list[cache.Entry]:
+    """The entries named KIND/KEY (a unique prefix of the key is enough)."""
+    chosen = []
+    for ref in refs:
+        kind, _, prefix = ref.partition("/")
+        found = [e for e in entries if e.meta.kind == kind and e.meta.key.startswith(prefix)]
+        if len(found) != 1 or not prefix:
+            raise InputError(
+                f"{ref}: {'no' if not found else str(len(found))} cache entries match",
+                hint="name one entry as KIND/KEY, with enough of the key to be unique "
+                "(tuoba cache list)",
+            )
+        chosen.append(found[0])
+    return chosen
+
+
+def _remote(app: App) -> remote.RemoteCache:
+    if not app.cache_url:
+        raise InputError(
+            "no remote cache: pass --cache-url URL (or set TUOBA_CACHE_URL)",
+            hint="e.g. tuoba --cache-url s3://team-builds/tuoba cache push",
+        )
+    return remote.RemoteCache.open(app.cache_url)
+
+
+def _reachable(rc: remote.RemoteCache) -> None:
+    """A command that is about the remote cache fails when it cannot reach it (a build only
+    warns and goes on)."""
+    if rc.disabled is not None:
+        raise remote.RemoteError(
+            f"remote cache {remote.safe_url(rc.url)} not reachable ({rc.disabled})",
+            hint="check the URL, the endpoint (AWS_ENDPOINT_URL) and the credentials",
+        )
+
+
+@command.command("push")
+@click.argument("refs", nargs=-1, metavar="[KIND/KEY...]")
+@click.option("--kind", help="Only entries of this kind (kernel, rootfs, source, …).")
+@click.pass_obj
+def push(app: App, refs: tuple[str, ...], kind: str | None) -> None:
+    """Upload local cache entries to the remote cache (--cache-url): the named ones, or every
+    one (of --kind). Entries the remote cache has already are left as they are.
+
+    \b
+    Example:
+      tuoba --cache-url s3://team-builds/tuoba cache push --kind kernel
+    """
+    rc = _remote(app)
+    store = cache.Store(app.cache_dir)
+    entries = [e for e in store.entries() if kind is None or e.meta.kind == kind]
+    chosen = _choose(entries, refs) if refs else entries
+    for e in chosen:
+        rc.push(e)
+        _reachable(rc)
+    click.echo(f"{len(chosen)} entries checked, {cache.human_size(rc.pushed)} uploaded")
+
+
+@command.command("pull")
+@click.argument("refs", nargs=-1, required=True, metavar="KIND/KEY...")
+@click.pass_obj
+def pull(app: App, refs: tuple[str, ...]) -> None:
+    """Download entries from the remote cache (--cache-url) into the local one, verified
+    (full keys, as `tuoba cache list --remote` shows them).
+
+    \b
+    Example:
+      tuoba --cache-url s3://team-builds/tuoba cache pull kernel/8fa28c1b…
+    """
+    rc = _remote(app)
+    with lock.exclusive(app.cache_dir, "the cache", holder="tuoba cache pull"):
+        store = cache.Store(app.cache_dir, remote=rc)
+        for ref in refs:
+            kind, _, key = ref.partition("/")
+            entry = store.get(kind, key)
+            _reachable(rc)
+            if entry is None:
+                raise InputError(
+                    f"{ref}: the remote cache has no such entry (or it was refused as damaged)",
+                    hint="tuoba cache list --remote shows what it has",
+                )
+            click.echo(f"{entry.ref[:40]}  {entry.meta.what}")
