@@ -94,9 +94,17 @@ class Catalog:
             )
             catalog = cls(raw["version"], raw["released"], images)
             for image in images:
+                if not (isinstance(image.board, str) and isinstance(image.stage, int)):
+                    raise ValueError(f"image entry {image.name!r}")
                 for f in image.files:
+                    if not (isinstance(f.name, str) and isinstance(f.size, int)
+                            and isinstance(f.sha256, str)):  # fmt: skip
+                        raise ValueError(f"file entry {f.name!r}")
                     if "/" in f.name or f.name.startswith(".") or f.role not in ROLES:
                         raise ValueError(f"file entry {f.name!r} ({f.role!r})")
+                for role in ("image", "manifest"):
+                    if sum(f.role == role for f in image.files) != 1:
+                        raise ValueError(f"image {image.name!r} without one {role} file")
         except (ValueError, KeyError, TypeError) as e:
             raise DownloadError(
                 f"{where}: not a TuobaOS release catalog ({e})",

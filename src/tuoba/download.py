@@ -16,13 +16,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from rich.progress import TaskID
 
 from tuoba import catalog, ui
 from tuoba.catalog import Catalog, CatalogFile, CatalogImage, DownloadError
+from tuoba.remote import safe_url
 from tuoba.sources import sha256_file
 
 CHUNK = 1 << 20
@@ -41,15 +42,15 @@ def download(
     with tempfile.TemporaryDirectory(prefix="tuoba-download-") as tmp:
         work = Path(tmp)
         text = _get_text(catalog_url, timeout)
-        cat = Catalog.from_json(text, catalog_url)
+        cat = Catalog.from_json(text, safe_url(catalog_url))
         image = cat.find(board, stage)  # (an unknown board is said before more is fetched)
         sums_file, sig_file = work / catalog.SUMS, work / catalog.SIGNATURE
-        sums_file.write_text(_get_text(urljoin(catalog_url, catalog.SUMS), timeout))
-        sig_file.write_text(_get_text(urljoin(catalog_url, catalog.SIGNATURE), timeout))
+        sums_file.write_text(_get_text(sibling(catalog_url, catalog.SUMS), timeout))
+        sig_file.write_text(_get_text(sibling(catalog_url, catalog.SIGNATURE), timeout))
         signers = allowed_signers
         if signers is None:
             signers = work / catalog.SIGNERS
-            signers.write_text(_get_text(urljoin(catalog_url, catalog.SIGNERS), timeout))
+            signers.write_text(_get_text(sibling(catalog_url, catalog.SIGNERS), timeout))
             ui.warn(
                 "no --allowed-signers given: trusting the key the release names itself "
                 "(this proves the files are the ones it signed, not who signed them)"
@@ -58,7 +59,7 @@ def download(
         sums = catalog.parse_sums(sums_file.read_text())
         if sums.get(catalog.CATALOG) != hashlib.sha256(text.encode()).hexdigest():
             raise DownloadError(
-                f"{catalog_url} is not the catalog {catalog.SUMS} signs",
+                f"{safe_url(catalog_url)} is not the catalog {catalog.SUMS} signs",
                 hint="the catalog changed after the release was signed: do not use it",
             )
         ui.info(f"release {cat.version} ({cat.released}), signed by {signer}")
@@ -70,8 +71,16 @@ def download(
                 f"{f.name}: the catalog's sha256 is not the one {catalog.SUMS} signs",
                 hint="the release is inconsistent: do not use it",
             )
-        kept.append(fetch_file(urljoin(catalog_url, f.name), f, dest, timeout))
+        kept.append(fetch_file(sibling(catalog_url, f.name), f, dest, timeout))
     return image, kept
+
+
+def sibling(catalog_url: str, name: str) -> str:
+    """The URL of a file beside the catalog, with the catalog URL's query (a signed URL's
+    token travels there)."""
+    url = urljoin(catalog_url, name)
+    query = urlsplit(catalog_url).query
+    return f"{url}?{query}" if query else url
 
 
 def _get_text(url: str, timeout: float) -> str:
@@ -79,7 +88,7 @@ def _get_text(url: str, timeout: float) -> str:
         r = requests.get(url, timeout=timeout)
         r.raise_for_status()
     except requests.RequestException as e:
-        raise DownloadError(f"could not get {url}: {_short(e)}",
+        raise DownloadError(f"could not get {safe_url(url)}: {_short(e)}",
                             hint="check the catalog URL and the network") from e  # fmt: skip
     return r.text
 
@@ -100,9 +109,10 @@ def fetch_file(url: str, f: CatalogFile, dest: Path, timeout: float = 30.0) -> P
     part = dest / f".{f.name}.part"
     meta_file = dest / f".{f.name}.part.json"
     meta = _read_meta(meta_file)
-    if meta.get("url") != url or meta.get("sha256") != f.sha256:  # another file's leftovers
+    where = safe_url(url)  # (kept on disk: no user info or token)
+    if meta.get("url") != where or meta.get("sha256") != f.sha256:  # another file's leftovers
         part.unlink(missing_ok=True)
-        meta = {"url": url, "sha256": f.sha256}
+        meta = {"url": where, "sha256": f.sha256}
     failures = []
     with ui.download_progress() as progress:
         task = progress.add_task(f.name, total=f.size)
@@ -116,7 +126,8 @@ def fetch_file(url: str, f: CatalogFile, dest: Path, timeout: float = 30.0) -> P
                 _transfer(url, part, have, meta, meta_file, timeout, progress.advance, task)
             except (requests.RequestException, OSError) as e:
                 failures.append(_short(e))
-                ui.debug(f"{f.name}: transfer stopped at {part.stat().st_size} bytes: {e}")
+                got = part.stat().st_size if part.is_file() else 0
+                ui.debug(f"{f.name}: transfer stopped at {got} bytes: {_short(e)}")
     got = part.stat().st_size if part.is_file() else 0
     if got < f.size:
         raise DownloadError(
@@ -156,7 +167,11 @@ def _transfer(
         resumed = r.status_code == 206
         if not resumed:  # a whole file: the server has no ranges, or the file changed
             have = 0
-        validator = r.headers.get("ETag") or r.headers.get("Last-Modified")
+        etag = r.headers.get("ETag") or ""
+        # If-Range takes a strong validator only (RFC 9110): a weak ETag would never resume
+        validator = (etag if etag and not etag.startswith("W/") else None) or r.headers.get(
+            "Last-Modified"
+        )
         meta = {**meta, "validator": validator or ""}
         meta_file.write_text(json.dumps(meta))
         with part.open("ab" if resumed else "wb") as out:

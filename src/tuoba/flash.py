@@ -274,31 +274,52 @@ def manifest_beside(image: Path) -> manifest.Manifest:
 
 def authorize_key(device: Path, m: manifest.Manifest, key: Path) -> None:
     """Make `key` root's only authorized ssh key on a flashed card (the image's is its
-    builder's), writing the card's ext4 root filesystem with debugfs, then reading it back."""
+    builder's), writing the card's ext4 root filesystem with debugfs, then reading it back
+    (content, mode 0600, owner root): debugfs exits 0 when a request fails, so its own words
+    are checked too."""
     root = next((p for p in m.partitions if p.get("mountpoint") == "/"), None)
     if root is None or root.get("fs") != "ext4":
         raise FlashError(f"{m.name} has no ext4 root partition to put the key on")
     fs = f"{device}?offset={int(root['start'])}"
     text = key.read_text().strip() + "\n"
-    with tempfile.TemporaryDirectory(prefix="tuoba-key-") as tmp:
+    # (debugfs splits its requests at spaces: a temporary directory without any)
+    tmp_root = None if " " not in tempfile.gettempdir() else "/tmp"
+    with tempfile.TemporaryDirectory(prefix="tuoba-key-", dir=tmp_root) as tmp:
         src = Path(tmp) / "authorized_keys"
         src.write_text(text)
         src.chmod(0o600)
         script = Path(tmp) / "debugfs.cmds"
         script.write_text(
-            "mkdir /root/.ssh\n"  # (there already: debugfs says so and goes on)
+            "mkdir /root/.ssh\n"  # (there already: debugfs says so, which is fine)
             f"rm {AUTHORIZED_KEYS}\n"
             f"write {src} {AUTHORIZED_KEYS}\n"
             f"sif {AUTHORIZED_KEYS} mode 0100600\n"
             f"sif {AUTHORIZED_KEYS} uid 0\n"
             f"sif {AUTHORIZED_KEYS} gid 0\n"
         )
-        run.run(["debugfs", "-w", "-f", str(script), fs], capture=True, capture_stderr=True)
+        proc = run.run(["debugfs", "-w", "-f", str(script), fs], capture=True,
+                       capture_stderr=True)  # fmt: skip
+    complaints = [
+        line
+        for line in (proc.stderr or "").splitlines()
+        # (the banner; /root/.ssh there already; no old key to remove)
+        if line.strip()
+        and not line.startswith(("debugfs ", "rm: "))
+        and "already exists" not in line
+    ]
     run.run(["blockdev", "--flushbufs", str(device)], check=False)
     got = run.run(["debugfs", "-R", f"cat {AUTHORIZED_KEYS}", fs], capture=True,
                   capture_stderr=True).stdout  # fmt: skip
-    if got != text:
+    stat = run.run(["debugfs", "-R", f"stat {AUTHORIZED_KEYS}", fs], capture=True,
+                   capture_stderr=True).stdout  # fmt: skip
+    if (
+        complaints
+        or got != text
+        or not re.search(r"Mode:\s+0600\b", stat)
+        or not re.search(r"User:\s+0\s+Group:\s+0\b", stat)
+    ):
         raise FlashError(
-            f"{AUTHORIZED_KEYS} on {device} does not read back as the key given",
-            hint="the card may be failing; flash it again",
+            f"{AUTHORIZED_KEYS} on {device} is not the key given, root-owned and 0600"
+            + (f" (debugfs: {'; '.join(complaints)[:300]})" if complaints else ""),
+            hint="a full root filesystem, or a failing card; flash it again",
         )

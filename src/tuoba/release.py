@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,18 +24,18 @@ from tuoba.sources import sha256_file
 
 
 def built_images(out_dir: Path, boards: tuple[str, ...], stages: tuple[int, ...]) -> list[Path]:
-    """The images in out/ (by their manifests), those of the given boards and stages."""
-    found = []
-    for m in sorted(out_dir.glob("tuoba-*.manifest.json")):
-        image = m.with_name(m.name.removesuffix(".manifest.json") + ".img")
-        got = manifest.load(image)
-        if (not boards or got.board in boards) and (not stages or got.stage in stages):
-            found.append(image)
+    """The images in out/ (their manifests), those of the given boards and stages. The raw
+    .img need not be there: a release ships its .xz."""
+    found: list[tuple[Path, manifest.Manifest]] = []
+    for m_file in sorted(out_dir.glob("tuoba-*.manifest.json")):
+        m = manifest.Manifest.from_json(m_file.read_text(), str(m_file))
+        if (not boards or m.board in boards) and (not stages or m.stage in stages):
+            found.append((m_file, m))
     missing = [
         (b, s)
         for b in boards
         for s in stages or (1,)
-        if not any(manifest.load(i).board == b and manifest.load(i).stage == s for i in found)
+        if not any((m.board, m.stage) == (b, s) for _, m in found)
     ]
     if missing or not found:
         board, stage = missing[0] if missing else ("BOARD", 1)
@@ -44,11 +45,11 @@ def built_images(out_dir: Path, boards: tuple[str, ...], stages: tuple[int, ...]
             else f"no built image in {out_dir}",
             hint=f"build it first: tuoba build --board {board} --stage {stage}",
         )
-    return found
+    return [m_file for m_file, _ in found]
 
 
 def make_release(
-    images: list[Path], dest: Path, sign_key: Path, signer: str = "release@tuoba"
+    manifests: list[Path], dest: Path, sign_key: Path, signer: str = "release@tuoba"
 ) -> Catalog:
     """Copy, list, checksum and sign; returns the catalog written."""
     pub = catalog.public_key(sign_key)  # (checked before anything is written)
@@ -58,12 +59,12 @@ def make_release(
     before = previous_manifests(dest)  # (read before this release's files replace them)
     entries = []
     current = []
-    for image in images:
-        m = manifest.load(image)
+    for m_file in manifests:
+        m = manifest.Manifest.from_json(m_file.read_text(), str(m_file))
         current.append(m)
         files = []
         for role, name in _files_of(m):
-            src = image.parent / name
+            src = m_file.parent / name
             # (the manifest lists the others' hashes; its own is what it is)
             recorded = m.files[name] if role != "manifest" else sha256_file(src)
             if not src.is_file() or sha256_file(src) != recorded:
@@ -91,7 +92,7 @@ def make_release(
                 stage=m.stage,
                 arch=m.arch,
                 version=m.version,
-                image_size=(image.stat().st_size if image.is_file() else 0),
+                image_size=_image_size(m_file.parent / f"{m.name}.img.bmap"),
                 files=tuple(files),
             )
         )
@@ -173,6 +174,12 @@ def release_notes(
         lines += changes or ["- nothing changed"]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _image_size(bmap: Path) -> int:
+    """The raw image's size, as its block map says (what a card must hold)."""
+    found = re.search(r"<ImageSize>\s*(\d+)\s*</ImageSize>", bmap.read_text(errors="replace"))
+    return int(found.group(1)) if found else 0
 
 
 def _files_of(m: manifest.Manifest) -> list[tuple[str, str]]:

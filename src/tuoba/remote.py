@@ -19,10 +19,12 @@ chain's: they are never logged, and a URL is logged without its query.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,6 +32,7 @@ import botocore.exceptions
 import requests
 
 from tuoba import run, ui
+from tuoba.cache import LAYOUT as LOCAL_LAYOUT
 from tuoba.cache import Entry, Meta
 from tuoba.errors import BuildError, InputError, TuobaError
 
@@ -67,6 +70,7 @@ class S3Objects(Objects):
     def __init__(self, bucket: str, prefix: str) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.denied_said = False
         # (imported here: boto3 costs every tuoba command ~60 ms, and only s3:// needs it)
         import boto3
         import botocore.config
@@ -74,51 +78,81 @@ class S3Objects(Objects):
         config = botocore.config.Config(
             connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"}
         )
-        # endpoint, region and credentials come from the environment and AWS config files
-        self.s3 = boto3.session.Session().client("s3", config=config)
+        try:  # endpoint, region and credentials come from the environment and AWS config files
+            self.s3 = boto3.session.Session().client("s3", config=config)
+        except (botocore.exceptions.BotoCoreError, ValueError) as e:
+            raise InputError(
+                f"s3://{bucket}: the AWS settings do not make an S3 client ({type(e).__name__})",
+                hint="check AWS_PROFILE, AWS_DEFAULT_REGION and AWS_ENDPOINT_URL "
+                "(a full URL such as https://s3.example.org)",
+            ) from e
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def get(self, name: str, dest: Path | None = None) -> bytes | None:
         try:
-            if dest is not None:
-                self.s3.download_file(self.bucket, self._key(name), str(dest))
-                return b""
-            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
-            return body
-        except botocore.exceptions.ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise Unreachable(_client_error(e)) from e
-        except (botocore.exceptions.BotoCoreError, OSError) as e:
-            raise Unreachable(type(e).__name__) from e
+            with _calls():
+                if dest is not None:
+                    self.s3.download_file(self.bucket, self._key(name), str(dest))
+                    return b""
+                got = self.s3.get_object(Bucket=self.bucket, Key=self._key(name))
+                body: bytes = got["Body"].read()
+                return body
+        except _Missing as e:
+            if e.denied and not self.denied_said:  # S3 says 403 for a missing key to a caller
+                self.denied_said = True  # without s3:ListBucket: a miss, not an outage
+                ui.warn(
+                    f"the remote cache answers 'access denied' for {name}: read as absent "
+                    "(a caller without s3:ListBucket gets this for a missing key)"
+                )
+            return None
 
     def put(self, name: str, src: Path | bytes) -> None:
         try:
-            if isinstance(src, Path):
-                self.s3.upload_file(str(src), self.bucket, self._key(name))
-            else:
-                self.s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=src)
-        except botocore.exceptions.ClientError as e:
-            raise Unreachable(_client_error(e)) from e
-        except (botocore.exceptions.BotoCoreError, OSError) as e:
-            raise Unreachable(type(e).__name__) from e
+            with _calls():
+                if isinstance(src, Path):
+                    self.s3.upload_file(str(src), self.bucket, self._key(name))
+                else:
+                    self.s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=src)
+        except _Missing as e:  # (writing: a 403 is a refusal, a 404 a missing bucket)
+            raise Unreachable("access denied" if e.denied else "no such bucket") from e
 
     def names(self, prefix: str) -> list[str]:
         out = []
         try:
-            pages = self.s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._key(prefix)
-            )
-            for page in pages:
-                out += [o["Key"] for o in page.get("Contents", [])]
-        except botocore.exceptions.ClientError as e:
-            raise Unreachable(_client_error(e)) from e
-        except (botocore.exceptions.BotoCoreError, OSError) as e:
-            raise Unreachable(type(e).__name__) from e
+            with _calls():
+                pages = self.s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=self._key(prefix)
+                )
+                for page in pages:
+                    out += [o["Key"] for o in page.get("Contents", [])]
+        except _Missing as e:
+            raise Unreachable("access denied" if e.denied else "no such bucket") from e
         strip = len(self._key("")) if self.prefix else 0
         return [n[strip:] for n in out]
+
+
+class _Missing(Exception):
+    def __init__(self, denied: bool) -> None:
+        self.denied = denied
+
+
+@contextlib.contextmanager
+def _calls() -> Iterator[None]:
+    """boto3's failures as Unreachable, a missing object as _Missing. A local file error
+    (a full disk while downloading) is the caller's: it is not the cache's fault."""
+    import boto3.exceptions
+
+    try:
+        yield
+    except botocore.exceptions.ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied"):
+            raise _Missing(denied=code in ("403", "AccessDenied")) from e
+        raise Unreachable(_client_error(e)) from e
+    except (botocore.exceptions.BotoCoreError, boto3.exceptions.Boto3Error, ValueError) as e:
+        raise Unreachable(type(e).__name__) from e
 
 
 def _client_error(e: botocore.exceptions.ClientError) -> str:
@@ -150,10 +184,12 @@ class HttpObjects(Objects):
             raise Unreachable(type(e).__name__) from e
 
     def put(self, name: str, src: Path | bytes) -> None:
-        raise Unreachable("an https:// cache is read-only")
+        raise InputError(f"{safe_url(self.base)} is a read-only cache (https://)",
+                         hint="push to its s3:// form")  # fmt: skip
 
     def names(self, prefix: str) -> list[str]:
-        raise Unreachable("an https:// cache cannot be listed")
+        raise InputError(f"{safe_url(self.base)} cannot be listed (an https:// mirror)",
+                         hint="list its s3:// form")  # fmt: skip
 
 
 def objects_for(url: str) -> Objects:
@@ -173,8 +209,8 @@ def safe_url(url: str) -> str:
     """The URL as it may be logged: no user info, no query (where tokens travel)."""
     p = urlsplit(url)
     host = p.hostname or ""
-    port = f":{p.port}" if p.port else ""
-    return f"{p.scheme}://{host}{port}{p.path}"
+    netloc = p.netloc.rsplit("@", 1)[-1]  # (host:port as written; .port raises on a bad one)
+    return f"{p.scheme}://{netloc or host}{p.path}"
 
 
 @dataclasses.dataclass
@@ -185,6 +221,7 @@ class RemoteCache:
     objects: Objects
     disabled: str | None = None  # why it is no longer asked (unreachable), once said
     refused: set[str] = dataclasses.field(default_factory=set)  # corrupt entries seen
+    failed: set[str] = dataclasses.field(default_factory=set)  # entries not pushed
     pulled: int = 0  # bytes
     pushed: int = 0
 
@@ -215,6 +252,10 @@ class RemoteCache:
             meta = Meta(**{k: marker["meta"][k] for k in _META_FIELDS})
             if (meta.kind, meta.key) != (kind, key):
                 return self._refuse(kind, key, f"its marker names {meta.kind}/{meta.key[:12]}…")
+            if meta.layout != LOCAL_LAYOUT or not all(
+                isinstance(v, int) for v in (meta.size, meta.files)
+            ):
+                return self._refuse(kind, key, f"a marker of another form (layout {meta.layout!r})")
             with tempfile.TemporaryDirectory(dir=work.parent) as tmp:
                 archive = Path(tmp) / "entry.tar.zst"
                 if self.objects.get(f"{base}/{sha}.tar.zst", archive) is None:
@@ -233,6 +274,10 @@ class RemoteCache:
             return None
         except (ValueError, KeyError, TypeError, BuildError) as e:
             return self._refuse(kind, key, f"unreadable ({type(e).__name__})")
+        except OSError as e:  # here, not there: a full disk is no reason to stop asking
+            ui.warn(f"could not unpack {kind}/{key[:12]}… from the remote cache here "
+                    f"({e.strerror or e}); building it")  # fmt: skip
+            return None
         ui.info(f"  pulled {kind}/{key[:12]}… from the remote cache ({size >> 20} MiB)")
         return meta
 
@@ -262,8 +307,9 @@ class RemoteCache:
         except Unreachable as e:
             self._off(str(e))
             return
-        except BuildError as e:  # (tar: the entry is fine here; only the upload is lost)
-            ui.warn(f"could not pack {entry.ref} for the remote cache: {e.message}")
+        except (BuildError, OSError) as e:  # (the entry is fine here; only the upload is lost)
+            ui.warn(f"could not pack {entry.ref} for the remote cache: {e}")
+            self.failed.add(entry.ref)
             return
         ui.info(f"  pushed {entry.ref[:24]}… to the remote cache ({size >> 20} MiB)")
 

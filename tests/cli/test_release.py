@@ -334,3 +334,40 @@ def test_flash_with_a_key_needs_the_manifest_beside_the_image(
     assert code == 6, out
     assert "cannot find the root partition" in " ".join(out.split())
     assert card.read_bytes() == b"\xaa" * 4096
+
+
+def test_release_without_the_raw_image(project: Path, tmp_path: Path) -> None:
+    """A release ships the .xz: the multi-GB raw .img may be gone (a CI job that kept only
+    the compressed artifacts)."""
+    fake_build(project / "out")
+    (project / "out" / f"{NAME}.img").unlink()
+    code, out = invoke(project, "release", str(tmp_path / "public"), "--sign-key",
+                       str(keypair(tmp_path / "k")))  # fmt: skip
+    assert code == 0, out
+    assert (tmp_path / "public" / "SHA256SUMS.sig").is_file()
+
+
+def test_a_file_missing_on_the_server_is_one_sentence(
+    project: Path, released: tuple[Path, Path, Path]
+) -> None:
+    dest, _, trusted = released
+    (dest / f"{NAME}.img.bmap").unlink()  # the server lost a file
+    with serve(FileServer(dest)) as url:
+        code, out = download(project, url, trusted)
+    assert code == 7, out
+    said = " ".join(out.split())
+    assert f"error: {NAME}.img.bmap: 0 of" in said and "HTTP 404" in said, said
+    assert "Traceback" not in out
+
+
+def test_a_catalog_image_without_its_image_file_is_refused(
+    project: Path, released: tuple[Path, Path, Path]
+) -> None:
+    dest, _, _ = released
+    cat = json.loads((dest / "catalog.json").read_text())
+    cat["images"][0]["files"] = [f for f in cat["images"][0]["files"] if f["role"] != "image"]
+    (dest / "catalog.json").write_text(json.dumps(cat))
+    with serve(FileServer(dest)) as url:
+        code, out = download(project, url, None)
+    assert code == 7, out
+    assert "without one image file" in " ".join(out.split()), out

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -35,6 +36,9 @@ def list_(app: App, kind: str | None, as_json: bool, of_remote: bool) -> None:
       tuoba cache list --kind kernel
     """
     if of_remote:
+        if as_json:
+            raise InputError("--json is not there yet for --remote",
+                             hint="tuoba cache list --remote")  # fmt: skip
         rc = _remote(app)
         for meta, size in rc.entries():
             if kind is None or meta.kind == kind:
@@ -210,13 +214,23 @@ def push(app: App, refs: tuple[str, ...], kind: str | None) -> None:
       tuoba --cache-url s3://team-builds/tuoba cache push --kind kernel
     """
     rc = _remote(app)
-    store = cache.Store(app.cache_dir)
-    entries = [e for e in store.entries() if kind is None or e.meta.kind == kind]
-    chosen = _choose(entries, refs) if refs else entries
-    for e in chosen:
-        rc.push(e)
-        _reachable(rc)
+    if not rc.objects.writable:
+        raise InputError(f"{remote.safe_url(rc.url)} is a read-only cache (https://)",
+                         hint="push to its s3:// form")  # fmt: skip
+    with lock.exclusive(app.cache_dir, "the cache", holder="tuoba cache push"):
+        store = cache.Store(app.cache_dir)
+        entries = [e for e in store.entries() if kind is None or e.meta.kind == kind]
+        chosen = _choose(entries, refs) if refs else entries
+        for e in chosen:
+            rc.push(e)
+            _reachable(rc)
     click.echo(f"{len(chosen)} entries checked, {cache.human_size(rc.pushed)} uploaded")
+    if rc.failed:
+        raise remote.RemoteError(
+            f"{len(rc.failed)} entries could not be packed for the remote cache: "
+            f"{', '.join(sorted(rc.failed))}",
+            hint="see the warnings above (a full disk where the cache is?)",
+        )
 
 
 @command.command("pull")
@@ -231,6 +245,13 @@ def pull(app: App, refs: tuple[str, ...]) -> None:
       tuoba --cache-url s3://team-builds/tuoba cache pull kernel/8fa28c1b…
     """
     rc = _remote(app)
+    for ref in refs:
+        kind, _, key = ref.partition("/")
+        if not cache.KIND.fullmatch(kind) or not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise InputError(
+                f"{ref}: not KIND/KEY with the whole key",
+                hint="tuoba cache list --remote shows the entries with their whole keys",
+            )
     with lock.exclusive(app.cache_dir, "the cache", holder="tuoba cache pull"):
         store = cache.Store(app.cache_dir, remote=rc)
         for ref in refs:

@@ -48,8 +48,8 @@ def command(
       ssh-keygen -t ed25519 -N '' -f release-key
       tuoba release public/ --sign-key release-key --board rpi4 --board qemu-aarch64
     """
-    images = core.built_images(app.out_dir, boards, stages)
-    cat = core.make_release(images, dest.resolve(), sign_key, signer)
+    manifests = core.built_images(app.out_dir, boards, stages)
+    cat = core.make_release(manifests, dest.resolve(), sign_key, signer)
     for image in cat.images:
         xz = image.file("image")
         ui.info(
