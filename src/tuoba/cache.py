@@ -204,11 +204,7 @@ class Store:
 
     def _pull(self, kind: str, key: str) -> Entry | None:
         assert self.remote is not None
-        _check_name(kind, key)
-        tmp_root = self.root / "store" / kind
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        work = tmp_root / f".{key}.tmp-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
+        work = self._work_dir(kind, key)
         try:
             meta = self.remote.pull(kind, key, work)
             return None if meta is None else self.backend.publish(work, meta)
@@ -242,13 +238,7 @@ class Store:
         """Yield an empty directory to build the entry's data in; when the block succeeds it is
         published (size counted, metadata written, one rename); when it fails or is
         interrupted, nothing is left. Read the entry with `get` afterwards."""
-        _check_name(kind, key)
-        tmp_root = self.root / "store" / kind
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        for stale in leftovers(self.root, f".{key}."):  # a build killed while making it
-            shutil.rmtree(stale, ignore_errors=True)
-        work = tmp_root / f".{key}.tmp-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
+        work = self._work_dir(kind, key)
         (work / "data").mkdir(parents=True)
         try:
             yield work / "data"
@@ -260,6 +250,18 @@ class Store:
                 self.remote.push(entry)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _work_dir(self, kind: str, key: str) -> Path:
+        """Where entry kind/key is made (built here, or pulled) before its one rename: beside
+        the store, this process's own, with what killed builds left of it gone."""
+        _check_name(kind, key)
+        tmp_root = self.root / "store" / kind
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        for stale in leftovers(self.root, f".{key}."):  # a build killed while making it
+            shutil.rmtree(stale, ignore_errors=True)
+        work = tmp_root / f".{key}.tmp-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        return work
 
     def work(self, name: str) -> Path:
         """A working directory kept between builds (not an entry)."""

@@ -24,7 +24,7 @@ from rich.progress import TaskID
 from tuoba import catalog, ui
 from tuoba.catalog import Catalog, CatalogFile, CatalogImage, DownloadError
 from tuoba.remote import safe_url
-from tuoba.sources import sha256_file
+from tuoba.sources import sha256_file, short_reason
 
 CHUNK = 1 << 20
 ATTEMPTS = 5  # connections per file: each resumes where the last one stopped
@@ -88,15 +88,9 @@ def _get_text(url: str, timeout: float) -> str:
         r = requests.get(url, timeout=timeout)
         r.raise_for_status()
     except requests.RequestException as e:
-        raise DownloadError(f"could not get {safe_url(url)}: {_short(e)}",
+        raise DownloadError(f"could not get {safe_url(url)}: {short_reason(e)}",
                             hint="check the catalog URL and the network") from e  # fmt: skip
     return r.text
-
-
-def _short(e: Exception) -> str:
-    if isinstance(e, requests.HTTPError) and e.response is not None:
-        return f"HTTP {e.response.status_code}"
-    return type(e).__name__
 
 
 def fetch_file(url: str, f: CatalogFile, dest: Path, timeout: float = 30.0) -> Path:
@@ -125,9 +119,9 @@ def fetch_file(url: str, f: CatalogFile, dest: Path, timeout: float = 30.0) -> P
             try:
                 _transfer(url, part, have, meta, meta_file, timeout, progress.advance, task)
             except (requests.RequestException, OSError) as e:
-                failures.append(_short(e))
+                failures.append(short_reason(e))
                 got = part.stat().st_size if part.is_file() else 0
-                ui.debug(f"{f.name}: transfer stopped at {got} bytes: {_short(e)}")
+                ui.debug(f"{f.name}: transfer stopped at {got} bytes: {short_reason(e)}")
     got = part.stat().st_size if part.is_file() else 0
     if got < f.size:
         raise DownloadError(

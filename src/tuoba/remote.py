@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from tuoba import run, ui
 from tuoba.cache import LAYOUT as LOCAL_LAYOUT
 from tuoba.cache import Entry, Meta
 from tuoba.errors import BuildError, InputError, TuobaError
+from tuoba.sources import sha256_file
 
 LAYOUT = "v1"
 MARKER = "entry.json"
@@ -260,7 +260,7 @@ class RemoteCache:
                 archive = Path(tmp) / "entry.tar.zst"
                 if self.objects.get(f"{base}/{sha}.tar.zst", archive) is None:
                     return self._refuse(kind, key, "its tarball is missing")
-                got = _sha256(archive)
+                got = sha256_file(archive)
                 if got != sha or archive.stat().st_size != size:
                     return self._refuse(
                         kind, key, f"{archive.stat().st_size} bytes with sha256 {got[:12]}…, "
@@ -298,7 +298,7 @@ class RemoteCache:
             with tempfile.TemporaryDirectory(dir=entry.data.parent.parent) as tmp:
                 archive = Path(tmp) / "entry.tar.zst"
                 _tar(entry.data, archive)
-                sha, size = _sha256(archive), archive.stat().st_size
+                sha, size = sha256_file(archive), archive.stat().st_size
                 self.objects.put(f"{base}/{sha}.tar.zst", archive)
                 marker = {"archive_sha256": sha, "archive_size": size,
                           "meta": dataclasses.asdict(entry.meta)}  # fmt: skip
@@ -342,14 +342,6 @@ class RemoteCache:
 
 
 _META_FIELDS = tuple(f.name for f in dataclasses.fields(Meta))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _tar(data: Path, archive: Path) -> None:

@@ -128,7 +128,7 @@ def fetch(
                 hint="the mirror serves different bytes than pinned; refusing to use them",
             ) from None
         except (requests.RequestException, OSError) as e:
-            failures.append(f"{url}: {_short(e)}")
+            failures.append(f"{url}: {short_reason(e)}")
             ui.debug(f"fetch {source.name}: {url} failed: {e}")
     raise BuildError(
         f"could not download source '{source.name}' from any of {len(urls)} URL(s)",
@@ -141,7 +141,8 @@ class _Mismatch(Exception):
         self.got = got
 
 
-def _short(e: Exception) -> str:
+def short_reason(e: Exception) -> str:
+    """A failed request in a few words: its HTTP status, or the kind of failure."""
     if isinstance(e, requests.HTTPError) and e.response is not None:
         return f"HTTP {e.response.status_code}"
     return type(e).__name__
