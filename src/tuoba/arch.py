@@ -27,6 +27,7 @@ class Arch:
     mkosi: str  # mkosi's Architecture=
     elf_machine: str  # e_machine of its binaries (pyelftools' name)
     musl: Musl | None  # None: stage 2 does not build for it yet
+    oci: tuple[str, str]  # an OCI image's architecture and variant ('' : none)
 
     @property
     def qemu_system(self) -> str:
@@ -37,8 +38,9 @@ ARCHES: dict[str, Arch] = {
     a.name: a
     for a in (
         Arch("arm64", "arm64", "aarch64-linux-gnu", "Image", "aarch64", "arm64", "EM_AARCH64",
-             Musl("aarch64-linux-musl", "aarch64", "ld-musl-aarch64.so.1")),
-        Arch("armhf", "arm", "arm-linux-gnueabi", "zImage", "arm", "arm", "EM_ARM", None),
+             Musl("aarch64-linux-musl", "aarch64", "ld-musl-aarch64.so.1"), ("arm64", "")),
+        Arch("armhf", "arm", "arm-linux-gnueabi", "zImage", "arm", "arm", "EM_ARM", None,
+             ("arm", "v7")),
     )
 }  # fmt: skip
 NAMES = tuple(ARCHES)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuoba import bootloader, disk, overlay, publish, run, sbom, sources, ui
+from tuoba import bootloader, disk, oci, overlay, publish, run, sbom, sources, ui
 from tuoba.digest import digest
 from tuoba.errors import BuildError
 from tuoba.manifest import Manifest
@@ -177,7 +177,8 @@ def stage_tree(
 ) -> Path:
     """The image's root tree, in the build directory: a copy of the root filesystem (hard
     links when out/ shares the cache's filesystem) with everything the image adds: the
-    kernel's modules, the recipes' pinned files, the rendered overlays, fstab, the boot
+    kernel's modules, the recipes' pinned files, the rendered overlays, the container images,
+    fstab, the boot
     method's files, the enabled services."""
     root, kernel = made.root, made.kernel
     staging = plan.build_dir / "staging"
@@ -188,6 +189,7 @@ def stage_tree(
         shutil.copytree(kernel.modules, staging / "usr/lib/modules" / kernel.version, symlinks=True)
     install_artifacts(staging, plan.artifacts, made.artifacts, made.overlays)
     overlay.apply_overlay(Path(made.overlays.tree), staging)
+    write_oci_images(plan, staging, made.overlays)
     write_fstab(staging, parts, fstab_line)
     loader.root_tree(staging, kernel, cmdline)
     if plan.services:
@@ -227,6 +229,19 @@ def install_artifacts(
         dest.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write
         shutil.copyfile(fetched.files[a.install].path, dest)
         dest.chmod(a.mode)
+
+
+def write_oci_images(plan: Plan, root: Path, overlays: OverlayRecord) -> None:
+    """The recipes' container images, made of files of the tree's packages (an overlay file at
+    an archive's path is refused, as for pinned files)."""
+    for image in plan.oci_images:
+        rel = f"{oci.ARCHIVE_DIR}/{image.archive}"
+        if rel in overlays.files:
+            raise BuildError(
+                f"/{rel} is both the OCI image {image.name} and an overlay file",
+                hint="drop the overlay's file or rename the image",
+            )
+    oci.write_images(root, plan.oci_images, plan.board.arch)
 
 
 def make_filesystems(

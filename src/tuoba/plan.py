@@ -21,6 +21,7 @@ from tuoba.cache import Store
 from tuoba.config import Doc
 from tuoba.errors import InputError
 from tuoba.kernel import Feature, feature_names, load_feature, load_fragment
+from tuoba.oci import OciImage
 from tuoba.recipe import Artifact, Recipe, Section, load_recipe, recipe_names
 from tuoba.remote import RemoteCache, objects_for, safe_url
 
@@ -81,6 +82,7 @@ class Plan:
     request: Request
     board: Board
     recipes: tuple[Recipe, ...]
+    left_out: tuple[str, ...]  # the board's default recipes that have no form for this stage
     features: tuple[Feature, ...]
     fragments: tuple[Feature, ...]  # everything the kernel config gets, in order
     kernel_dtbs: tuple[str, ...]  # device trees the (shared) kernel build makes
@@ -92,6 +94,7 @@ class Plan:
     artifacts: tuple[Artifact, ...]  # pinned files of the recipes' sources.yaml, for this arch
     services: tuple[str, ...]
     tests: tuple[str, ...]
+    oci_images: tuple[OciImage, ...]  # container images made of the image's packages
     release: str
     mirrors: tuple[str, ...]
     security_mirrors: tuple[str, ...]
@@ -166,6 +169,11 @@ class Plan:
             **(
                 {"artifacts": [[a.install, a.mode, a.source.sha256] for a in self.artifacts]}
                 if self.artifacts
+                else {}
+            ),
+            **(
+                {"oci_images": [dataclasses.asdict(i) for i in self.oci_images]}
+                if self.oci_images
                 else {}
             ),
         }
@@ -287,6 +295,29 @@ def _check_artifacts(recipes: list[Recipe], stage: int) -> tuple[Artifact, ...]:
     return tuple(out)
 
 
+def _check_oci_images(
+    recipes: list[tuple[Recipe, Section]], docs: dict[str, Doc], packages: list[str], stage: int
+) -> tuple[OciImage, ...]:
+    """The recipes' container images: each made of packages the image installs, each name
+    once."""
+    out: dict[str, OciImage] = {}
+    for r, sec in recipes:
+        for i, image in enumerate(sec.oci_images):
+            where = (f"stage{stage}", "oci_images", i)
+            for j, p in enumerate(image.packages):
+                if p not in packages:
+                    raise docs[r.name].error(
+                        (*where, "packages", j),
+                        f"'{p}' is not a package of this image",
+                        hint="an OCI image is made of the image's own packages: add it to "
+                        "the recipe's packages",
+                    )
+            if image.name in out or image.archive in {o.archive for o in out.values()}:
+                raise docs[r.name].error((*where, "name"), f"image {image.name} is made twice")
+            out[image.name] = image
+    return tuple(out.values())
+
+
 def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tuple[Supplied, ...]:
     """Every need of the board met by a supplied file, each supplied file checked; otherwise
     the error names what is missing, why, where to get it and how to hand it over."""
@@ -375,6 +406,8 @@ def resolve(req: Request) -> Plan:
         )
     }
     recipes: list[tuple[Recipe, Section]] = []
+    docs: dict[str, Doc] = {}
+    left_out: list[str] = []
     seen: set[str] = set()
     wanted = [*req.recipes[:1], *board.recipes, *req.recipes[1:]]
     for name in wanted:
@@ -391,15 +424,17 @@ def resolve(req: Request) -> Plan:
         recipe, doc = load_recipe(data_dir, name)
         recipe = recipe.for_arch(board.arch)
         section = recipe.section(req.stage)
+        if section is None and name in board.recipes and name not in req.recipes:
+            left_out.append(name)  # (the caller says so: a board default, not asked for)
+            continue
         if section is None:
-            from_board = name in board.recipes
             raise InputError(
                 f"{doc.where(())}: recipe '{name}' has no stage-{req.stage} form "
-                f"(no stage{req.stage} section)"
-                + (f"; board '{board.name}' includes it by default" if from_board else ""),
+                f"(no stage{req.stage} section)",
                 hint=f"build it with --stage 1, or give the recipe a stage{req.stage} section",
             )
         recipes.append((recipe, section))
+        docs[name] = doc
         for f in _check_features(
             data_dir, recipe.kernel_features, board.arch, doc, ("kernel_features",)
         ):
@@ -460,6 +495,7 @@ def resolve(req: Request) -> Plan:
             packages += [board.kernel.package, "initramfs-tools"]
         packages += board.packages
     packages += [p for _, sec in recipes for p in sec.packages]
+    oci_images = _check_oci_images(recipes, docs, packages, req.stage)
     overlays = [Overlay(f"board:{board.name}", board.directory / "overlay",
                         f"boards/{board.name}/overlay")]  # fmt: skip
     overlays = [o for o in overlays if o.path.is_dir()]
@@ -490,6 +526,7 @@ def resolve(req: Request) -> Plan:
         request=req,
         board=board,
         recipes=tuple(r for r, _ in recipes),
+        left_out=tuple(left_out),
         features=tuple(features.values()),
         fragments=tuple(fragments),
         kernel_dtbs=kernel_dtbs,
@@ -500,6 +537,7 @@ def resolve(req: Request) -> Plan:
         overlays=tuple(overlays),
         artifacts=artifacts,
         services=tuple(dict.fromkeys(s for _, sec in recipes for s in sec.services)),
+        oci_images=oci_images,
         tests=tuple(
             dict.fromkeys(
                 [

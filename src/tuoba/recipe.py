@@ -24,8 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from tuoba.board import ARCHES
-from tuoba.config import Doc, Field, PathPart, load_yaml, name_list, parse_mapping, string
+from tuoba.config import (
+    Doc,
+    Field,
+    PathPart,
+    list_of,
+    load_yaml,
+    mapping_of,
+    name_list,
+    parse_mapping,
+    string,
+    string_list,
+)
 from tuoba.errors import InputError
+from tuoba.oci import OciImage
 from tuoba.sources import Source, parse_source
 
 
@@ -39,6 +51,7 @@ class Section:
     overlays: tuple[str, ...] = ()
     services: tuple[str, ...] = ()  # systemd units (stage 1)
     tests: tuple[str, ...] = ()
+    oci_images: tuple[OciImage, ...] = ()  # container images made of its packages (stage 1)
     # Per-arch replacements of the fields above (`arch: {armhf: {packages: [...]}}`), for what
     # Debian does not build for every architecture.
     arch: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = ()
@@ -93,6 +106,52 @@ class Recipe:
         return (f"{self.name}{suffix}", d) if d.is_dir() else None
 
 
+# A reference both podman and containerd name an image by (podman would put localhost/ before
+# a name without a registry part, containerd would not): registry/path:tag.
+_OCI_NAME = re.compile(
+    r"[a-z0-9][a-z0-9.-]*(:[0-9]+)?/[a-z0-9]+([._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+)
+
+
+def _oci_name(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
+    s = string(doc, path, value)
+    if not _OCI_NAME.fullmatch(s) or len(s) > 255:
+        raise doc.error(
+            path,
+            f"'{s[:80]}' is not a full image reference",
+            hint="write registry/path:tag, like localhost/tuoba/busybox:latest",
+        )
+    return s
+
+
+def _container_path(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
+    return _absolute_path(doc, path, value, "in the container", "/bin/sh")
+
+
+def _links(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[tuple[str, str], ...]:
+    links = mapping_of(doc, path, value, string)
+    for p in links:
+        _container_path(doc, (*path, p), p)
+    return tuple(sorted(links.items()))
+
+
+def _oci_image(doc: Doc, path: tuple[PathPart, ...], value: Any) -> OciImage:
+    v = parse_mapping(
+        doc,
+        path,
+        value,
+        [
+            Field("name", _oci_name, help="image reference, like localhost/tuoba/busybox:latest"),
+            Field("packages", name_list, help="image packages whose files make its layer"),
+            Field("links", _links, (), help="symbolic links to add: {path: target}"),
+            Field("cmd", string_list, (), help="the command it runs by default"),
+        ],
+    )
+    if not v["packages"]:
+        raise doc.error((*path, "packages"), "an image needs at least one package")
+    return OciImage(**v)
+
+
 # A recipe's own files: overlay/ for stage 1 (the default stage), overlay-s<N>/ for stage N.
 OWN_OVERLAY_SUFFIX = {1: ""}
 
@@ -105,6 +164,7 @@ SECTION_FIELDS: dict[int, list[Field]] = {
         OVERLAYS,
         Field("services", name_list, (), help="systemd units to enable"),
         TESTS,
+        Field("oci_images", list_of(_oci_image), (), help="container images made of packages"),
     ],
     2: [
         Field("builds", name_list, (), help="packages under userland/ built by LLVM against musl"),
@@ -156,13 +216,20 @@ RECIPE_FIELDS = [
 
 
 def _install_path(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
+    return _absolute_path(doc, path, value, "in the image", "/usr/local/bin/k3s")
+
+
+def _absolute_path(
+    doc: Doc, path: tuple[PathPart, ...], value: Any, where: str, example: str
+) -> str:
+    """An absolute path of a file (no '.' or '..' part, no trailing /)."""
     s = string(doc, path, value)
     parts = s.split("/")[1:]
     if not s.startswith("/") or not parts or any(p in ("", ".", "..") for p in parts):
         raise doc.error(
             path,
-            f"'{s[:80]}' is not an absolute path of a file in the image",
-            hint="write it like /usr/local/bin/k3s (no '..', no trailing /)",
+            f"'{s[:80]}' is not an absolute path of a file {where}",
+            hint=f"write it like {example} (no '..', no trailing /)",
         )
     return s
 

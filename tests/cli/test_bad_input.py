@@ -271,3 +271,70 @@ def test_artifact_stages_refused(project: Path, stages: str, said: str) -> None:
     pinned_recipe(project, stages=stages)
     got = refused(project, "--recipe", "pinned")
     assert said in got, got
+
+
+# --- a recipe's OCI images --------------------------------------------------------------------
+
+
+def oci_recipe(project: Path, image: str, packages: str = "[busybox-static]") -> None:
+    recipe = project / "recipes" / "ociimg"
+    recipe.mkdir()
+    (recipe / "recipe.yaml").write_text(
+        f"description: an OCI image (test)\nstage1:\n  packages: {packages}\n  oci_images:\n{image}"
+    )
+
+
+GOOD_OCI = "    - name: localhost/tuoba/busybox:latest\n      packages: [busybox-static]\n"
+
+
+def test_recipe_oci_image_passes(project: Path) -> None:
+    oci_recipe(project, GOOD_OCI + "      links: {/bin/sh: busybox}\n      cmd: [/bin/sh]\n")
+    code, out = invoke(project, "build", "--board", "rpi3", "--check", "--recipe", "ociimg")
+    assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("image", "packages", "said"),
+    [
+        (
+            GOOD_OCI,
+            "[podman]",
+            ":6 -> stage1 -> oci_images[0] -> packages[0]: 'busybox-static' is not a package "
+            "of this image",
+        ),
+        (
+            "    - name: busybox\n      packages: [busybox-static]\n",
+            "[busybox-static]",
+            "-> oci_images[0] -> name: 'busybox' is not a full image reference",
+        ),
+        (
+            GOOD_OCI + "      links: {bin/sh: busybox}\n",
+            "[busybox-static]",
+            "-> oci_images[0] -> links -> bin/sh: 'bin/sh' is not an absolute path",
+        ),
+        (
+            "    - name: localhost/a:1\n      packages: []\n",
+            "[busybox-static]",
+            "-> oci_images[0] -> packages: an image needs at least one package",
+        ),
+        (
+            GOOD_OCI + GOOD_OCI,
+            "[busybox-static]",
+            "-> oci_images[1] -> name: image localhost/tuoba/busybox:latest is made twice",
+        ),
+    ],
+    ids=["not-installed", "short-name", "relative-link", "no-packages", "twice"],
+)
+def test_recipe_oci_image_refused(project: Path, image: str, packages: str, said: str) -> None:
+    oci_recipe(project, image, packages)
+    got = refused(project, "--recipe", "ociimg")
+    assert "error: recipes/ociimg/recipe.yaml" in got and said in got, got
+
+
+def test_recipe_oci_image_refused_in_stage2(project: Path) -> None:
+    (project / "recipes" / "ociimg").mkdir()
+    (project / "recipes" / "ociimg" / "recipe.yaml").write_text(
+        f"description: x\nstage1: {{}}\nstage2:\n  oci_images:\n{GOOD_OCI}"
+    )
+    got = refused(project, "--recipe", "ociimg")
+    assert "stage2 -> oci_images: unknown key 'oci_images'" in got, got

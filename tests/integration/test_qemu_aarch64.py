@@ -57,6 +57,16 @@ BPF_CHECKS = {
     f"test_bpftrace_kprobe_fires[{H}]",
     f"test_bpftool_lists_a_loaded_program[{H}]",
 }
+CONTAINER_CHECKS = {
+    f"test_cgroup_v2_is_mounted[{H}]",
+    f"test_built_in_image_listed_by_both_engines[{H}]",
+    f"test_podman_runs_a_container_on_crun[{H}]",
+    f"test_podman_memory_limit_enforced[{H}-4MiB-kept]",
+    f"test_podman_memory_limit_enforced[{H}-256MiB-killed]",
+    f"test_podman_containers_reach_each_other_by_name[{H}]",
+    f"test_buildah_builds_an_image_podman_runs[{H}]",
+    f"test_ctr_runs_a_container[{H}]",
+}
 
 
 def expected_checks(manifest: dict[str, object]) -> set[str]:
@@ -64,7 +74,7 @@ def expected_checks(manifest: dict[str, object]) -> set[str]:
     requested = manifest["kernel"]["requested"]  # type: ignore[index]
     options = {f"test_option_in_running_kernel[{name}-{H}]" for name in requested}
     assert len(options) > 200  # the HCI fragments, not an empty list
-    return BASE_CHECKS | KERNEL_CHECKS | BPF_CHECKS | options
+    return BASE_CHECKS | KERNEL_CHECKS | BPF_CHECKS | CONTAINER_CHECKS | options
 
 
 class Project:
@@ -123,7 +133,7 @@ def test_artifacts_and_checksums(built: Project) -> None:
 
 def test_manifest_records_what_went_in(built: Project) -> None:
     m = built.manifest()
-    assert m["board"] == BOARD and m["stage"] == 1 and m["recipes"] == ["base", "bpf"]
+    assert m["board"] == BOARD and m["stage"] == 1 and m["recipes"] == ["base", "bpf", "containers"]
     packages = {p["name"]: p["version"] for p in m["packages"]}  # type: ignore[attr-defined]
     assert packages["openssh-server"]
     assert packages["systemd"]

@@ -34,20 +34,28 @@ def test_stage2_plan_builds_from_source_and_installs_no_debian_package(project: 
 def test_stage1_plan_keeps_its_own_sections(project: Path) -> None:
     plan = resolve(request(project, stage=1))
     assert plan.builds == ()
-    assert [o.name for o in plan.overlays] == ["common", "base"]
+    assert [o.name for o in plan.overlays] == ["common", "base", "containers"]
     assert "ssh" in plan.services
 
 
-def test_recipe_without_stage2_form_is_an_error_naming_it(project: Path) -> None:
+def test_recipe_without_stage2_form_asked_for_is_an_error_naming_it(project: Path) -> None:
     recipe = project / "recipes/sdcard/recipe.yaml"
     recipe.write_text(recipe.read_text().split("stage2:")[0])
     with pytest.raises(InputError) as e:
-        resolve(request(project, stage=2, board="rpi4"))
+        resolve(request(project, stage=2, board="rpi4", recipes=("base", "sdcard")))
     assert e.value.message == (
-        "recipes/sdcard/recipe.yaml:3: recipe 'sdcard' has no stage-2 form (no stage2 section); "
-        "board 'rpi4' includes it by default"
+        "recipes/sdcard/recipe.yaml:3: recipe 'sdcard' has no stage-2 form (no stage2 section)"
     )
     assert e.value.exit_code == 2
+
+
+def test_board_default_without_stage2_form_is_left_out_and_named(project: Path) -> None:
+    """qemu-aarch64's containers recipe has no stage-2 form: its stage-2 image is built without
+    it, and the plan names it for the build to say so."""
+    plan = resolve(request(project, stage=2))
+    assert plan.left_out == ("containers",)
+    assert "containers" not in [r.name for r in plan.recipes]
+    assert plan.oci_images == ()
 
 
 def test_unknown_stage2_package_is_located(project: Path) -> None:

@@ -97,6 +97,11 @@ def command(
             supplies=tuple(pairs),
         )
     )
+    for name in plan.left_out:
+        ui.warn(
+            f"recipe '{name}', a default of board {plan.board.name}, has no stage-{plan.stage} "
+            "form: this image is built without it"
+        )
     if check:
         ui.info(
             f"valid: {plan.image_name} (board {plan.board.name}, stage {plan.stage}, recipes "
