@@ -135,6 +135,7 @@ def check_image(
             env = {
                 "TUOBA_MANIFEST": manifest.to_json(),
                 "TUOBA_GUEST_PORT": str(guest.ssh_port),
+                "TUOBA_PROBE": f"{guest.probe_port}:{qemu.PROBE_GUEST_PORT}",
                 "TUOBA_SSH_KEY": str(ssh_key),
                 "TUOBA_CONSOLE_LOG": str(console_log),
                 "TUOBA_CARD_SIZE": str(card_size or ""),

@@ -1,11 +1,13 @@
 """The pytest plugin of guest checks: `tuoba test` runs the checks of an image's recipes
 (recipes/<name>/checks/test_*.py) and of every image (tests/image/) with `-p tuoba.guestchecks`,
-against the booted image (testinfra's `host` fixture), and passes the image's manifest and the
-forwarded ssh port in the environment. These are the fixtures every check may use.
+against the booted image (testinfra's `host` fixture), and passes the image's manifest, the
+forwarded ssh port and the probe port in the environment. These are the fixtures every check
+may use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -30,6 +32,22 @@ def manifest() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def guest_port() -> int:
     return int(os.environ["TUOBA_GUEST_PORT"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """A loopback port of the host that QEMU forwards to a fixed port of the guest."""
+
+    host_port: int
+    guest_port: int
+
+
+@pytest.fixture(scope="session")
+def probe() -> Probe:
+    """The probe forward: what the host reaches on 127.0.0.1:host_port is the guest's
+    guest_port, arriving from outside the guest (through its network interface)."""
+    host_port, guest_port = os.environ["TUOBA_PROBE"].split(":")
+    return Probe(int(host_port), int(guest_port))
 
 
 @pytest.fixture(scope="session")

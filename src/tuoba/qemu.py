@@ -45,7 +45,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def qemu_command(spec: BootSpec, ssh_port: int | None, serial: str, writable: bool) -> list[str]:
+# A second forwarded port, to the guest's PROBE_GUEST_PORT: a check reaches a guest service
+# from the host through it (the firewall's checks: a port the rules drop must not answer).
+PROBE_GUEST_PORT = 7777
+
+
+def qemu_command(
+    spec: BootSpec, ssh_port: int | None, serial: str, writable: bool, probe_port: int | None = None
+) -> list[str]:
     q = spec.qemu
     snapshot = "off" if writable else "on"
     fmt = "qcow2" if spec.image.suffix == ".qcow2" else "raw"
@@ -68,6 +75,8 @@ def qemu_command(spec: BootSpec, ssh_port: int | None, serial: str, writable: bo
         cmd += ["-dtb", str(spec.dtb)]
     if q.network:
         fwd = "" if ssh_port is None else f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+        if probe_port is not None:
+            fwd += f",hostfwd=tcp:127.0.0.1:{probe_port}-:{PROBE_GUEST_PORT}"
         if q.nic == "board":  # the machine's own first NIC (e.g. the Zynq's GEM0)
             cmd += ["-nic", f"user{fwd}"]
         else:
@@ -157,6 +166,7 @@ def ssh_banner(port: int, timeout: float = 3.0) -> bool:
 @dataclasses.dataclass
 class Guest:
     ssh_port: int
+    probe_port: int  # forwarded to the guest's PROBE_GUEST_PORT
     console_log: Path
     process: subprocess.Popen[bytes]
     boot_seconds: float = 0.0
@@ -172,10 +182,10 @@ def booted(spec: BootSpec, console_log: Path, timeout: float = 180.0) -> Iterato
 
 
 def _run_until_up(spec: BootSpec, console_log: Path, timeout: float) -> Iterator[Guest]:
-    port = free_port()
+    port, probe = free_port(), free_port()
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.write_text("")
-    proc = run.spawn(qemu_command(spec, port, str(console_log), writable=False))
+    proc = run.spawn(qemu_command(spec, port, str(console_log), writable=False, probe_port=probe))
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -208,7 +218,7 @@ def _run_until_up(spec: BootSpec, console_log: Path, timeout: float) -> Iterator
                     hint=_console_tail(console_log),
                 )
             time.sleep(0.5)
-        guest = Guest(port, console_log, proc, time.monotonic() - start)
+        guest = Guest(port, probe, console_log, proc, time.monotonic() - start)
         ui.info(f"  guest up ({what}) after {guest.boot_seconds:.1f} s")
         yield guest
     finally:

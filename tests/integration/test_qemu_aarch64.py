@@ -67,6 +67,13 @@ CONTAINER_CHECKS = {
     f"test_buildah_builds_an_image_podman_runs[{H}]",
     f"test_ctr_runs_a_container[{H}]",
 }
+SECURITY_CHECKS = {
+    f"test_firewall_drops_an_unlisted_port_from_outside[{H}]",
+    f"test_apparmor_is_the_lsm_and_enforces[{H}]",
+    f"test_apparmor_denies_a_confined_program_and_logs_it[{H}]",
+    f"test_audit_rule_records_an_exec[{H}]",
+    f"test_fail2ban_bans_an_address_that_fails_ssh_logins[{H}]",
+}
 
 
 def expected_checks(manifest: dict[str, object]) -> set[str]:
@@ -74,7 +81,7 @@ def expected_checks(manifest: dict[str, object]) -> set[str]:
     requested = manifest["kernel"]["requested"]  # type: ignore[index]
     options = {f"test_option_in_running_kernel[{name}-{H}]" for name in requested}
     assert len(options) > 200  # the HCI fragments, not an empty list
-    return BASE_CHECKS | KERNEL_CHECKS | BPF_CHECKS | CONTAINER_CHECKS | options
+    return BASE_CHECKS | KERNEL_CHECKS | BPF_CHECKS | CONTAINER_CHECKS | SECURITY_CHECKS | options
 
 
 class Project:
@@ -133,7 +140,8 @@ def test_artifacts_and_checksums(built: Project) -> None:
 
 def test_manifest_records_what_went_in(built: Project) -> None:
     m = built.manifest()
-    assert m["board"] == BOARD and m["stage"] == 1 and m["recipes"] == ["base", "bpf", "containers"]
+    assert m["board"] == BOARD and m["stage"] == 1
+    assert m["recipes"] == ["base", "bpf", "containers", "security"]
     packages = {p["name"]: p["version"] for p in m["packages"]}  # type: ignore[attr-defined]
     assert packages["openssh-server"]
     assert packages["systemd"]

@@ -24,7 +24,8 @@ def test_the_arm64_boards_get_the_shared_kernel(project: Path) -> None:
         board, _ = load_board(project, name)
         assert board.arch == "arm64"
         assert board.kernel.flavour == "arm64-generic"
-        assert board.kernel.features == ("bpf", "kvm", "virtio", "containers", "debug", "net",
+        assert board.kernel.features == ("bpf", "kvm", "virtio", "containers", "security", "debug",
+                                             "net",
                                          "storage")  # fmt: skip
         assert board.kernel.cmdline == ("rw", "quiet", "systemd.firstboot=off")
     pynq, _ = load_board(project, "pynq-z2")

@@ -66,7 +66,9 @@ def test_every_shipped_fragment_parses(project: Path) -> None:
     from tuoba.kernel import feature_names
 
     names = feature_names(project)
-    assert {"bpf", "kvm", "virtio", "containers", "debug", "net", "storage"} <= set(names)
+    assert {"bpf", "kvm", "virtio", "containers", "security", "debug", "net", "storage"} <= set(
+        names
+    )
     for name in names:
         assert load_feature(project, name).options
 

@@ -34,7 +34,7 @@ def test_stage2_plan_builds_from_source_and_installs_no_debian_package(project: 
 def test_stage1_plan_keeps_its_own_sections(project: Path) -> None:
     plan = resolve(request(project, stage=1))
     assert plan.builds == ()
-    assert [o.name for o in plan.overlays] == ["common", "base", "containers"]
+    assert [o.name for o in plan.overlays] == ["common", "base", "containers", "security"]
     assert "ssh" in plan.services
 
 
@@ -50,10 +50,10 @@ def test_recipe_without_stage2_form_asked_for_is_an_error_naming_it(project: Pat
 
 
 def test_board_default_without_stage2_form_is_left_out_and_named(project: Path) -> None:
-    """qemu-aarch64's containers recipe has no stage-2 form: its stage-2 image is built without
-    it, and the plan names it for the build to say so."""
+    """qemu-aarch64's containers and security recipes have no stage-2 form: its stage-2 image
+    is built without them, and the plan names them for the build to say so."""
     plan = resolve(request(project, stage=2))
-    assert plan.left_out == ("containers",)
+    assert plan.left_out == ("containers", "security")
     assert "containers" not in [r.name for r in plan.recipes]
     assert plan.oci_images == ()
 
