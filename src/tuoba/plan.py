@@ -82,7 +82,8 @@ class Plan:
     request: Request
     board: Board
     recipes: tuple[Recipe, ...]
-    left_out: tuple[str, ...]  # the board's default recipes that have no form for this stage
+    # Recipes not asked for by name that have no form for this stage: (name, who brought it).
+    left_out: tuple[tuple[str, str], ...]
     features: tuple[Feature, ...]
     fragments: tuple[Feature, ...]  # everything the kernel config gets, in order
     kernel_dtbs: tuple[str, ...]  # device trees the (shared) kernel build makes
@@ -407,10 +408,17 @@ def resolve(req: Request) -> Plan:
     }
     recipes: list[tuple[Recipe, Section]] = []
     docs: dict[str, Doc] = {}
-    left_out: list[str] = []
+    left_out: list[tuple[str, str]] = []
     seen: set[str] = set()
-    wanted = [*req.recipes[:1], *board.recipes, *req.recipes[1:]]
-    for name in wanted:
+    # Each recipe with where it was asked for: a default of the board, an umbrella's include,
+    # or the command line. Only those asked for on the command line must have a form for the
+    # stage; the others without one are left out, and the build says so.
+    wanted: list[tuple[str, str]] = [
+        *((n, "request") for n in req.recipes[:1]),
+        *((n, f"a default of board '{board.name}'") for n in board.recipes),
+        *((n, "request") for n in req.recipes[1:]),
+    ]
+    for name, origin in wanted:  # (grows: an umbrella's includes are appended as met)
         if name in board.recipes and name not in recipe_names(data_dir):
             known = ", ".join(recipe_names(data_dir))
             raise board_doc.error(
@@ -422,10 +430,18 @@ def resolve(req: Request) -> Plan:
             continue
         seen.add(name)
         recipe, doc = load_recipe(data_dir, name)
+        for i, included in enumerate(recipe.includes):
+            if included not in recipe_names(data_dir):
+                raise doc.error(
+                    ("includes", i),
+                    f"no recipe '{included}'",
+                    hint=f"known: {', '.join(recipe_names(data_dir))}",
+                )
+            wanted.append((included, f"included by recipe '{name}'"))
         recipe = recipe.for_arch(board.arch)
         section = recipe.section(req.stage)
-        if section is None and name in board.recipes and name not in req.recipes:
-            left_out.append(name)  # (the caller says so: a board default, not asked for)
+        if section is None and origin != "request" and name not in req.recipes:
+            left_out.append((name, origin))  # (the caller says so: not asked for by name)
             continue
         if section is None:
             raise InputError(

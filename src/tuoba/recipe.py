@@ -81,6 +81,7 @@ class Recipe:
     kernel_features: tuple[str, ...]
     sections: tuple[tuple[int, Section], ...]  # (stage, what it puts in); a stage absent: none
     artifacts: tuple[Artifact, ...] = ()  # from its sources.yaml
+    includes: tuple[str, ...] = ()  # other recipes it brings in (an umbrella recipe)
 
     def section(self, stage: int) -> Section | None:
         """What the recipe puts into a stage's image; None: it has no form for that stage."""
@@ -208,6 +209,7 @@ def _arch(
 RECIPE_FIELDS = [
     Field("description", string, help="one line about the stack"),
     Field("kernel_features", name_list, (), help="kernel feature fragments the stack needs"),
+    Field("includes", name_list, (), help="other recipes it brings in, in order"),
     # stage 1 is Debian: a recipe without the section installs nothing there but is usable;
     # a recipe without a stage2 section has no stage-2 form at all
     Field("stage1", _section(1), Section(), help="what the stack installs in stage 1"),

@@ -50,10 +50,14 @@ def test_recipe_without_stage2_form_asked_for_is_an_error_naming_it(project: Pat
 
 
 def test_board_default_without_stage2_form_is_left_out_and_named(project: Path) -> None:
-    """qemu-aarch64's containers and security recipes have no stage-2 form: its stage-2 image
-    is built without them, and the plan names them for the build to say so."""
+    """qemu-aarch64's recipe `tuoba` includes containers and security, which have no stage-2
+    form: its stage-2 image is built without them, and the plan names them for the build to
+    say so."""
     plan = resolve(request(project, stage=2))
-    assert plan.left_out == ("containers", "security")
+    assert plan.left_out == (
+        ("containers", "included by recipe 'tuoba'"),
+        ("security", "included by recipe 'tuoba'"),
+    )
     assert "containers" not in [r.name for r in plan.recipes]
     assert plan.oci_images == ()
 
@@ -157,3 +161,23 @@ def test_audit_table_for_clean_files(tmp_path: Path) -> None:
     assert elfaudit.problems(info, "arm64", "ld-musl-aarch64.so.1") == []
     info["interp"] = "/lib/ld-musl-aarch64.so.1"
     assert elfaudit.problems(info, "arm64", "ld-musl-aarch64.so.1") == []
+
+
+def test_an_umbrella_recipe_brings_in_its_includes(project: Path) -> None:
+    plan = resolve(request(project, recipes=("base", "tuoba")))
+    assert [r.name for r in plan.recipes] == ["base", "tuoba", "bpf", "containers", "security"]
+    assert plan.left_out == ()
+
+
+def test_an_umbrella_including_an_unknown_recipe_is_located(project: Path) -> None:
+    umbrella = project / "recipes/tuoba/recipe.yaml"
+    umbrella.write_text(umbrella.read_text().replace("includes: [bpf,", "includes: [bfp,"))
+    with pytest.raises(InputError) as e:
+        resolve(request(project))
+    assert e.value.message.startswith("recipes/tuoba/recipe.yaml:")
+    assert e.value.message.endswith("-> includes[0]: no recipe 'bfp'")
+
+
+def test_a_recipe_asked_for_by_name_without_the_stage_form_is_an_error(project: Path) -> None:
+    with pytest.raises(InputError, match="recipe 'containers' has no stage-2 form"):
+        resolve(request(project, stage=2, recipes=("base", "containers")))

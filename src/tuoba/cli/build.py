@@ -97,10 +97,10 @@ def command(
             supplies=tuple(pairs),
         )
     )
-    for name in plan.left_out:
+    for name, origin in plan.left_out:
         ui.warn(
-            f"recipe '{name}', a default of board {plan.board.name}, has no stage-{plan.stage} "
-            "form: this image is built without it"
+            f"recipe '{name}' ({origin}) has no stage-{plan.stage} form: this image is built "
+            "without it"
         )
     if check:
         ui.info(
