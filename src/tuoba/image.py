@@ -241,6 +241,13 @@ def write_oci_images(plan: Plan, root: Path, overlays: OverlayRecord) -> None:
                 f"/{rel} is both the OCI image {image.name} and an overlay file",
                 hint="drop the overlay's file or rename the image",
             )
+    for parent in [Path(oci.ARCHIVE_DIR), *Path(oci.ARCHIVE_DIR).parents][:-1]:
+        if plan.oci_images and (root / parent).is_symlink():
+            raise BuildError(
+                f"/{parent} is a symbolic link in the image (-> {(root / parent).readlink()}), "
+                "so the OCI images are not written there",
+                hint=f"an overlay must not replace /{parent} with a link",
+            )
     oci.write_images(root, plan.oci_images, plan.board.arch)
 
 

@@ -43,9 +43,37 @@ class OciImage:
 
     @property
     def archive(self) -> str:
-        """The archive's file name: the reference without its registry, '/' and ':' as '-'."""
-        path = self.name.split("/", 1)[1] if "/" in self.name else self.name
-        return path.replace("/", "-").replace(":", "-") + ".oci.tar"
+        """The archive's file name: the reference with '/' and ':' as '-'."""
+        return self.name.replace("/", "-").replace(":", "-") + ".oci.tar"
+
+
+def in_tree(tree: Path, path: str) -> Path:
+    """Where `path` (absolute, as the image sees it) is in the tree, its parents' symbolic links
+    followed as the image would follow them (an absolute target from the tree's root); the last
+    part is not followed. It never leads out of the tree: as in a chroot, '..' stops at its
+    root."""
+    current, followed = tree, 0
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            current = current.parent if current != tree else tree
+            continue
+        nxt = current / part
+        if not (parts and nxt.is_symlink()):
+            current = nxt
+            continue
+        followed += 1  # a parent that is a link: follow it, inside the tree
+        if followed > 40:
+            raise BuildError(
+                f"{path}: too many symbolic links in the image's tree",
+                hint="a link loop in the root filesystem: remove its cache entry "
+                "(tuoba cache rm rootfs/KEY) and build again",
+            )
+        target = os.readlink(nxt)
+        current = tree if target.startswith("/") else current
+        parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+    return current
 
 
 def package_files(tree: Path, package: str) -> list[str]:
@@ -57,13 +85,17 @@ def package_files(tree: Path, package: str) -> list[str]:
             f"the root filesystem has no installed package '{package}' (no dpkg file list)",
             hint="an OCI image's packages must be among the image's own packages",
         )
+    listed = [ln for ln in lists[0].read_text().splitlines() if ln not in ("", "/.")]
+    # A directory of the package's is left to the layer's parents: a path other paths go
+    # through (merged /usr's /bin is a link in the tree, yet a directory to the package), or
+    # a real directory. A link of the package's own to a directory is kept as a link.
+    parents = {str(Path(ln).parent) for ln in listed}
     out = []
-    for line in lists[0].read_text().splitlines():
-        p = tree / line.lstrip("/")
-        # A directory is left to the layer's parents (one that is a link in the tree, like
-        # merged /usr's /bin -> usr/bin, is still a directory in the layer).
-        if line not in ("", "/.") and os.path.lexists(p) and not p.is_dir():
-            out.append(line)
+    for line in listed:
+        p = in_tree(tree, line)
+        if line in parents or not os.path.lexists(p) or (p.is_dir() and not p.is_symlink()):
+            continue
+        out.append(line)
     return out
 
 
@@ -77,14 +109,26 @@ def _entry(name: str, kind: bytes, mode: int, size: int = 0, link: str = "") -> 
 def layer(tree: Path, image: OciImage) -> bytes:
     """The image's one layer, an uncompressed tar: its packages' files read from the tree (a
     path through the tree's merged-/usr links is read there and stored where dpkg listed it),
-    its links, and every parent directory."""
+    its links, and every parent directory. A link that would replace a file, or sit where
+    other entries need a directory, is refused."""
     files: dict[str, Path | str] = {}  # name in the layer -> file in the tree, or link target
     for package in image.packages:
         for path in package_files(tree, package):
-            files[path.lstrip("/")] = tree / path.lstrip("/")
+            files[path.lstrip("/")] = in_tree(tree, path)
     for path, target in image.links:
+        if path.lstrip("/") in files:
+            raise BuildError(
+                f"OCI image {image.name}: the link {path} would replace a file of its packages",
+                hint="drop the link from the recipe's oci_images (the file is already there)",
+            )
         files[path.lstrip("/")] = target
     dirs = {str(p) for name in files for p in Path(name).parents if str(p) != "."}
+    for path, _ in image.links:
+        if path.lstrip("/") in dirs:
+            raise BuildError(
+                f"OCI image {image.name}: the link {path} is a directory other entries are in",
+                hint="link a file, not a directory, in the recipe's oci_images",
+            )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(dirs | set(files)):
@@ -96,7 +140,7 @@ def layer(tree: Path, image: OciImage) -> bytes:
             elif source.is_symlink():
                 tar.addfile(_entry(name, tarfile.SYMTYPE, 0o777, link=os.readlink(source)))
             else:
-                st = source.stat()
+                st = source.stat()  # (regular: in_tree kept it inside the tree)
                 info = _entry(name, tarfile.REGTYPE, stat.S_IMODE(st.st_mode), st.st_size)
                 with source.open("rb") as f:
                     tar.addfile(info, f)

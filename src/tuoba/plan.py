@@ -313,8 +313,15 @@ def _check_oci_images(
                         hint="an OCI image is made of the image's own packages: add it to "
                         "the recipe's packages",
                     )
-            if image.name in out or image.archive in {o.archive for o in out.values()}:
+            if image.name in out:
                 raise docs[r.name].error((*where, "name"), f"image {image.name} is made twice")
+            clash = next((o for o in out.values() if o.archive == image.archive), None)
+            if clash is not None:
+                raise docs[r.name].error(
+                    (*where, "name"),
+                    f"image {image.name} would be written to {image.archive}, as is {clash.name}",
+                    hint="give one of them a name that differs in more than '/', ':' and '-'",
+                )
             out[image.name] = image
     return tuple(out.values())
 
@@ -430,14 +437,6 @@ def resolve(req: Request) -> Plan:
             continue
         seen.add(name)
         recipe, doc = load_recipe(data_dir, name)
-        for i, included in enumerate(recipe.includes):
-            if included not in recipe_names(data_dir):
-                raise doc.error(
-                    ("includes", i),
-                    f"no recipe '{included}'",
-                    hint=f"known: {', '.join(recipe_names(data_dir))}",
-                )
-            wanted.append((included, f"included by recipe '{name}'"))
         recipe = recipe.for_arch(board.arch)
         section = recipe.section(req.stage)
         if section is None and origin != "request" and name not in req.recipes:
@@ -449,6 +448,14 @@ def resolve(req: Request) -> Plan:
                 f"(no stage{req.stage} section)",
                 hint=f"build it with --stage 1, or give the recipe a stage{req.stage} section",
             )
+        for i, included in enumerate(recipe.includes):  # (only a recipe kept brings its own)
+            if included not in recipe_names(data_dir):
+                raise doc.error(
+                    ("includes", i),
+                    f"no recipe '{included}'",
+                    hint=f"known: {', '.join(recipe_names(data_dir))}",
+                )
+            wanted.append((included, f"included by recipe '{name}'"))
         recipes.append((recipe, section))
         docs[name] = doc
         for f in _check_features(

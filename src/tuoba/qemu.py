@@ -183,6 +183,8 @@ def booted(spec: BootSpec, console_log: Path, timeout: float = 180.0) -> Iterato
 
 def _run_until_up(spec: BootSpec, console_log: Path, timeout: float) -> Iterator[Guest]:
     port, probe = free_port(), free_port()
+    while probe == port:  # (the kernel may hand the same free port out twice)
+        probe = free_port()
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.write_text("")
     proc = run.spawn(qemu_command(spec, port, str(console_log), writable=False, probe_port=probe))

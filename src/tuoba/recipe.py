@@ -108,9 +108,11 @@ class Recipe:
 
 
 # A reference both podman and containerd name an image by (podman would put localhost/ before
-# a name without a registry part, containerd would not): registry/path:tag.
+# a name without a registry part, containerd would not): registry/path:tag, the registry
+# being localhost or a host name with a dot or a port, as both engines tell it from a path.
 _OCI_NAME = re.compile(
-    r"[a-z0-9][a-z0-9.-]*(:[0-9]+)?/[a-z0-9]+([._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+    r"(localhost|[a-z0-9-]+(\.[a-z0-9-]+)+|[a-z0-9-]+:[0-9]+)(:[0-9]+)?"
+    r"/[a-z0-9]+([._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 )
 
 
@@ -131,8 +133,10 @@ def _container_path(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
 
 def _links(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[tuple[str, str], ...]:
     links = mapping_of(doc, path, value, string)
-    for p in links:
+    for p, target in links.items():
         _container_path(doc, (*path, p), p)
+        if not target:
+            raise doc.error((*path, p), "a link needs a target", hint="like /bin/sh: busybox")
     return tuple(sorted(links.items()))
 
 

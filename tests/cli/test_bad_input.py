@@ -308,6 +308,23 @@ def test_recipe_oci_image_passes(project: Path) -> None:
             "-> oci_images[0] -> name: 'busybox' is not a full image reference",
         ),
         (
+            "    - name: tuoba/busybox:latest\n      packages: [busybox-static]\n",
+            "[busybox-static]",
+            "-> name: 'tuoba/busybox:latest' is not a full image reference",
+        ),
+        (
+            GOOD_OCI + "      links: {/bin/sh: ''}\n",
+            "[busybox-static]",
+            "-> oci_images[0] -> links -> /bin/sh: a link needs a target",
+        ),
+        (
+            "    - name: localhost/a-b:1\n      packages: [busybox-static]\n"
+            "    - name: localhost/a/b:1\n      packages: [busybox-static]\n",
+            "[busybox-static]",
+            "-> oci_images[1] -> name: image localhost/a/b:1 would be written to "
+            "localhost-a-b-1.oci.tar, as is localhost/a-b:1",
+        ),
+        (
             GOOD_OCI + "      links: {bin/sh: busybox}\n",
             "[busybox-static]",
             "-> oci_images[0] -> links -> bin/sh: 'bin/sh' is not an absolute path",
@@ -323,7 +340,16 @@ def test_recipe_oci_image_passes(project: Path) -> None:
             "-> oci_images[1] -> name: image localhost/tuoba/busybox:latest is made twice",
         ),
     ],
-    ids=["not-installed", "short-name", "relative-link", "no-packages", "twice"],
+    ids=[
+        "not-installed",
+        "short-name",
+        "no-registry",
+        "empty-link",
+        "same-archive",
+        "relative-link",
+        "no-packages",
+        "twice",
+    ],
 )
 def test_recipe_oci_image_refused(project: Path, image: str, packages: str, said: str) -> None:
     oci_recipe(project, image, packages)

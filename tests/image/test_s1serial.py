@@ -18,6 +18,13 @@ def test_unit_started(console: str, unit: str) -> None:
     assert re.search(rf"systemd\[1\]: (Started|Finished) {re.escape(unit)}", console)
 
 
+# These checks run because the emulated machine has no network (QEMU's raspi machines): a unit
+# that waits for one (systemd-networkd-wait-online, pulled in by network-online.target, which
+# containerd and fail2ban order after) fails there by design, after its timeout. It is named
+# here and nothing else is excused.
+NO_NETWORK_IN_EMULATION = "Failed to start systemd-networkd-wait-online.service"
+
+
 def test_no_failed_units(console: str) -> None:
     failed = [ln for ln in console.splitlines() if "Failed to start" in ln or "FAILED" in ln]
-    assert failed == []
+    assert [ln for ln in failed if NO_NETWORK_IN_EMULATION not in ln] == []

@@ -39,8 +39,8 @@ def built(request: pytest.FixtureRequest, project: Path) -> tuple[str, Path]:
     return build(project, request.param)
 
 
-def build(project: Path, board: str, stage: int = 1) -> tuple[str, Path]:
-    proc = tuoba_build(project, board, "--stage", str(stage))
+def build(project: Path, board: str, stage: int = 1, *extra: str) -> tuple[str, Path]:
+    proc = tuoba_build(project, board, "--stage", str(stage), *extra)
     assert proc.returncode == 0, proc.stderr
     return board, project / "out" / f"{image_name(board, stage)}.img"
 
@@ -130,15 +130,19 @@ def test_one_kernel_serves_all_arm64_boards(built: tuple[str, Path]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("board", "stage", "machine"), [("rpi3", 1, "raspi3b"), ("rpi3", 2, "raspi3b"),
-                                    ("rpi4", 1, "raspi4b"), ("rpi4", 2, "raspi4b")],
+    ("board", "stage", "machine", "recipes"),
+    [("rpi3", 1, "raspi3b", ()), ("rpi3", 2, "raspi3b", ()),
+     ("rpi4", 1, "raspi4b", ("--recipe", "tuoba")), ("rpi4", 2, "raspi4b", ())],
 )  # fmt: skip
-def test_boots_in_qemu_raspi(project: Path, board: str, stage: int, machine: str) -> None:
+def test_boots_in_qemu_raspi(
+    project: Path, board: str, stage: int, machine: str, recipes: tuple[str, ...]
+) -> None:
     """QEMU's raspi3b/raspi4b boots the image's kernel and device tree from this build with the
     SD image attached as a 4 GiB card; the raspi machines have no network, so the serial-console
     checks run, among them the root partition grown into the whole card on first boot.
-    raspi4b gets the board's dtb_edits (said on the way), raspi3b the DTB unchanged."""
-    _, img = build(project, board, stage)
+    raspi4b gets the board's dtb_edits (said on the way), raspi3b the DTB unchanged. rpi4's
+    stage 1 is the developer image (`-r tuoba`, every stack: the release image)."""
+    _, img = build(project, board, stage, *recipes)
     junit = img.parent / f"{board}-s{stage}-report.xml"
     proc = tuoba_test(img, board, "--stage", str(stage), "--junit", str(junit), "--timeout", "400",
                       "--card-size", "4G")  # fmt: skip
@@ -151,6 +155,9 @@ def test_boots_in_qemu_raspi(project: Path, board: str, stage: int, machine: str
     assert "test_root_grew_to_fill_the_card" in report
     if stage == 1:
         assert "test_unit_started[ssh.service]" in report
+    if recipes:
+        m = json.loads(img.with_name(img.name.removesuffix(".img") + ".manifest.json").read_text())
+        assert {"bpf", "containers", "security"} <= set(m["recipes"])
     else:
         assert "test_dropbear_started_and_stays_up" in report
     log = junit.with_name(junit.stem + ".console.log").read_text(errors="replace")

@@ -109,5 +109,49 @@ def test_multiarch_list_name_is_found(tree: Path) -> None:
 
 def test_write_images_names_the_archive_after_the_reference(tree: Path) -> None:
     written = oci.write_images(tree, (IMAGE,), "arm64")
-    assert written == ["usr/share/tuoba/oci/tuoba-busybox-latest.oci.tar"]
+    assert written == ["usr/share/tuoba/oci/localhost-tuoba-busybox-latest.oci.tar"]
     assert (tree / written[0]).read_bytes() == oci.archive(tree, IMAGE, "arm64")
+
+
+def test_a_parent_link_to_an_absolute_path_stays_in_the_tree(tree: Path) -> None:
+    """usr/lib/esc -> /etc is /etc of the tree, never the host's."""
+    (tree / "etc").mkdir()
+    (tree / "etc/hostname").write_text("tree's own\n")
+    (tree / "usr/lib").mkdir()
+    (tree / "usr/lib/esc").symlink_to("/etc")
+    assert oci.in_tree(tree, "/usr/lib/esc/hostname") == tree / "etc/hostname"
+    assert oci.in_tree(tree, "/../../../etc/hostname") == tree / "etc/hostname"
+    (tree / "var/lib/dpkg/info/busybox-static.list").write_text("/usr/lib/esc/hostname\n")
+    layer = members(oci.layer(tree, oci.OciImage("localhost/x:1", ("busybox-static",))))
+    assert layer["usr/lib/esc/hostname"][1] == b"tree's own\n"
+
+
+def test_a_link_loop_is_an_error(tree: Path) -> None:
+    (tree / "loop").symlink_to("loop")
+    with pytest.raises(BuildError, match="too many symbolic links"):
+        oci.in_tree(tree, "/loop/x")
+
+
+def test_a_packages_own_link_to_a_directory_is_kept_as_a_link(tree: Path) -> None:
+    (tree / "usr/share/busybox").mkdir()
+    (tree / "usr/share/bb").symlink_to("busybox")
+    lst = tree / "var/lib/dpkg/info/busybox-static.list"
+    lst.write_text(lst.read_text() + "/usr/share/busybox\n/usr/share/bb\n")
+    layer = members(oci.layer(tree, IMAGE))
+    assert layer["usr/share/bb"][0].issym()
+    assert layer["bin"][0].isdir()  # (other paths go through /bin: the package's directory)
+
+
+@pytest.mark.parametrize(
+    ("links", "said"),
+    [
+        ((("/bin/busybox", "sh"),), "the link /bin/busybox would replace a file"),
+        ((("/bin", "usr/bin"),), "the link /bin is a directory other entries are in"),
+    ],
+    ids=["replaces-a-file", "is-a-parent"],
+)
+def test_links_that_clash_with_the_packages_are_refused(
+    tree: Path, links: tuple[tuple[str, str], ...], said: str
+) -> None:
+    with pytest.raises(BuildError, match=said):
+        oci.layer(tree, oci.OciImage("localhost/x:1", ("busybox-static",), links))

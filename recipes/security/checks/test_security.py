@@ -25,6 +25,7 @@ import pytest
 pytestmark = pytest.mark.guest
 
 BANNER = b"tuoba-probe\n"
+PROBE_RULE = "tuoba-check-probe"
 
 # Runs in the guest: answer every connection on PORT with BANNER, for at most 300 s.
 LISTENER = r"""
@@ -50,6 +51,12 @@ def _banner(port: int, timeout: float) -> bytes:
         return b""
 
 
+def _journal_cursor(host: Any) -> str:
+    """The journal's position now: what a check logs is read after it, never a rerun's."""
+    out = host.check_output("journalctl -n 0 --show-cursor --no-pager")
+    return out.rsplit("-- cursor: ", 1)[1].strip()
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
@@ -63,7 +70,7 @@ def test_firewall_drops_an_unlisted_port_from_outside(
     host.run(
         f"nohup timeout 300 python3 -c {program} >/dev/null 2>&1 & echo $! > /tmp/tuoba-probe.pid"
     )
-    handle = None
+    cursor = _journal_cursor(host)
     try:
         reach = "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 2)'"
         for _ in range(60):  # the listener is up once the guest itself reaches it
@@ -72,25 +79,24 @@ def test_firewall_drops_an_unlisted_port_from_outside(
             time.sleep(1)
         assert _banner(guest_port, 10).startswith(b"SSH-"), "ssh does not answer from the host"
         dropped = _banner(probe.host_port, 15)
-        rule = json.loads(
-            host.check_output(
-                "nft --json --echo --handle insert rule inet tuoba_filter input "
-                f"tcp dport {probe.guest_port} accept"
-            )
-        )
-        handle = next(
-            item["insert"]["rule"]["handle"] for item in rule["nftables"] if "insert" in item
+        host.check_output(
+            "nft insert rule inet tuoba_filter input "
+            f'tcp dport {probe.guest_port} accept comment "{PROBE_RULE}"'
         )
         accepted = _banner(probe.host_port, 30)
     finally:
-        if handle is not None:
-            host.run(f"nft delete rule inet tuoba_filter input handle {handle}")
-        host.run("kill $(cat /tmp/tuoba-probe.pid)")
+        host.run(  # the check's rule, found by its comment, whatever happened above
+            f"nft -a list chain inet tuoba_filter input | sed -n 's/.*{PROBE_RULE}.* handle //p'"
+            " | xargs -r -n1 nft delete rule inet tuoba_filter input handle"
+        )
+        host.run("kill $(cat /tmp/tuoba-probe.pid); rm -f /tmp/tuoba-probe.pid")
     assert dropped == b"", f"an unlisted port answered from outside: {dropped!r}"
     assert accepted == BANNER, (
         f"the listener did not answer once its port was accepted: {accepted!r}"
     )
-    log = host.check_output("journalctl -k -b --no-pager -o cat --grep tuoba-nft-drop")
+    log = host.check_output(
+        f"journalctl -k --no-pager -o cat --after-cursor='{cursor}' --grep tuoba-nft-drop || true"
+    )
     assert f"DPT={probe.guest_port} " in log, "the dropped connection was not logged"
 
 
@@ -120,6 +126,7 @@ def test_apparmor_denies_a_confined_program_and_logs_it(host: Any) -> None:
     """A copy of cat confined by a profile that allows /etc/hostname reads it, is denied
     /etc/passwd, and the kernel's denial is in the audit log."""
     host.check_output(f"cp /usr/bin/cat {CONFINED}")
+    offset = int(host.check_output(f"stat -c %s {AUDIT_LOG}"))  # (what this run adds is after)
     try:
         host.check_output(
             f"printf %s {_quote(PROFILE)} > /etc/apparmor.d/tuoba-confined-cat && "
@@ -139,7 +146,9 @@ def test_apparmor_denies_a_confined_program_and_logs_it(host: Any) -> None:
     records = ""
     for _ in range(30):  # auditd writes its log a little later (flush = incremental_async)
         # (the log itself: `ausearch -m AVC` missed these records in this guest)
-        records = host.check_output(f"grep -a 'apparmor=.DENIED' {AUDIT_LOG} || true")
+        records = host.check_output(
+            f"tail -c +{offset + 1} {AUDIT_LOG} | grep -a 'apparmor=.DENIED' || true"
+        )
         if _denial_of_passwd(records):
             break
         time.sleep(1)
@@ -212,8 +221,10 @@ def test_fail2ban_bans_an_address_that_fails_ssh_logins(host: Any) -> None:
             time.sleep(2)
         after = host.run(F2B_BANNER)
     finally:
-        host.run("fail2ban-client set sshd unbanip 10.77.0.2; ip netns del tuoba-f2b; "
-                 "ip link del tuoba-f2b0")  # fmt: skip
+        host.run(
+            "fail2ban-client set sshd unbanip 10.77.0.2; ip netns del tuoba-f2b; "
+            "ip link del tuoba-f2b0; rm -f /tmp/tuoba-f2b-key /tmp/tuoba-f2b-key.pub"
+        )
     assert "10.77.0.2" in banned, (
         f"not banned; fail2ban: {host.run('fail2ban-client status sshd').stdout}"
         f"{host.run('journalctl -b -u fail2ban --no-pager -n 30').stdout}"
