@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 import http.server
 import json
+import mimetypes
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PARTS = (
-    "boards", "recipes", "kernel", "overlays", "host", "userland", "tests/image", "SConstruct",
+    "boards", "recipes", "kernel", "overlays", "host", "userland", "release", "tests/image",
+    "SConstruct",
 )  # fmt: skip
 
 
@@ -139,6 +141,8 @@ def serve_files(server: FileServer) -> Iterator[str]:
                 start = int(rng.removeprefix("bytes=").split("-")[0])
             self.send_response(206 if start else 200)
             self.send_header("ETag", etag)
+            kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data) - start))
             if start:
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")

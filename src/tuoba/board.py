@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from tuoba.config import (
     PathPart,
     boolean,
     integer,
+    list_of,
     load_yaml,
     merge_docs,
     name,
@@ -149,6 +151,9 @@ class Board:
     recipes: tuple[str, ...]  # always built into this board's images, after base
     proven: str  # what the test suite proves about the board (shown by `tuoba boards`)
     directory: Path
+    # Raspberry Pi Imager's device tags the board's images are for (its os_list `devices`):
+    # a board without any is not listed in a release's Imager catalog.
+    imager_devices: tuple[str, ...] = ()
 
 
 def _kernel(doc: Doc, path: tuple[PathPart, ...], value: Any) -> KernelSpec:
@@ -401,6 +406,17 @@ def _u_boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> UBootSpec:
     )
 
 
+def _imager_tag(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
+    s = string(doc, path, value)
+    if not re.fullmatch(r"pi[0-9a-z]+-(32|64)bit", s):
+        raise doc.error(
+            path,
+            f"'{s[:40]}' is not a Raspberry Pi Imager device tag",
+            hint="Imager's tags are like pi4-64bit, pi3-64bit, pi5-64bit",
+        )
+    return s
+
+
 BOARD_FIELDS = [
     Field("description", string, help="one line about the board"),
     Field("arch", one_of(*ARCHES), help="Debian architecture"),
@@ -413,6 +429,12 @@ BOARD_FIELDS = [
     Field("recipes", name_list, (), help="recipes every image of this board has"),
     Field("packages", name_list, (), help="board-specific stage-1 packages"),
     Field("proven", string, "untested", help="what the test suite proves about this board"),
+    Field(
+        "imager_devices",
+        list_of(_imager_tag),
+        (),
+        help="Raspberry Pi Imager device tags, like pi4-64bit (absent: not in Imager's list)",
+    ),
     Field(
         "boot",
         _boot,

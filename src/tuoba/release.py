@@ -3,13 +3,15 @@
 Each image's compressed image, block map, manifest and boot files (the kernel and device trees
 QEMU boards boot with, the loaders written outside the partitions) are checked against the
 sha256 its manifest recorded, then copied, and its SBOMs written (SPDX 2.3 and CycloneDX 1.6,
-tuoba.sbom); `catalog.json` lists them, `SHA256SUMS` covers every
-file (the catalog too), and `SHA256SUMS.sig` signs it, written last: a release without its
-signature is not finished, and `tuoba download` refuses it.
+tuoba.sbom); `catalog.json` lists them, a download page (`index.html`, tuoba.page) and, for
+the boards Raspberry Pi Imager knows, its catalog (`os_list.json`, tuoba.imager) show them,
+`SHA256SUMS` covers every file (the catalog too), and `SHA256SUMS.sig` signs it, written
+last: a release without its signature is not finished, and `tuoba download` refuses it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tuoba import catalog, manifest, publish, sbom, ui
+from tuoba import catalog, imager, manifest, page, publish, sbom, ui
 from tuoba.catalog import Catalog, CatalogFile, CatalogImage
 from tuoba.errors import InputError
 from tuoba.sources import sha256_file
@@ -48,8 +50,28 @@ def built_images(out_dir: Path, boards: tuple[str, ...], stages: tuple[int, ...]
     return [m_file for m_file, _ in found]
 
 
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """What the release's web side needs: the project's release/ directory (the page's
+    template, the icon), the URL the release is served at (Imager wants absolute addresses:
+    without it there is no os_list.json), and each board's Imager device tags."""
+
+    directory: Path
+    base_url: str | None = None
+    imager_devices: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+
+def boards_of(manifests: list[Path]) -> list[str]:
+    """The boards of the images whose manifests these are."""
+    return sorted({manifest.Manifest.from_json(m.read_text(), str(m)).board for m in manifests})
+
+
 def make_release(
-    manifests: list[Path], dest: Path, sign_key: Path, signer: str = "release@tuoba"
+    manifests: list[Path],
+    dest: Path,
+    sign_key: Path,
+    signer: str = "release@tuoba",
+    site: Site | None = None,
 ) -> Catalog:
     """Copy, list, checksum and sign; returns the catalog written."""
     pub = catalog.public_key(sign_key)  # (checked before anything is written)
@@ -59,6 +81,7 @@ def make_release(
     before = previous_manifests(dest)  # (read before this release's files replace them)
     entries = []
     current = []
+    site_files: list[str] = []
     for m_file in manifests:
         m = manifest.Manifest.from_json(m_file.read_text(), str(m_file))
         current.append(m)
@@ -107,14 +130,45 @@ def make_release(
         tmp.write_text(release_notes(before, current, released))
     with publish.atomic(dest / catalog.SIGNERS) as tmp:
         tmp.write_text(catalog.signer_line(signer, pub))
+    if site is not None:
+        site_files = write_site(site, cat, {m.name: m for m in current}, dest)
     names = [f.name for e in entries for f in e.files]
-    names += [catalog.CATALOG, catalog.SIGNERS, catalog.NOTES]
+    names += [catalog.CATALOG, catalog.SIGNERS, catalog.NOTES, *site_files]
     sums = dest / catalog.SUMS
     with publish.atomic(sums) as tmp:
         tmp.write_text("".join(f"{sha256_file(dest / n)}  {n}\n" for n in sorted(set(names))))
     with publish.atomic(dest / catalog.SIGNATURE) as tmp:
         catalog.sign(sums, sign_key, tmp)
     return cat
+
+
+def write_site(
+    site: Site, cat: Catalog, manifests: dict[str, manifest.Manifest], dest: Path
+) -> list[str]:
+    """The release's web side: its icon, the Imager catalog (with a base URL and a board that
+    names Imager devices) and the download page; returns the names written."""
+    written = [imager.ICON]
+    with publish.atomic(dest / imager.ICON) as tmp:
+        shutil.copyfile(site.directory / imager.ICON, tmp)
+    listed = any(site.imager_devices.get(i.board) for i in cat.images)
+    if site.base_url and listed:
+        with publish.atomic(dest / imager.OS_LIST) as tmp:
+            tmp.write_text(imager.os_list(cat, manifests, site.imager_devices, site.base_url))
+        written.append(imager.OS_LIST)
+    else:
+        (dest / imager.OS_LIST).unlink(missing_ok=True)  # (an old one would list other files)
+        why = (
+            "no --base-url (Imager needs absolute addresses)"
+            if listed
+            else ("no board of it names Imager devices (board.yaml imager_devices)")
+        )
+        ui.info(f"no Imager catalog ({imager.OS_LIST}) in this release: {why}")
+    html = page.render(site.directory / "index.html.j2", cat, site.base_url,
+                       imager=imager.OS_LIST in written)  # fmt: skip
+    with publish.atomic(dest / page.PAGE) as tmp:
+        tmp.write_text(html)
+    written.append(page.PAGE)
+    return written
 
 
 def previous_manifests(dest: Path) -> dict[tuple[str, int], manifest.Manifest]:

@@ -364,3 +364,11 @@ def test_recipe_oci_image_refused_in_stage2(project: Path) -> None:
     )
     got = refused(project, "--recipe", "ociimg")
     assert "stage2 -> oci_images: unknown key 'oci_images'" in got, got
+
+
+def test_an_imager_device_tag_that_is_not_one(project: Path) -> None:
+    board = project / BOARD
+    board.write_text(board.read_text().replace("imager_devices: [pi3-64bit]",
+                                               "imager_devices: [raspberrypi3]"))  # fmt: skip
+    got = refused(project)
+    assert "-> imager_devices[0]: 'raspberrypi3' is not a Raspberry Pi Imager device tag" in got

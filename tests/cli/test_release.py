@@ -371,3 +371,85 @@ def test_a_catalog_image_without_its_image_file_is_refused(
         code, out = download(project, url, None)
     assert code == 7, out
     assert "without one image file" in " ".join(out.split()), out
+
+
+# --- Raspberry Pi Imager's catalog and the download page -----------------------------------
+
+# What Imager's os_list schema (its repository's doc/json-schema/os-list-schema.json) asks of a
+# catalog with image entries: only `imager` and `os_list` at the top; each image entry with
+# these fields of these types (other fields are allowed).
+IMAGER_SCHEMA = {
+    "type": "object",
+    "required": ["os_list"],
+    "additionalProperties": False,
+    "properties": {
+        "imager": {"type": "object"},
+        "os_list": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "description", "icon", "url", "extract_size",
+                             "extract_sha256", "image_download_size", "release_date"],
+                "properties": {
+                    "name": {"type": "string"}, "description": {"type": "string"},
+                    "icon": {"type": "string"}, "url": {"type": "string"},
+                    "extract_size": {"type": "integer"}, "extract_sha256": {"type": "string"},
+                    "image_download_size": {"type": "integer"},
+                    "image_download_sha256": {"type": "string"},
+                    "release_date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
+                    "devices": {"type": "array", "items": {"type": "string"}},
+                    "website": {"type": "string"},
+                },
+            },
+        },
+    },
+}  # fmt: skip
+RPI4 = "tuoba-rpi4-s1-0.1.0"
+BASE_URL = "https://dl.example.org/tuoba/0.1.0"
+
+
+def test_imager_catalog_lists_the_raspberry_pi_images(project: Path, tmp_path: Path) -> None:
+    """With --base-url, os_list.json lists rpi4's image (board.yaml: pi4-64bit) in Imager's
+    format with the files' real sizes and hashes; qemu-aarch64 (no Imager devices) is not in
+    it; the list is covered by the signed SHA256SUMS."""
+    import jsonschema
+
+    fake_build(project / "out")
+    fake_build(project / "out", RPI4, "rpi4")
+    dest = tmp_path / "public"
+    code, out = invoke(project, "release", str(dest), "--sign-key",
+                       str(keypair(tmp_path / "k")), "--base-url", BASE_URL + "/")  # fmt: skip
+    assert code == 0, out
+    listing = json.loads((dest / "os_list.json").read_text())
+    jsonschema.validate(listing, IMAGER_SCHEMA)
+    (entry,) = listing["os_list"]
+    xz, raw = project / "out" / f"{RPI4}.img.xz", project / "out" / f"{RPI4}.img"
+    assert entry["devices"] == ["pi4-64bit"]
+    assert entry["url"] == f"{BASE_URL}/{RPI4}.img.xz"
+    assert entry["icon"] == f"{BASE_URL}/tuoba-icon.png"
+    assert entry["image_download_size"] == xz.stat().st_size
+    assert entry["image_download_sha256"] == hashlib.sha256(xz.read_bytes()).hexdigest()
+    assert entry["extract_sha256"] == hashlib.sha256(raw.read_bytes()).hexdigest()
+    assert "init_format" not in entry  # no first-boot customisation offered yet
+    assert (dest / "tuoba-icon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sums = (dest / "SHA256SUMS").read_text()
+    assert all(f"  {n}\n" in sums for n in ("os_list.json", "index.html", "tuoba-icon.png"))
+
+
+def test_no_imager_catalog_without_a_base_url(project: Path, tmp_path: Path) -> None:
+    fake_build(project / "out", RPI4, "rpi4")
+    dest = tmp_path / "public"
+    code, out = invoke(project, "release", str(dest), "--sign-key", str(keypair(tmp_path / "k")))
+    assert code == 0, out
+    assert not (dest / "os_list.json").exists()
+    said = " ".join(out.split())
+    assert "no Imager catalog (os_list.json) in this release: no --base-url" in said
+    assert "made without <code>--base-url</code>" in (dest / "index.html").read_text()
+
+
+def test_a_base_url_that_is_not_http_is_refused(project: Path, tmp_path: Path) -> None:
+    fake_build(project / "out", RPI4, "rpi4")
+    code, out = invoke(project, "release", str(tmp_path / "p"), "--sign-key",
+                       str(keypair(tmp_path / "k")), "--base-url", "dl.example.org")  # fmt: skip
+    assert code == 2 and "'dl.example.org' is not an http(s) URL" in out, out
+    assert not (tmp_path / "p").exists()

@@ -86,7 +86,7 @@ def test_boards_show_prints_each_value_with_its_origin(project: Path) -> None:
     assert rows["arch"].endswith("(boards/common/arm64.yaml:3)")
     assert rows["kernel -> cmdline"].endswith("(boards/common/all.yaml:7)")
     assert "broadcom/bcm2711-rpi-4-b" in rows["kernel -> dtbs"]
-    assert rows["kernel -> dtbs"].endswith("(boards/rpi4/board.yaml:13)")
+    assert rows["kernel -> dtbs"].endswith("(boards/rpi4/board.yaml:15)")
     assert rows["image -> partitions[1] -> fs"].split()[-2] == "ext4"
     code, out = invoke(project, "boards", "--show", "nope")
     assert code == 2 and "no board named 'nope'" in out

@@ -6,6 +6,7 @@ import click
 
 from tuoba import release as core
 from tuoba import ui
+from tuoba.board import load_board
 from tuoba.cli import App
 
 
@@ -22,6 +23,12 @@ from tuoba.cli import App
     "--stage", "stages", multiple=True, type=click.IntRange(1, 2), help="Only this stage."
 )
 @click.option(
+    "--base-url",
+    metavar="URL",
+    help="Where DEST will be served (https://…/tuoba/1.0): Raspberry Pi Imager's catalog "
+    "os_list.json needs absolute addresses, so it is written only with this.",
+)
+@click.option(
     "--signer",
     default="release@tuoba",
     show_default=True,
@@ -35,21 +42,32 @@ def command(
     boards: tuple[str, ...],
     stages: tuple[int, ...],
     signer: str,
+    base_url: str | None,
 ) -> None:
     """Make a signed release of built images in DEST, for `tuoba download` and web servers.
 
     Copies each image's .img.xz, .img.bmap, manifest and boot files (checked against the
     hashes its manifest recorded), writes catalog.json, SHA256SUMS over every file and
     SHA256SUMS.sig (ssh-keygen -Y sign, namespace tuoba-release), and allowed_signers with the
-    key's public half. Serve DEST over HTTP as it is.
+    key's public half, a download page (index.html) and, with --base-url, a Raspberry Pi
+    Imager catalog (os_list.json) of the boards Imager knows. Serve DEST over HTTP as it is.
 
     \b
     Example:
       ssh-keygen -t ed25519 -N '' -f release-key
       tuoba release public/ --sign-key release-key --board rpi4 --board qemu-aarch64
+      tuoba release public/ --sign-key release-key --base-url https://dl.example.org/tuoba
+      rpi-imager --repo https://dl.example.org/tuoba/os_list.json
     """
     manifests = core.built_images(app.out_dir, boards, stages)
-    cat = core.make_release(manifests, dest.resolve(), sign_key, signer)
+    if base_url is not None and not base_url.startswith(("https://", "http://")):
+        raise click.BadParameter(f"{base_url!r} is not an http(s) URL", param_hint="--base-url")
+    site = core.Site(
+        app.data_dir / "release",
+        base_url,
+        {b: load_board(app.data_dir, b)[0].imager_devices for b in core.boards_of(manifests)},
+    )
+    cat = core.make_release(manifests, dest.resolve(), sign_key, signer, site)
     for image in cat.images:
         xz = image.file("image")
         ui.info(
