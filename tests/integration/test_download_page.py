@@ -105,3 +105,7 @@ def test_download_page_in_a_browser(project: Path, tmp_path: Path) -> None:
             assert fetch(entry[key]) == (dest / entry[key].removeprefix(base + "/")).read_bytes()
         assert hashlib.sha256(fetch(entry["url"])).hexdigest() == entry["image_download_sha256"]
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+    # the commands the page gives are the commands tuoba takes
+    page = (dest / "index.html").read_text()
+    assert "tuoba flash images/IMAGE.img.xz --device /dev/sdX --ssh-key" in page
+    assert f"tuoba download --board BOARD --catalog {base}/catalog.json --out images/" in page
