@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,11 +31,24 @@ def exclusive(directory: Path, what: str, holder: str = "tuoba build") -> Iterat
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            current = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            ui.info(f"waiting: {what} {directory} is in use by {current}")
+            ui.info(f"waiting: {what} {directory} is in use by {_holder(fd)}")
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
+        # Written before the old text is cut off, so the file is never empty while held.
+        text = f"{holder} (pid {os.getpid()})\n".encode()
+        os.pwrite(fd, text, 0)
+        os.ftruncate(fd, len(text))
         yield fd
     finally:
         os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as the holder wrote it; a holder that has just taken the lock may
+    not have written yet (or, by a lock file of an older tuoba, have emptied it): ask again
+    for a moment."""
+    for _ in range(40):
+        current = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        if current:
+            return current
+        time.sleep(0.05)
+    return "another process"

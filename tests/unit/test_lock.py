@@ -45,3 +45,24 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
     start = time.monotonic()
     with lock.exclusive(tmp_path, "the cache"):
         assert time.monotonic() - start < 5
+
+
+def test_a_holder_that_has_not_written_yet_is_asked_again(tmp_path: Path) -> None:
+    """A waiting build reads who holds the lock; the holder may have just taken it and not yet
+    written its name: the reader asks again instead of saying 'another process'."""
+    import os
+    import threading
+    import time
+
+    path = tmp_path / lock.LOCK_NAME
+    path.write_text("")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        late = threading.Timer(0.3, lambda: path.write_text("tuoba build (pid 42)\n"))
+        late.start()
+        start = time.monotonic()
+        assert lock._holder(fd) == "tuoba build (pid 42)"
+        assert time.monotonic() - start < 2
+        late.join()
+    finally:
+        os.close(fd)
