@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from tuoba.config import (
     integer,
     list_of,
     load_yaml,
+    matching,
     merge_docs,
     name,
     name_list,
@@ -406,15 +406,12 @@ def _u_boot(doc: Doc, path: tuple[PathPart, ...], value: Any) -> UBootSpec:
     )
 
 
-def _imager_tag(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
-    s = string(doc, path, value)
-    if not re.fullmatch(r"pi[0-9a-z]+-(32|64)bit", s):
-        raise doc.error(
-            path,
-            f"'{s[:40]}' is not a Raspberry Pi Imager device tag",
-            hint="Imager's tags are like pi4-64bit, pi3-64bit, pi5-64bit",
-        )
-    return s
+_imager_tag = matching(
+    r"pi[0-9a-z]+-(32|64)bit",
+    "a Raspberry Pi Imager device tag",
+    hint="Imager's tags are like pi4-64bit, pi3-64bit, pi5-64bit",
+    shown=40,
+)
 
 
 BOARD_FIELDS = [

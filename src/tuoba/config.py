@@ -397,17 +397,27 @@ def size(doc: Doc, path: tuple[PathPart, ...], value: Any) -> int:
     return n
 
 
-def name(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
-    s = string(doc, path, value)
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", s):
-        raise doc.error(
-            path,
-            f"'{s}' is not a valid name (lower-case letters, digits, . _ -)",
-            hint="at most 64 characters, starting with a letter or digit",
-        )
-    return s
+def matching(
+    pattern: str, what: str, hint: str, shown: int | None = None, longest: int = MAX_STRING
+) -> Check:
+    """A string that matches `pattern` whole (and is at most `longest` long); otherwise
+    "'VALUE' is not WHAT" (the value cut to `shown` characters) with the hint."""
+    regex = re.compile(pattern)
+
+    def check(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
+        s = string(doc, path, value)
+        if len(s) > longest or not regex.fullmatch(s):
+            raise doc.error(path, f"'{s[:shown]}' is not {what}", hint=hint)
+        return s
+
+    return check
 
 
+name = matching(
+    r"[a-z0-9][a-z0-9._-]{0,63}",
+    "a valid name (lower-case letters, digits, . _ -)",
+    hint="at most 64 characters, starting with a letter or digit",
+)
 name_list = list_of(name)
 path_list = list_of(relative_path)
 

@@ -213,13 +213,12 @@ def install_artifacts(
                 hint="drop one of them: the recipe's sources.yaml or the overlay's file",
             )
         dest = root / rel
-        for parent in reversed(Path(rel).parents[:-1]):
-            if (root / parent).is_symlink():
-                raise BuildError(
-                    f"{a.install}: /{parent} is a symbolic link in the image "
-                    f"(-> {(root / parent).readlink()}), so {a.source.name} is not put there",
-                    hint="install it at the path the link points to",
-                )
+        if (parent := linked_parent(root, rel)) is not None:
+            raise BuildError(
+                f"{a.install}: /{parent} is a symbolic link in the image "
+                f"(-> {(root / parent).readlink()}), so {a.source.name} is not put there",
+                hint="install it at the path the link points to",
+            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.is_dir() and not dest.is_symlink():
             raise BuildError(
@@ -229,6 +228,12 @@ def install_artifacts(
         dest.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write
         shutil.copyfile(fetched.files[a.install].path, dest)
         dest.chmod(a.mode)
+
+
+def linked_parent(root: Path, rel: str) -> Path | None:
+    """The first directory on the way to `rel` (relative to root) that is a symbolic link in
+    the tree, if one is: writing through it could leave the image's tree."""
+    return next((p for p in reversed(Path(rel).parents[:-1]) if (root / p).is_symlink()), None)
 
 
 def write_oci_images(plan: Plan, root: Path, overlays: OverlayRecord) -> None:
@@ -241,13 +246,13 @@ def write_oci_images(plan: Plan, root: Path, overlays: OverlayRecord) -> None:
                 f"/{rel} is both the OCI image {image.name} and an overlay file",
                 hint="drop the overlay's file or rename the image",
             )
-    for parent in [Path(oci.ARCHIVE_DIR), *Path(oci.ARCHIVE_DIR).parents][:-1]:
-        if plan.oci_images and (root / parent).is_symlink():
-            raise BuildError(
-                f"/{parent} is a symbolic link in the image (-> {(root / parent).readlink()}), "
-                "so the OCI images are not written there",
-                hint=f"an overlay must not replace /{parent} with a link",
-            )
+    parent = linked_parent(root, f"{oci.ARCHIVE_DIR}/x") if plan.oci_images else None
+    if parent is not None:
+        raise BuildError(
+            f"/{parent} is a symbolic link in the image (-> {(root / parent).readlink()}), "
+            "so the OCI images are not written there",
+            hint=f"an overlay must not replace /{parent} with a link",
+        )
     oci.write_images(root, plan.oci_images, plan.board.arch)
 
 

@@ -31,6 +31,7 @@ from tuoba.config import (
     list_of,
     load_yaml,
     mapping_of,
+    matching,
     name_list,
     parse_mapping,
     string,
@@ -110,21 +111,14 @@ class Recipe:
 # A reference both podman and containerd name an image by (podman would put localhost/ before
 # a name without a registry part, containerd would not): registry/path:tag, the registry
 # being localhost or a host name with a dot or a port, as both engines tell it from a path.
-_OCI_NAME = re.compile(
+_oci_name = matching(
     r"(localhost|[a-z0-9-]+(\.[a-z0-9-]+)+|[a-z0-9-]+:[0-9]+)(:[0-9]+)?"
-    r"/[a-z0-9]+([._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+    r"/[a-z0-9]+([._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
+    "a full image reference",
+    hint="write registry/path:tag, like localhost/tuoba/busybox:latest",
+    shown=80,
+    longest=255,
 )
-
-
-def _oci_name(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
-    s = string(doc, path, value)
-    if not _OCI_NAME.fullmatch(s) or len(s) > 255:
-        raise doc.error(
-            path,
-            f"'{s[:80]}' is not a full image reference",
-            hint="write registry/path:tag, like localhost/tuoba/busybox:latest",
-        )
-    return s
 
 
 def _container_path(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:

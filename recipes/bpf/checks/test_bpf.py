@@ -16,6 +16,7 @@ the time limits are generous and each says what it waits for.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from typing import Any
 
@@ -52,7 +53,7 @@ def test_bcc_counts_the_exact_syscalls_made(host: Any) -> None:
     """BCC: a C program compiled in the guest against the running kernel's own headers
     (kheaders), on the raw_syscalls:sys_enter tracepoint, counts 1000 getppid() calls as 1000."""
     host.run("rm -rf /tmp/kheaders-*")  # BCC reuses an extracted copy: make it extract ours
-    res = host.run(f"timeout 600 python3 -c {_quote(BCC_PROGRAM)}")
+    res = host.run(f"timeout 600 python3 -c {shlex.quote(BCC_PROGRAM)}")
     assert res.rc == 0, f"BCC failed (exit {res.rc}): {res.stderr[-3000:]}"
     assert res.stdout.strip() == f"counted {CALLS}", res.stdout + res.stderr[-2000:]
 
@@ -96,7 +97,7 @@ def test_libbpf_tool_sees_what_the_check_does(
 ) -> None:
     """libbpf-tools (CO-RE: relocated against this kernel's BTF, no headers, no compiler)."""
     script = TRACE.format(tool=tool, header=header, action=action)
-    res = host.run(f"timeout 600 sh -c {_quote(script)}")
+    res = host.run(f"timeout 600 sh -c {shlex.quote(script)}")
     assert res.rc == 0, f"{tool} (exit {res.rc}): {res.stdout[-3000:]} {res.stderr[-2000:]}"
     assert seen in res.stdout, res.stdout[-3000:]
 
@@ -140,7 +141,3 @@ def _programs(host: Any) -> dict[int, str]:
     """Loaded BPF programs as bpftool lists them: id -> type."""
     listed = json.loads(host.check_output("bpftool -j prog show") or "[]")
     return {int(p["id"]): str(p["type"]) for p in listed}
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"

@@ -16,6 +16,7 @@ Everything runs under QEMU TCG: time limits are generous. Each check removes wha
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import time
 from typing import Any
@@ -57,16 +58,12 @@ def _journal_cursor(host: Any) -> str:
     return out.rsplit("-- cursor: ", 1)[1].strip()
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"
-
-
 def test_firewall_drops_an_unlisted_port_from_outside(
     host: Any, probe: Any, guest_port: int
 ) -> None:
     """A guest program listening on an unlisted port does not answer from the host while ssh
     does; once the port is accepted, the same program answers."""
-    program = _quote(LISTENER.replace("PORT", str(probe.guest_port)))
+    program = shlex.quote(LISTENER.replace("PORT", str(probe.guest_port)))
     host.run(
         f"nohup timeout 300 python3 -c {program} >/dev/null 2>&1 & echo $! > /tmp/tuoba-probe.pid"
     )
@@ -129,7 +126,7 @@ def test_apparmor_denies_a_confined_program_and_logs_it(host: Any) -> None:
     offset = int(host.check_output(f"stat -c %s {AUDIT_LOG}"))  # (what this run adds is after)
     try:
         host.check_output(
-            f"printf %s {_quote(PROFILE)} > /etc/apparmor.d/tuoba-confined-cat && "
+            f"printf %s {shlex.quote(PROFILE)} > /etc/apparmor.d/tuoba-confined-cat && "
             "apparmor_parser --replace /etc/apparmor.d/tuoba-confined-cat"
         )
         mode = json.loads(host.check_output("aa-status --json"))["profiles"]
@@ -208,7 +205,7 @@ def test_fail2ban_bans_an_address_that_fails_ssh_logins(host: Any) -> None:
     banner, and the check's own ssh connection still works."""
     host.run("ip netns del tuoba-f2b; ip link del tuoba-f2b0; fail2ban-client unban 10.77.0.2")
     try:
-        host.check_output(f"sh -c {_quote(F2B_SETUP)}")
+        host.check_output(f"sh -c {shlex.quote(F2B_SETUP)}")
         before = host.run(F2B_BANNER)
         assert before.rc == 0 and "SSH-" in before.stdout, f"no ssh banner before: {before.stderr}"
         banned = ""
