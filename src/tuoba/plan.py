@@ -416,6 +416,7 @@ def resolve(req: Request) -> Plan:
     recipes: list[tuple[Recipe, Section]] = []
     docs: dict[str, Doc] = {}
     left_out: list[tuple[str, str]] = []
+    known = recipe_names(data_dir)
     seen: set[str] = set()
     # Each recipe with where it was asked for: a default of the board, an umbrella's include,
     # or the command line. Only those asked for on the command line must have a form for the
@@ -426,12 +427,11 @@ def resolve(req: Request) -> Plan:
         *((n, "request") for n in req.recipes[1:]),
     ]
     for name, origin in wanted:  # (grows: an umbrella's includes are appended as met)
-        if name in board.recipes and name not in recipe_names(data_dir):
-            known = ", ".join(recipe_names(data_dir))
+        if name in board.recipes and name not in known:
             raise board_doc.error(
                 ("recipes", board.recipes.index(name)),
                 f"no recipe '{name}'",
-                hint=f"known: {known}",
+                hint=f"known: {', '.join(known)}",
             )
         if name in seen:
             continue
@@ -449,11 +449,11 @@ def resolve(req: Request) -> Plan:
                 hint=f"build it with --stage 1, or give the recipe a stage{req.stage} section",
             )
         for i, included in enumerate(recipe.includes):  # (only a recipe kept brings its own)
-            if included not in recipe_names(data_dir):
+            if included not in known:
                 raise doc.error(
                     ("includes", i),
                     f"no recipe '{included}'",
-                    hint=f"known: {', '.join(recipe_names(data_dir))}",
+                    hint=f"known: {', '.join(known)}",
                 )
             wanted.append((included, f"included by recipe '{name}'"))
         recipes.append((recipe, section))

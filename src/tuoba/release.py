@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tuoba import catalog, imager, manifest, page, publish, sbom, ui
@@ -58,12 +59,7 @@ class Site:
 
     directory: Path
     base_url: str | None = None
-    imager_devices: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
-
-
-def boards_of(manifests: list[Path]) -> list[str]:
-    """The boards of the images whose manifests these are."""
-    return sorted({manifest.Manifest.from_json(m.read_text(), str(m)).board for m in manifests})
+    imager_devices: Callable[[str], tuple[str, ...]] = lambda board: ()  # (board.yaml's)
 
 
 def make_release(
@@ -150,10 +146,11 @@ def write_site(
     written = [imager.ICON]
     with publish.atomic(dest / imager.ICON) as tmp:
         shutil.copyfile(site.directory / imager.ICON, tmp)
-    listed = any(site.imager_devices.get(i.board) for i in cat.images)
+    devices = {i.board: site.imager_devices(i.board) for i in cat.images}
+    listed = any(devices.values())
     if site.base_url and listed:
         with publish.atomic(dest / imager.OS_LIST) as tmp:
-            tmp.write_text(imager.os_list(cat, manifests, site.imager_devices, site.base_url))
+            tmp.write_text(imager.os_list(cat, manifests, devices, site.base_url))
         written.append(imager.OS_LIST)
     else:
         (dest / imager.OS_LIST).unlink(missing_ok=True)  # (an old one would list other files)

@@ -65,7 +65,7 @@ def command(
     site = core.Site(
         app.data_dir / "release",
         base_url,
-        {b: load_board(app.data_dir, b)[0].imager_devices for b in core.boards_of(manifests)},
+        lambda board: load_board(app.data_dir, board)[0].imager_devices,
     )
     cat = core.make_release(manifests, dest.resolve(), sign_key, signer, site)
     for image in cat.images:
