@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PARTS = (
-    "boards", "recipes", "kernel", "overlays", "host", "userland", "release", "tests/image",
+    "boards", "recipes", "kernel", "overlays", "host", "userland", "release", "tests/image", "bpf",
     "SConstruct",
 )  # fmt: skip
 

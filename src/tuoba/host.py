@@ -77,6 +77,10 @@ HOST_TOOLS = (
     # boards' own device trees; mkimage: the test suite makes a Zynq boot image with it
     "mkimage",
     "dtc",
+    # the kernel's own patches (kernel/patches/); bpf/: vmlinux.h from the kernel's BTF and
+    # the programs' skeletons
+    "patch",
+    "bpftool",
 )
 # Headers the kernel build's host programs compile against: {header: Debian package}.
 # U-Boot's host tools and binman (run by the system python3) need the rest.

@@ -23,6 +23,7 @@ from tuoba.plan import Plan
 from tuoba.recipe import Artifact
 from tuoba.records import (
     ArtifactsRecord,
+    BpfRecord,
     FetchRecord,
     ImageRecord,
     KernelRecord,
@@ -47,6 +48,7 @@ class Made:
     root: RootfsRecord
     kernel: KernelRecord
     overlays: OverlayRecord
+    bpf: BpfRecord
 
 
 def compose(
@@ -158,6 +160,10 @@ def _compose(plan: Plan, made: Made, audit: Audit, fstab_line: FstabLine, log: P
             for p in root.packages
         ],
         files={f.name: sources.sha256_file(f) for f in (img, xz, bmap, *boot_files)},
+        bpf={
+            n: p.public() | {"btf_sha256": made.bpf.btf_sha256}
+            for n, p in made.bpf.programs.items()
+        },
         audit=audited,
     )
     with publish.atomic(manifest_file) as tmp:
@@ -188,6 +194,7 @@ def stage_tree(
     if kernel.modules:
         shutil.copytree(kernel.modules, staging / "usr/lib/modules" / kernel.version, symlinks=True)
     install_artifacts(staging, plan.artifacts, made.artifacts, made.overlays)
+    install_programs(staging, made.bpf, made.overlays)
     overlay.apply_overlay(Path(made.overlays.tree), staging)
     write_oci_images(plan, staging, made.overlays)
     write_fstab(staging, parts, fstab_line)
@@ -228,6 +235,33 @@ def install_artifacts(
         dest.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write
         shutil.copyfile(fetched.files[a.install].path, dest)
         dest.chmod(a.mode)
+
+
+def install_programs(root: Path, built: BpfRecord, overlays: OverlayRecord) -> None:
+    """The bpf/ programs' loaders (in /usr/bin) and objects; an overlay file at one of their
+    paths is refused, as is a path through a symbolic link."""
+    for name, p in built.programs.items():
+        for src, install, mode in (
+            (p.loader, p.install, 0o755),
+            (p.object, p.object_install, 0o644),
+        ):
+            rel = install.lstrip("/")
+            if rel in overlays.files:
+                raise BuildError(
+                    f"{install} is both bpf/{name}'s and an overlay file",
+                    hint="drop the overlay's file or rename the program's loader",
+                )
+            if (parent := linked_parent(root, rel)) is not None:
+                raise BuildError(
+                    f"{install}: /{parent} is a symbolic link in the image, so bpf/{name} is "
+                    "not put there",
+                    hint=f"an overlay must not replace /{parent} with a link",
+                )
+            dest = root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.unlink(missing_ok=True)  # (hard-linked from the rootfs cache: replace it)
+            shutil.copyfile(src, dest)
+            dest.chmod(mode)
 
 
 def linked_parent(root: Path, rel: str) -> Path | None:

@@ -26,14 +26,30 @@ from typing import Any
 from tuoba import arch as arches
 from tuoba import run, sources, ui
 from tuoba.cache import Store
-from tuoba.config import Field, load_yaml, parse_mapping, string
+from tuoba.config import Field, load_yaml, parse_mapping, read_text, string
 from tuoba.digest import digest
-from tuoba.errors import BuildError, HostToolError
+from tuoba.errors import BuildError, HostToolError, InputError
 from tuoba.kernel import Feature, Option, describe_missing, missing_options, parse_config
 
 # pahole: without it Kconfig silently drops DEBUG_INFO_BTF; the others build host programs.
-BUILD_TOOLS = ("make", "clang", "ld.lld", "llvm-objcopy", "pahole", "flex", "bison", "bc")
+BUILD_TOOLS = ("make", "clang", "ld.lld", "llvm-objcopy", "pahole", "flex", "bison", "bc", "patch")
+BTF_FILE = "vmlinux.btf"  # in a kernel's cache entry: its raw BTF (CONFIG_DEBUG_INFO_BTF)
 MIN_CLANG = 14  # Linux 6.1 supports clang >= 11; 14 is what this project is tested with
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    """A patch TuobaOS carries on the pinned source (`kernel/patches/NNNN-*.patch`, applied in
+    name order), its text before the diff saying why."""
+
+    name: str
+    path: Path
+    sha256: str
+    files: tuple[str, ...] = ()  # the source files it changes
+
+    @property
+    def touches_uapi(self) -> bool:
+        return any(re.match(r"(arch/[^/]+/)?include/uapi/", f) for f in self.files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +57,66 @@ class KernelSource:
     version: str
     source: sources.Source
     strip_prefix: str
+    patches: tuple[Patch, ...] = ()
 
     @property
     def id(self) -> str:
-        """The source in build inputs: version and tarball hash (not where it is unpacked)."""
-        return f"{self.version}-{self.source.sha256[:12]}"
+        """The source in build inputs: version, tarball hash and the patches' hashes (not where
+        it is unpacked)."""
+        base = f"{self.version}-{self.source.sha256[:12]}"
+        return f"{base}-p{self.patches_digest[:12]}" if self.patches else base
+
+    @property
+    def headers_id(self) -> str:
+        """The user-space API headers' identity (what `make headers_install` gives, for the
+        stage-2 toolchain): the patches that touch no uapi header leave it as unpatched."""
+        uapi = [p for p in self.patches if p.touches_uapi]
+        base = f"{self.version}-{self.source.sha256[:12]}"
+        return f"{base}-p{digest([[p.name, p.sha256] for p in uapi])[:12]}" if uapi else base
+
+    @property
+    def patches_digest(self) -> str:
+        return digest([[p.name, p.sha256] for p in self.patches])
+
+    @property
+    def tree_key(self) -> str:
+        """The unpacked (and patched) tree's cache key; the tarball's hash when unpatched, as
+        before patches existed."""
+        if not self.patches:
+            return self.source.sha256
+        return digest({"tarball": self.source.sha256, "patches": self.patches_digest})
+
+
+PATCH_START = re.compile(r"^(diff |--- |Index: )", re.M)
+
+
+def patches_dir(data_dir: Path) -> Path:
+    return data_dir / "kernel" / "patches"
+
+
+def load_patches(data_dir: Path) -> tuple[Patch, ...]:
+    """`kernel/patches/*.patch` in name order; each must say before its diff why it is carried
+    (a mail header and message, as `git format-patch` writes)."""
+    found = []
+    for path in sorted(patches_dir(data_dir).glob("*.patch")):
+        display = f"kernel/patches/{path.name}"
+        text = read_text(path, display)
+        start = PATCH_START.search(text)
+        if start is None:
+            raise InputError(
+                f"{display} holds no diff",
+                hint="write it with 'git format-patch' or 'diff -u' (a unified diff)",
+            )
+        header = [ln for ln in text[: start.start()].splitlines()
+                  if ln.strip() and ln.strip() != "---" and not ln.startswith("From ")]  # fmt: skip
+        if len(header) < 2:
+            raise InputError(
+                f"{display} has no header saying why TuobaOS carries it",
+                hint="start the file with a Subject: line and a paragraph on why, before the diff",
+            )
+        files = tuple(sorted(set(re.findall(r"^\+\+\+ [^/\s]+/(\S+)", text, re.M))))
+        found.append(Patch(path.name, path, sources.sha256_file(path), files))
+    return tuple(found)
 
 
 def load_source(data_dir: Path) -> KernelSource:
@@ -62,7 +133,12 @@ def load_source(data_dir: Path) -> KernelSource:
     src, t = sources.parse_source(
         doc, ("tarball",), v["tarball"], [Field("strip_prefix", string, help="top directory")]
     )
-    return KernelSource(version=v["version"], source=src, strip_prefix=t["strip_prefix"])
+    return KernelSource(
+        version=v["version"],
+        source=src,
+        strip_prefix=t["strip_prefix"],
+        patches=load_patches(data_dir),
+    )
 
 
 def clang_version() -> tuple[int, str]:
@@ -91,17 +167,42 @@ def toolchain_id() -> str:
 
 
 def unpack_source(ks: KernelSource, tarball: Path, store: Store) -> Path:
-    key = ks.source.sha256
+    """The pinned source, unpacked and patched (in the cache; read-only use)."""
+    key = ks.tree_key
     if (entry := store.get("kernel-src", key)) is None:
-        what = f"Linux {ks.version} source tree"
+        what = f"Linux {ks.version} source tree" + (
+            f" with {len(ks.patches)} TuobaOS patch(es)" if ks.patches else ""
+        )
+        inputs = {"tarball": ks.source.name, "patches": {p.name: p.sha256 for p in ks.patches}}
         with (
             ui.step(f"Unpacking Linux {ks.version}"),
-            store.make("kernel-src", key, what=what, inputs={"tarball": ks.source.name}) as tmp,
+            store.make("kernel-src", key, what=what, inputs=inputs) as tmp,
         ):
             run.run(["tar", "-xf", str(tarball), "-C", str(tmp), "--strip-components=1"])
+            for patch in ks.patches:
+                apply_patch(ks, patch, tmp)
         entry = store.get("kernel-src", key)
         assert entry is not None  # (just made)
     return entry.data
+
+
+def apply_patch(ks: KernelSource, patch: Patch, tree: Path) -> None:
+    """Apply one patch (all of it or nothing: a dry run first), naming it when it does not."""
+    for dry in (True, False):
+        proc = run.run(
+            ["patch", "-p1", "--forward", "--batch", "-d", str(tree), "-i", str(patch.path),
+             *(["--dry-run"] if dry else [])],
+            capture=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            said = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+            raise BuildError(
+                f"kernel/patches/{patch.name} does not apply to Linux {ks.version}: "
+                + "; ".join(said[-3:]),
+                hint="refresh the patch against this source (quilt or git, then "
+                "'git format-patch'), or remove it from kernel/patches/",
+            )
+    ui.info(f"  applied kernel/patches/{patch.name}")
 
 
 def merged_fragment(fragments: list[tuple[str, list[Option]]]) -> tuple[str, dict[str, Option]]:
@@ -389,6 +490,10 @@ def _collect(
     shutil.copyfile(boot / image_target, tmp / image_target)
     shutil.copyfile(build / ".config", tmp / "config")
     shutil.copyfile(build / "System.map", tmp / "System.map")
+    # The kernel's BTF on its own (what /sys/kernel/btf/vmlinux gives in the guest): bpf/'s
+    # programs are compiled against a vmlinux.h made of it.
+    run.run(["llvm-objcopy", "-O", "binary", "--only-section=.BTF", str(build / "vmlinux"),
+             str(tmp / BTF_FILE)], log=log)  # fmt: skip
     dtb_dir = tmp / "dtbs"
     dtb_dir.mkdir()
     for d in dtbs:

@@ -35,6 +35,9 @@ class Manifest:
     rootfs: dict[str, Any]
     packages: list[Any]
     files: dict[str, str]  # artifact name -> sha256
+    # bpf/ programs built for it: name -> loader path and sha256, object, the BTF they were
+    # compiled against
+    bpf: dict[str, Any] = dataclasses.field(default_factory=dict)
     audit: list[dict[str, Any]] | None = None  # stage 2: the ELF audit
     schema: int = SCHEMA
 
@@ -65,7 +68,7 @@ class Manifest:
                 hint=REBUILD,
             )
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names - raw.keys() if n not in ("audit", "schema"))
+        missing = sorted(n for n in names - raw.keys() if n not in ("audit", "schema", "bpf"))
         if missing:
             raise InputError(f"{where}: manifest lacks {', '.join(missing)}", hint=REBUILD)
         return cls(**{k: v for k, v in raw.items() if k in names})

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuoba import __version__, apt, kbuild, run, sources, userland
+from tuoba import __version__, apt, bpf, kbuild, run, sources, userland
 from tuoba.board import Board, board_names, load_board
 from tuoba.bootloader import Bootloader, check_supplied
 from tuoba.cache import Store
@@ -96,6 +96,7 @@ class Plan:
     services: tuple[str, ...]
     tests: tuple[str, ...]
     oci_images: tuple[OciImage, ...]  # container images made of the image's packages
+    bpf_programs: tuple[bpf.Program, ...]  # bpf/ programs built for the image (the bpf step)
     release: str
     mirrors: tuple[str, ...]
     security_mirrors: tuple[str, ...]
@@ -177,6 +178,7 @@ class Plan:
                 if self.oci_images
                 else {}
             ),
+            **({"bpf": [p.name for p in self.bpf_programs]} if self.bpf_programs else {}),
         }
 
 
@@ -323,6 +325,59 @@ def _check_oci_images(
                     hint="give one of them a name that differs in more than '/', ':' and '-'",
                 )
             out[image.name] = image
+    return tuple(out.values())
+
+
+def _check_programs(
+    data_dir: Path,
+    board: Board,
+    recipes: list[tuple[Recipe, Section]],
+    docs: dict[str, Doc],
+    packages: list[str],
+    stage: int,
+) -> tuple[bpf.Program, ...]:
+    """The bpf/ programs the recipes ask for: each exists, runs on the board's architecture
+    and kernel, and the image has the libbpf its loader links against."""
+    out: dict[str, bpf.Program] = {}
+    known = bpf.program_names(data_dir)
+    features = feature_names(data_dir)
+    for r, sec in recipes:
+        for i, name in enumerate(sec.bpf):
+            where = (f"stage{stage}", "bpf", i)
+            if name not in known:
+                raise docs[r.name].error(
+                    where, f"no eBPF program bpf/{name}/", hint=f"known: {', '.join(known)}"
+                )
+            prog = bpf.load_program(data_dir, name)
+            if prog.arch and board.arch not in prog.arch:
+                raise docs[r.name].error(
+                    where,
+                    f"bpf/{name} runs on {', '.join(prog.arch)}, not on {board.name} "
+                    f"({board.arch})",
+                    hint=f"leave it out for {board.arch} (the recipe's arch: {board.arch}: "
+                    "section can set bpf: [])",
+                )
+            if board.kernel.source != "tuoba":
+                raise docs[r.name].error(
+                    where,
+                    f"bpf/{name} is compiled against the BTF of a kernel tuoba builds; board "
+                    f"{board.name} boots the distribution's kernel",
+                    hint="use kernel source tuoba for the board, or leave the program out",
+                )
+            if "libbpf-dev" not in packages:
+                raise docs[r.name].error(
+                    where,
+                    f"bpf/{name}'s loader links against the image's libbpf, and the image "
+                    "has no libbpf-dev",
+                    hint="add libbpf-dev to the recipe's packages",
+                )
+            for n in prog.kernel_features:
+                if n not in features:
+                    raise InputError(
+                        f"bpf/{name}/program.yaml: kernel_features: unknown feature '{n}'",
+                        hint=f"known: {', '.join(features)}",
+                    )
+            out.setdefault(name, prog)
     return tuple(out.values())
 
 
@@ -528,6 +583,11 @@ def resolve(req: Request) -> Plan:
             overlays.append(Overlay(own[0], own[1], str(own[1].relative_to(data_dir))))
 
     artifacts = _check_artifacts([r for r, _ in recipes], req.stage)
+    programs = _check_programs(data_dir, board, recipes, docs, packages, req.stage)
+    for f in (load_feature(data_dir, n, board.arch) for p in programs for n in p.kernel_features):
+        if f.name not in features:  # (a program's features are asserted like a recipe's)
+            features[f.name] = f
+            fragments.append(f)
 
     if req.mirror:
         mirrors = [req.mirror.rstrip("/")]
@@ -561,6 +621,7 @@ def resolve(req: Request) -> Plan:
         artifacts=artifacts,
         services=tuple(dict.fromkeys(s for _, sec in recipes for s in sec.services)),
         oci_images=oci_images,
+        bpf_programs=programs,
         tests=tuple(
             dict.fromkeys(
                 [

@@ -53,6 +53,7 @@ class Section:
     services: tuple[str, ...] = ()  # systemd units (stage 1)
     tests: tuple[str, ...] = ()
     oci_images: tuple[OciImage, ...] = ()  # container images made of its packages (stage 1)
+    bpf: tuple[str, ...] = ()  # eBPF programs under bpf/ (stage 1)
     # Per-arch replacements of the fields above (`arch: {armhf: {packages: [...]}}`), for what
     # Debian does not build for every architecture.
     arch: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = ()
@@ -164,6 +165,7 @@ SECTION_FIELDS: dict[int, list[Field]] = {
         Field("services", name_list, (), help="systemd units to enable"),
         TESTS,
         Field("oci_images", list_of(_oci_image), (), help="container images made of packages"),
+        Field("bpf", name_list, (), help="eBPF programs under bpf/ built for the image"),
     ],
     2: [
         Field("builds", name_list, (), help="packages under userland/ built by LLVM against musl"),

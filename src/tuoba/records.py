@@ -126,6 +126,36 @@ class KernelRecord(Record):
 
 
 @dataclasses.dataclass(frozen=True)
+class BuiltProgram:
+    """One bpf/ program built for the image: its loader and BPF object (in the cache), where
+    the image gets them, and their hashes."""
+
+    loader: str
+    object: str
+    install: str  # the loader's path in the image
+    object_install: str
+    loader_sha256: str
+    object_sha256: str
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "install": self.install,
+            "sha256": self.loader_sha256,
+            "object": self.object_install,
+            "object_sha256": self.object_sha256,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class BpfRecord(Record):
+    """The image's eBPF programs (bpf/), built against its kernel's BTF and its root tree."""
+
+    step = "bpf"
+    programs: dict[str, BuiltProgram]
+    btf_sha256: str | None = None  # the kernel BTF they were compiled against (CO-RE base)
+
+
+@dataclasses.dataclass(frozen=True)
 class OverlayRecord(Record):
     step = "overlay"
     files: dict[str, str]  # path in the image -> sha256, or "-> target" for a symlink

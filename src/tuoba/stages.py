@@ -106,7 +106,7 @@ class Llvm(Stage):
         ks = kbuild.load_source(plan.data_dir)
         spec = userland.load_toolchain(plan.data_dir)
         tc = userland.build_toolchain(
-            spec, plan.board.arch, ks.id,
+            spec, plan.board.arch, ks.headers_id,
             lambda: kbuild.unpack_source(ks, fetched[ks.source.name], plan.store),
             fetched, plan.store, log,
         )  # fmt: skip

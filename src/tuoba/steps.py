@@ -2,7 +2,7 @@
 the records of the steps it comes after), what it writes, and its function. SConstruct loops
 over STEPS and holds no per-step code; only step functions write to disk.
 
-    fetch -> artifacts -> rootfs -> kernel -> overlay -> image
+    fetch -> artifacts -> rootfs -> kernel -> bpf -> overlay -> image
 
 Each step writes a small JSON record as its SCons target, last, so an interrupted step leaves
 no target and runs again on the next build. Adding a step: its function (here or in a module
@@ -23,6 +23,7 @@ from typing import Any
 
 from tuoba import (
     bootloader,
+    bpf,
     image,
     kbuild,
     overlay,
@@ -261,6 +262,44 @@ KERNEL_SOURCES: dict[str, Callable[[Plan], None]] = {
 }
 
 
+def build_bpf(plan: Plan) -> None:
+    """The bpf/ programs the recipes ask for, compiled against this image's kernel (its BTF)
+    and root tree (the loaders' libbpf)."""
+    if not plan.bpf_programs:
+        write_record(plan, records.BpfRecord(programs={}))
+        return
+    kernel_rec = read_record(plan, records.KernelRecord)
+    root = read_record(plan, records.RootfsRecord)
+    log = log_path(plan, "bpf")
+    log.unlink(missing_ok=True)
+    built = bpf.build(
+        plan.bpf_programs,
+        kernel_dir=kernel_rec.built,
+        btf_file=kbuild.BTF_FILE,
+        tree=Path(root.tree),
+        arch=plan.board.arch,
+        store=plan.store,
+        log=log,
+    )
+    write_record(
+        plan,
+        records.BpfRecord(
+            programs={
+                p.name: records.BuiltProgram(
+                    loader=str(built[p.name].loader),
+                    object=str(built[p.name].object),
+                    install=p.install,
+                    object_install=p.object_install,
+                    loader_sha256=sources.sha256_file(built[p.name].loader),
+                    object_sha256=sources.sha256_file(built[p.name].object),
+                )
+                for p in plan.bpf_programs
+            },
+            btf_sha256=sources.sha256_file(kernel_rec.built / kbuild.BTF_FILE),
+        ),
+    )
+
+
 def render(plan: Plan) -> None:
     key = plan.ssh_key.read_text().strip()
     dest = plan.build_dir / "overlay"
@@ -287,6 +326,7 @@ def build_image(plan: Plan) -> None:
         root=read_record(plan, records.RootfsRecord),
         kernel=read_record(plan, records.KernelRecord),
         overlays=read_record(plan, records.OverlayRecord),
+        bpf=read_record(plan, records.BpfRecord),
     )
     record = image.compose(
         plan, made, audit=stage.audit, fstab_line=stage.fstab_line, log=log_path(plan, "image")
@@ -341,8 +381,22 @@ def _kernel_inputs(plan: Plan) -> Inputs:
         )
     return Inputs(
         after=("fetch",),
-        files=(*(f.path for f in plan.fragments), plan.data_dir / "kernel" / "sources.yaml"),
+        files=(
+            *(f.path for f in plan.fragments),
+            plan.data_dir / "kernel" / "sources.yaml",
+            *sorted(kbuild.patches_dir(plan.data_dir).glob("*.patch")),
+        ),
         values=(plan.board.kernel, kbuild.toolchain_id()),  # a new clang/lld rebuilds it
+    )
+
+
+def _bpf_inputs(plan: Plan) -> Inputs:
+    if not plan.bpf_programs:
+        return Inputs()
+    return Inputs(
+        after=("rootfs", "kernel"),
+        files=tuple(f for p in plan.bpf_programs for f in p.files()),
+        values=([p.name for p in plan.bpf_programs],),
     )
 
 
@@ -367,13 +421,14 @@ STEPS = (
     ),
     Step("rootfs", "Building the root filesystem ({how})", build_root, _rootfs_inputs),
     Step("kernel", "Preparing the kernel and checking its config", kernel, _kernel_inputs),
+    Step("bpf", "Building the eBPF programs (bpf/)", build_bpf, _bpf_inputs),
     Step("overlay", "Rendering overlays", render, _overlay_inputs),
     Step(
         "image",
         "Composing the disk image",
         build_image,
         lambda plan: Inputs(
-            after=("fetch", "artifacts", "rootfs", "kernel", "overlay"),
+            after=("fetch", "artifacts", "rootfs", "kernel", "bpf", "overlay"),
             values=(plan.image_inputs(),),
         ),
         _image_outputs,

@@ -24,9 +24,18 @@ def test_the_arm64_boards_get_the_shared_kernel(project: Path) -> None:
         board, _ = load_board(project, name)
         assert board.arch == "arm64"
         assert board.kernel.flavour == "arm64-generic"
-        assert board.kernel.features == ("bpf", "kvm", "virtio", "containers", "security", "debug",
-                                             "net",
-                                         "storage")  # fmt: skip
+        assert board.kernel.features == (
+            "bpf",
+            "readpath",
+            "kvm",
+            "virtio",
+            "containers",
+            "k3s",
+            "security",
+            "debug",
+            "net",
+            "storage",
+        )
         assert board.kernel.cmdline == ("rw", "quiet", "systemd.firstboot=off")
     pynq, _ = load_board(project, "pynq-z2")
     assert pynq.kernel.cmdline == ("rw", "quiet", "systemd.firstboot=off")  # from all.yaml
@@ -46,11 +55,11 @@ def test_a_board_value_replaces_the_shared_one(project: Path) -> None:
 
 def test_a_bad_shared_value_is_reported_in_its_own_file(project: Path) -> None:
     f = project / "boards/common/arm64.yaml"
-    f.write_text(f.read_text().replace("[bpf, kvm,", "[bpf, kvmm,"))
+    f.write_text(f.read_text().replace("[bpf, readpath, kvm,", "[bpf, readpath, kvmm,"))
     with pytest.raises(InputError) as e:
         check(project, "rpi4")
     assert e.value.message.startswith(
-        "boards/common/arm64.yaml:6 -> kernel -> features[1]: unknown feature 'kvmm'"
+        "boards/common/arm64.yaml:6 -> kernel -> features[2]: unknown feature 'kvmm'"
     )
 
 

@@ -33,7 +33,7 @@ def test_default_board_resolves(project: Path) -> None:
     assert "linux-image-arm64" not in plan.packages  # the kernel is built here
     assert [r.name for r in plan.recipes] == ["base", "tuoba", "bpf", "containers", "security"]
     assert [i.name for i in plan.oci_images] == ["localhost/tuoba/busybox:latest"]
-    assert [f.name for f in plan.features][:2] == ["bpf", "kvm"]
+    assert [f.name for f in plan.features][:3] == ["bpf", "readpath", "kvm"]
     # one arm64 kernel serves every arm64 board: all their platform fragments, by board name
     names = [f.name for f in plan.fragments]
     assert names[:8] == ["base", "arch:arm64", *(f"board:{b}" for b in (
@@ -75,13 +75,25 @@ def test_unknown_feature_names_file_line_and_path(project: Path) -> None:
 
 def test_distro_kernel_board_installs_the_package(project: Path) -> None:
     board = project / "boards/qemu-aarch64/board.yaml"
-    board.write_text(
-        board.read_text() + "kernel:\n  source: distro\n  package: linux-image-arm64\n"
-    )
+    text = board.read_text() + "kernel:\n  source: distro\n  package: linux-image-arm64\n"
+    board.write_text(text.replace("recipes: [tuoba]", "recipes: [base]"))
     plan = resolve(request(project))
     assert "linux-image-arm64" in plan.packages
     assert "tests/image/test_kernel.py" not in plan.tests
     assert [f.name for f in plan.fragments] == [f.name for f in plan.features]
+
+
+def test_a_bpf_program_needs_the_kernel_tuoba_builds(project: Path) -> None:
+    """bpf/ programs are compiled against the BTF of the kernel tuoba builds (and fr needs its
+    patch): a board on the distribution's kernel that asks for one is told so, by place."""
+    board = project / "boards/qemu-aarch64/board.yaml"
+    board.write_text(
+        board.read_text() + "kernel:\n  source: distro\n  package: linux-image-arm64\n"
+    )
+    with pytest.raises(InputError) as e:
+        resolve(request(project, recipes=("bpf",)))
+    assert e.value.message.startswith("recipes/bpf/recipe.yaml:")
+    assert "bpf/fr is compiled against the BTF of a kernel tuoba builds" in e.value.message
 
 
 def test_malformed_yaml_names_file_and_line(project: Path) -> None:
