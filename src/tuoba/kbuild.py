@@ -104,14 +104,14 @@ def load_patches(data_dir: Path) -> tuple[Patch, ...]:
         start = PATCH_START.search(text)
         if start is None:
             raise InputError(
-                f"{display} holds no diff",
+                f"{display}:1: holds no diff",
                 hint="write it with 'git format-patch' or 'diff -u' (a unified diff)",
             )
         header = [ln for ln in text[: start.start()].splitlines()
                   if ln.strip() and ln.strip() != "---" and not ln.startswith("From ")]  # fmt: skip
         if len(header) < 2:
             raise InputError(
-                f"{display} has no header saying why TuobaOS carries it",
+                f"{display}:1: no header saying why TuobaOS carries the patch",
                 hint="start the file with a Subject: line and a paragraph on why, before the diff",
             )
         files = tuple(sorted(set(re.findall(r"^\+\+\+ [^/\s]+/(\S+)", text, re.M))))

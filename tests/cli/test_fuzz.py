@@ -61,6 +61,9 @@ def _targets() -> list[tuple[str, tuple[str, ...]]]:
     out.append(("kernel/sources.yaml", ()))
     out.append(("kernel/base.config", ()))
     out += [(f"kernel/features/{p.name}", ()) for p in sorted((ROOT / "kernel/features").glob("*"))]
+    out += [(f"kernel/patches/{p.name}", ()) for p in sorted((ROOT / "kernel/patches").glob("*"))]
+    for program in sorted(p.parent.name for p in (ROOT / "bpf").glob("*/program.yaml")):
+        out.append((f"bpf/{program}/program.yaml", ("--recipe", "bpf")))
     return out
 
 
