@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -99,7 +100,8 @@ def check_image(
             f"the ssh checks ({', '.join(tests)})"
         )
         tests = ["tests/image/test_serial.py", f"tests/image/test_s{manifest.stage}serial.py"]
-    test_files = [data_dir / t for t in tests]
+    not_run = dict(manifest.not_run) if spec.qemu.network else {}
+    test_files = [data_dir / t for t in (*tests, *not_run)]
     missing = [str(t) for t in test_files if not t.is_file()]
     if missing:
         raise InputError(f"guest check modules missing: {', '.join(missing)}")
@@ -139,6 +141,7 @@ def check_image(
                 "TUOBA_SSH_KEY": str(ssh_key),
                 "TUOBA_CONSOLE_LOG": str(console_log),
                 "TUOBA_CARD_SIZE": str(card_size or ""),
+                "TUOBA_NOT_RUN": json.dumps(not_run),
             }
             proc = run.run(cmd, env=env, check=False, cwd=data_dir)
             boot_seconds = guest.boot_seconds

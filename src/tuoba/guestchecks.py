@@ -20,6 +20,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "guest: a check run inside a booted image by `tuoba test`")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The checks of recipes the image was built without (TUOBA_NOT_RUN: check file -> why)
+    are reported as skipped with the reason: not run, and never passed."""
+    not_run: dict[str, str] = json.loads(os.environ.get("TUOBA_NOT_RUN") or "{}")
+    root = config.rootpath
+    for item in items:
+        try:
+            rel = str(item.path.relative_to(root))
+        except ValueError:
+            continue
+        if rel in not_run:
+            item.add_marker(pytest.mark.skip(reason=f"not run: {not_run[rel]}"))
+
+
 @pytest.fixture(scope="session")
 def manifest() -> dict[str, Any]:
     raw = os.environ.get("TUOBA_MANIFEST")

@@ -136,6 +136,7 @@ def _compose(plan: Plan, made: Made, audit: Audit, fstab_line: FstabLine, log: P
         stage=plan.stage,
         recipes=[r.name for r in plan.recipes],
         tests=list(plan.tests),
+        not_run=dict(plan.not_run),
         hostname=plan.board.hostname,
         inputs_digest=seed,
         kernel=kernel.public(),

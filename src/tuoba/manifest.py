@@ -38,6 +38,9 @@ class Manifest:
     # bpf/ programs built for it: name -> loader path and sha256, object, the BTF they were
     # compiled against
     bpf: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # guest checks of recipes this image was built without (a file not supplied): check file
+    # -> why; `tuoba test` reports them as not run, with the reason
+    not_run: dict[str, str] = dataclasses.field(default_factory=dict)
     audit: list[dict[str, Any]] | None = None  # stage 2: the ELF audit
     schema: int = SCHEMA
 
@@ -68,7 +71,9 @@ class Manifest:
                 hint=REBUILD,
             )
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names - raw.keys() if n not in ("audit", "schema", "bpf"))
+        missing = sorted(
+            n for n in names - raw.keys() if n not in ("audit", "schema", "bpf", "not_run")
+        )
         if missing:
             raise InputError(f"{where}: manifest lacks {', '.join(missing)}", hint=REBUILD)
         return cls(**{k: v for k, v in raw.items() if k in names})

@@ -82,8 +82,9 @@ class Plan:
     request: Request
     board: Board
     recipes: tuple[Recipe, ...]
-    # Recipes not asked for by name that have no form for this stage: (name, who brought it).
-    left_out: tuple[tuple[str, str], ...]
+    # Recipes not asked for by name that this image is built without: (name, who brought it,
+    # why it is left out: no form for the stage, a file that was not supplied).
+    left_out: tuple[tuple[str, str, str], ...]
     features: tuple[Feature, ...]
     fragments: tuple[Feature, ...]  # everything the kernel config gets, in order
     kernel_dtbs: tuple[str, ...]  # device trees the (shared) kernel build makes
@@ -95,6 +96,9 @@ class Plan:
     artifacts: tuple[Artifact, ...]  # pinned files of the recipes' sources.yaml, for this arch
     services: tuple[str, ...]
     tests: tuple[str, ...]
+    # The guest checks of recipes left out for a file that was not supplied: (check file,
+    # why not run); `tuoba test` reports them as skipped with that reason, never as passed.
+    not_run: tuple[tuple[str, str], ...]
     oci_images: tuple[OciImage, ...]  # container images made of the image's packages
     bpf_programs: tuple[bpf.Program, ...]  # bpf/ programs built for the image (the bpf step)
     release: str
@@ -381,19 +385,62 @@ def _check_programs(
     return tuple(out.values())
 
 
-def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tuple[Supplied, ...]:
-    """Every need of the board met by a supplied file, each supplied file checked; otherwise
-    the error names what is missing, why, where to get it and how to hand it over."""
+def _unsupplied(recipe: Recipe, stage: int, given: dict[str, str]) -> list[Artifact]:
+    """The files a recipe needs supplied (not optional) that were not."""
+    return [
+        a
+        for a in recipe.artifacts
+        if a.supplied and not a.optional and stage in a.stages and a.source.name not in given
+    ]
 
-    takes = [n.file for n in board.boot.needs if n.file]
-    given: dict[str, str] = {}
-    for file, given_path in supplies:
+
+def _given_artifacts(
+    artifacts: tuple[Artifact, ...], given: dict[str, str], board: Board
+) -> tuple[Artifact, ...]:
+    """The recipes' artifacts with the files the user supplied for them, each checked by its
+    pinned hash now, before any work; an optional one not supplied is left out. A --supply
+    name that neither the board nor a recipe takes is an error."""
+    out = []
+    for a in artifacts:
+        if not a.supplied:
+            out.append(a)
+            continue
+        if a.source.name not in given:
+            continue  # (optional: a required one was refused while resolving the recipes)
+        flag = f"--supply {a.source.name}={given[a.source.name]}"
+        path = Path(given[a.source.name]).expanduser().resolve()
+        if not path.is_file():
+            raise InputError(f"{flag}: no such file", hint=f"download it from {a.source.url}")
+        got = sources.sha256_file(path)
+        if got != a.source.sha256:
+            release = f" of {a.version}" if a.version else ""
+            raise InputError(
+                f"{flag}: sha256 {got} is not the pinned {a.source.sha256}{release}",
+                hint=f"download it again from {a.source.url} (pinned from {a.source.origin})"
+                if a.source.origin
+                else f"download it again from {a.source.url}",
+            )
+        out.append(dataclasses.replace(a, given=str(path)))
+    takes = {n.file for n in board.boot.needs if n.file} | {
+        a.source.name for a in artifacts if a.supplied
+    }
+    for file in given:
         if file not in takes:
             raise InputError(
-                f"--supply {file}: board '{board.name}' takes no file named '{file}'",
-                hint=f"it takes: {', '.join(takes)}" if takes else "it takes no supplied files",
+                f"--supply {file}: neither board '{board.name}' nor the recipes take a file "
+                f"named '{file}'",
+                hint=f"they take: {', '.join(sorted(takes))}" if takes else "they take none",
             )
-        given[file] = given_path
+    return tuple(out)
+
+
+def _check_supplies(board: Board, supplies: tuple[tuple[str, str], ...]) -> tuple[Supplied, ...]:
+    """Every need of the board met by a supplied file, each supplied file checked; otherwise
+    the error names what is missing, why, where to get it and how to hand it over. (Files a
+    recipe takes are checked with the recipes: _given_artifacts.)"""
+
+    takes = [n.file for n in board.boot.needs if n.file]
+    given = {file: path for file, path in supplies if file in takes}
     out = []
     for need in board.boot.needs:
         if need.file is None or need.file not in given:
@@ -456,7 +503,6 @@ def resolve(req: Request) -> Plan:
     board, board_doc = load_board(data_dir, req.board)
     if board.kernel.source == "tuoba":
         kbuild.load_source(data_dir)  # validated here, not first read by the kernel step
-    supplied = _check_supplies(board, req.supplies) if req.check_needs else ()
     if board.boot.method not in Bootloader.registry:
         raise board_doc.error(
             ("boot", "method"),
@@ -470,7 +516,9 @@ def resolve(req: Request) -> Plan:
     }
     recipes: list[tuple[Recipe, Section]] = []
     docs: dict[str, Doc] = {}
-    left_out: list[tuple[str, str]] = []
+    left_out: list[tuple[str, str, str]] = []
+    not_run: list[tuple[str, str]] = []
+    given = dict(req.supplies)
     known = recipe_names(data_dir)
     seen: set[str] = set()
     # Each recipe with where it was asked for: a default of the board, an umbrella's include,
@@ -494,9 +542,29 @@ def resolve(req: Request) -> Plan:
         recipe, doc = load_recipe(data_dir, name)
         recipe = recipe.for_arch(board.arch)
         section = recipe.section(req.stage)
-        if section is None and origin != "request" and name not in req.recipes:
-            left_out.append((name, origin))  # (the caller says so: not asked for by name)
+        asked = origin == "request" or name in req.recipes
+        if section is None and not asked:
+            # (the caller says so: not asked for by name)
+            left_out.append((name, origin, f"has no stage-{req.stage} form"))
             continue
+        if section is not None and (missing := _unsupplied(recipe, req.stage, given)):
+            a = missing[0]
+            release = f" ({a.version})" if a.version else ""
+            why = f"needs {a.source.name}{release}, which tuoba cannot download here"
+            if not asked:
+                left_out.append((name, origin, f"{why} and which was not supplied"))
+                not_run += [
+                    (str(recipe.check_file(t).relative_to(data_dir)),
+                     f"recipe '{name}' is not in this image: it {why} "
+                     f"(--supply {a.source.name}=PATH)")
+                    for t in section.tests
+                ]  # fmt: skip
+                continue
+            raise InputError(
+                f"{a.where}: recipe '{name}' {why}",
+                hint=f"download it from {a.source.url} (sha256 {a.source.sha256}), then pass "
+                f"--supply {a.source.name}=PATH (recipes/{name}/sources.yaml)",
+            )
         if section is None:
             raise InputError(
                 f"{doc.where(())}: recipe '{name}' has no stage-{req.stage} form "
@@ -583,6 +651,8 @@ def resolve(req: Request) -> Plan:
             overlays.append(Overlay(own[0], own[1], str(own[1].relative_to(data_dir))))
 
     artifacts = _check_artifacts([r for r, _ in recipes], req.stage)
+    artifacts = _given_artifacts(artifacts, given, board)
+    supplied = _check_supplies(board, req.supplies) if req.check_needs else ()
     programs = _check_programs(data_dir, board, recipes, docs, packages, req.stage)
     for f in (load_feature(data_dir, n, board.arch) for p in programs for n in p.kernel_features):
         if f.name not in features:  # (a program's features are asserted like a recipe's)
@@ -635,6 +705,7 @@ def resolve(req: Request) -> Plan:
                 ]
             )
         ),
+        not_run=tuple(not_run),
         release=DEBIAN_RELEASE,
         mirrors=tuple(mirrors),
         security_mirrors=tuple(security),

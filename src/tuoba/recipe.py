@@ -28,6 +28,7 @@ from tuoba.config import (
     Doc,
     Field,
     PathPart,
+    boolean,
     list_of,
     load_yaml,
     mapping_of,
@@ -73,6 +74,13 @@ class Artifact:
     mode: int
     arch: tuple[str, ...]  # the architectures it is for (empty: every one)
     stages: tuple[int, ...] = (1,)  # the stages whose images get it
+    version: str = ""  # the release it belongs to, for people (and error messages)
+    # Not downloaded by tuoba (no archive this project reaches has it): the user hands it
+    # over, `--supply NAME=PATH`, and its hash is checked before the build starts.
+    supplied: bool = False
+    optional: bool = False  # a supplied file the recipe works without
+    given: str | None = None  # (in a plan) the path of the file the user supplied
+    where: str = ""  # its place in sources.yaml, for messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +287,9 @@ ARTIFACT_FIELDS = [
     # Stage 2's ELF audit refuses what clang and musl did not build: a release binary is for
     # stage 1 unless it says otherwise.
     Field("stages", _stages, (1,), help="the stages whose images get it (default [1])"),
+    Field("version", string, "", help="the release it belongs to (shown in messages)"),
+    Field("supplied", boolean, False, help="the user supplies it: --supply NAME=PATH"),
+    Field("optional", boolean, False, help="a supplied file the recipe works without"),
 ]
 
 
@@ -293,7 +304,11 @@ def _artifacts(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[Artifa
                 v["arch"] or ARCHES
             ):
                 raise doc.error((*path, i, "install"), f"{v['install']} is installed twice")
-        out.append(Artifact(src, v["install"], v["mode"], v["arch"], v["stages"]))
+        if v["optional"] and not v["supplied"]:
+            raise doc.error((*path, i, "optional"), "only a supplied file can be optional",
+                            hint="add supplied: true, or drop optional")  # fmt: skip
+        out.append(Artifact(src, v["install"], v["mode"], v["arch"], v["stages"], v["version"],
+                            v["supplied"], v["optional"], where=doc.where((*path, i))))  # fmt: skip
     return tuple(out)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,26 @@ def fetch(
         f"could not download source '{source.name}' from any of {len(urls)} URL(s)",
         hint="tried:\n  " + "\n  ".join(failures),
     )
+
+
+def adopt(source: Source, given: Path, store: Store) -> Path:
+    """A file the user supplied for `source` (`--supply`), copied into the cache like a
+    download: its hash is checked again on the copy, so a file changed since the build
+    started is refused."""
+    found = cached(store, source.sha256)
+    if found is not None:
+        return found
+    with store.make("source", source.sha256, what=source.name, inputs={"supplied": True}) as data:
+        shutil.copyfile(given, data / source.name)
+        if (got := sha256_file(data / source.name)) != source.sha256:
+            raise BuildError(
+                f"the file supplied as {source.name} ({given}) changed during the build: "
+                f"sha256 {got}, pinned {source.sha256}",
+                hint="leave the supplied file alone while tuoba builds",
+            )
+    path = cached(store, source.sha256)
+    assert path is not None  # (just published)
+    return path
 
 
 class _Mismatch(Exception):

@@ -147,9 +147,12 @@ def fetch_artifacts(plan: Plan) -> None:
     step reads it, so a new artifact re-runs nothing before the image."""
     fetched = {}
     for a in plan.artifacts:
-        path = sources.fetch(
-            a.source, plan.store, debian_mirrors=plan.mirrors, offline=plan.request.offline
-        )
+        if a.given is not None:  # (supplied by the user, its hash checked by the plan)
+            path = sources.adopt(a.source, Path(a.given), plan.store)
+        else:
+            path = sources.fetch(
+                a.source, plan.store, debian_mirrors=plan.mirrors, offline=plan.request.offline
+            )
         fetched[a.install] = records.FetchedSource(a.source.sha256, str(path), a.source.origin)
     write_record(plan, records.ArtifactsRecord(files=fetched))
 

@@ -85,7 +85,11 @@ def test_board_needing_what_cannot_be_had_stops_naming_it(
     ("supply", "says"),
     [
         ("BOOT.BIN=/nonexistent/BOOT.BIN", "--supply BOOT.BIN=/nonexistent/BOOT.BIN: no such file"),
-        ("boot.bin={good}", "--supply boot.bin: board 'pynq-z2' takes no file named 'boot.bin'"),
+        (
+            "boot.bin={good}",
+            "--supply boot.bin: neither board 'pynq-z2' nor the recipes take a "
+            "file named 'boot.bin'",
+        ),
         ("BOOT.BIN", "expected FILE=PATH, got 'BOOT.BIN'"),
         ("BOOT.BIN={garbage}", "not a Zynq-7000 boot image (no boot header: the word at 0x20 is"),
         ("BOOT.BIN={corrupt}", "not a Zynq-7000 boot image (the header checksum at 0x48 is"),
@@ -134,8 +138,8 @@ def test_supply_to_a_board_that_takes_none(project: Path, tmp_path: Path) -> Non
     boot = zynq_boot_image(tmp_path / "BOOT.BIN")
     code, out = invoke(project, "build", "--board", "rpi4", "--supply", f"BOOT.BIN={boot}")
     assert code == 2
-    assert "board 'rpi4' takes no file named 'BOOT.BIN'" in out
-    assert "it takes no supplied files" in out
+    assert "neither board 'rpi4' nor the recipes take a file named 'BOOT.BIN'" in out
+    assert "they take none" in out
 
 
 def test_kernel_config_names_the_fragment_of_each_option(project: Path) -> None:

@@ -56,6 +56,12 @@ BPF_CHECKS = {
     f"test_libbpf_tool_sees_what_the_check_does[{H}-opensnoop]",
     f"test_bpftrace_kprobe_fires[{H}]",
     f"test_bpftool_lists_a_loaded_program[{H}]",
+    # bpf/fr: the in-kernel filter -> reduce on the read path (kernel/patches/0001)
+    f"test_fr_matches_python_for_each_filter_and_reduction[{H}]",
+    f"test_fr_int64_format_and_copy_mode[{H}]",
+    f"test_fr_concurrent_callers_get_their_own_answers[{H}]",
+    f"test_fr_bad_input_is_one_sentence_and_a_failure[{H}]",
+    f"test_fr_int64_extremes_and_overflow[{H}]",
 }
 CONTAINER_CHECKS = {
     f"test_cgroup_v2_is_mounted[{H}]",
@@ -74,6 +80,13 @@ SECURITY_CHECKS = {
     f"test_audit_rule_records_an_exec[{H}]",
     f"test_fail2ban_bans_an_address_that_fails_ssh_logins[{H}]",
 }
+# k3s's release files are not supplied in the suite (no archive it reaches has them): the image
+# is built without k3s, and its checks are reported as skipped, naming why
+K3S_NOT_RUN = {
+    f"test_k3s_check_config_passes_on_the_tuoba_kernel[{H}]",
+    f"test_k3s_node_becomes_ready[{H}]",
+    f"test_a_pod_runs_from_the_airgap_images[{H}]",
+}
 
 
 def expected_checks(manifest: dict[str, object]) -> set[str]:
@@ -81,7 +94,8 @@ def expected_checks(manifest: dict[str, object]) -> set[str]:
     requested = manifest["kernel"]["requested"]  # type: ignore[index]
     options = {f"test_option_in_running_kernel[{name}-{H}]" for name in requested}
     assert len(options) > 200  # the HCI fragments, not an empty list
-    return BASE_CHECKS | KERNEL_CHECKS | BPF_CHECKS | CONTAINER_CHECKS | SECURITY_CHECKS | options
+    return (BASE_CHECKS | KERNEL_CHECKS | BPF_CHECKS | CONTAINER_CHECKS | SECURITY_CHECKS
+            | options | K3S_NOT_RUN)  # fmt: skip
 
 
 class Project:
@@ -235,6 +249,12 @@ def test_guest_checks_pass_in_qemu(built: Project) -> None:
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     assert set(cases) == expected_checks(built.manifest())
     for name, case in cases.items():
+        if name in K3S_NOT_RUN:  # not run, and said why: never reported as passed
+            (skipped,) = case.findall("skipped")
+            assert "not run: recipe 'k3s' is not in this image: it needs k3s-arm64" in (
+                skipped.get("message") or ""
+            ), ET.tostring(case, encoding="unicode")
+            continue
         assert len(case) == 0, f"{name} did not pass: {ET.tostring(case, encoding='unicode')}"
     console = (built.out / "report.console.log").read_text(errors="replace")
     assert "tuoba-qemu login:" in console  # the serial console reached the login prompt

@@ -97,11 +97,8 @@ def command(
             supplies=tuple(pairs),
         )
     )
-    for name, origin in plan.left_out:
-        ui.warn(
-            f"recipe '{name}' ({origin}) has no stage-{plan.stage} form: this image is built "
-            "without it"
-        )
+    for name, origin, why in plan.left_out:
+        ui.warn(f"recipe '{name}' ({origin}) {why}: this image is built without it")
     if check:
         ui.info(
             f"valid: {plan.image_name} (board {plan.board.name}, stage {plan.stage}, recipes "
