@@ -92,6 +92,8 @@ HOST_HEADERS = {
     "/usr/include/python3.*/Python.h": "python3-dev",
     "/usr/lib/python3/dist-packages/elftools/__init__.py": "python3-pyelftools",
     "/usr/lib/python3/dist-packages/setuptools/__init__.py": "python3-setuptools",
+    # the test suite builds bpf/fr's loader for the host too (a kernel without its hook)
+    "/usr/include/bpf/libbpf.h": "libbpf-dev",
 }
 
 
