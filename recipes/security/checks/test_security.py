@@ -228,3 +228,34 @@ def test_fail2ban_bans_an_address_that_fails_ssh_logins(host: Any) -> None:
     )
     assert after.rc != 0 or "SSH-" not in after.stdout, "the banned address still reaches sshd"
     assert host.run("true").rc == 0  # our own connection was not banned
+
+
+AIDE = "aide --config /etc/aide/tuoba.conf"
+
+
+def test_aide_database_made_on_first_boot_reports_a_changed_file(host: Any) -> None:
+    """AIDE's database was made on this machine's first boot (not in the image); a check
+    against it reports nothing changed, then, after this check edits a file under /etc,
+    reports exactly that file as changed (exit status bit 4: changed entries)."""
+    res = host.run("timeout 900 sh -c 'until test -f /var/lib/aide/tuoba.db.gz; do sleep 5; done'")
+    assert res.rc == 0, host.run("journalctl -u tuoba-aide-init --no-pager | tail -30").stdout
+    assert host.service("tuoba-aide-init").is_enabled
+    made = int(host.run("stat -c %Y /var/lib/aide/tuoba.db.gz").stdout)
+    booted = int(float(host.run("cut -d' ' -f1 /proc/uptime").stdout))
+    now = int(host.run("date +%s").stdout)
+    assert made >= now - booted - 5, "the database is older than this boot: made at build time?"
+    clean = host.run(f"timeout 900 {AIDE} --check")
+    assert clean.rc == 0, clean.stdout[-3000:]
+    target = "/etc/tuoba-aide-check.conf"
+    host.run(f"echo before > {target}")  # (new since init: also reported, as 'added')
+    try:
+        host.run(f"timeout 900 {AIDE} --update && mv /var/lib/aide/tuoba.db.new.gz "
+                 "/var/lib/aide/tuoba.db.gz")  # fmt: skip
+        host.run(f"echo after > {target}")
+        res = host.run(f"timeout 900 {AIDE} --check")
+        assert res.rc & 4, f"exit {res.rc}, changed entries expected:\n{res.stdout[-3000:]}"
+        changed = [ln for ln in res.stdout.splitlines() if ln.startswith(("f ", "d ", "l "))]
+        assert any(target in ln for ln in changed), res.stdout[-3000:]
+        assert all(target in ln for ln in changed), f"other files changed too: {changed}"
+    finally:
+        host.run(f"rm -f {target}")
