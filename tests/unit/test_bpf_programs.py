@@ -167,3 +167,33 @@ def test_a_program_without_its_loader_source_is_refused(project: Path) -> None:
     with pytest.raises(InputError) as e:
         bpf.load_program(project, "fr")
     assert "bpf/fr/ has no tuoba-fr.c" in e.value.message
+
+
+def test_a_kernel_without_its_btf_file_is_named(project: Path, tmp_path: Path) -> None:
+    """A kernel cached by a tuoba that did not keep the BTF: the bpf step says which entry to
+    remove so that it is built again."""
+    kernel = tmp_path / "store" / "kernel" / "abc123" / "data"
+    kernel.mkdir(parents=True)
+    with pytest.raises(BuildError) as e:
+        bpf.build((bpf.load_program(project, "fr"),), kernel_dir=kernel, btf_file="vmlinux.btf",
+                  tree=tmp_path / "tree", arch="arm64", store=Store(tmp_path / "cache"),
+                  log=tmp_path / "log")  # fmt: skip
+    assert e.value.message.startswith(f"the kernel in {kernel} has no vmlinux.btf")
+    assert e.value.hint == "remove it so that it is built again: tuoba cache rm kernel/abc123"
+
+
+def test_a_tree_without_libbpf_is_named(project: Path, tmp_path: Path) -> None:
+    kernel = tmp_path / "kernel"
+    kernel.mkdir()
+    (kernel / "vmlinux.btf").write_bytes(b"\x9f\xeb")
+    with pytest.raises(BuildError) as e:
+        bpf.build((bpf.load_program(project, "fr"),), kernel_dir=kernel, btf_file="vmlinux.btf",
+                  tree=tmp_path / "tree", arch="arm64", store=Store(tmp_path / "cache"),
+                  log=tmp_path / "log")  # fmt: skip
+    assert "the root filesystem has no /usr/include/bpf/libbpf.h" in e.value.message
+    assert e.value.hint == "add libbpf-dev to the packages of the recipe that asks for the program"
+
+
+def test_no_programs_build_nothing(tmp_path: Path) -> None:
+    assert bpf.build((), kernel_dir=tmp_path, btf_file="x", tree=tmp_path, arch="arm64",
+                     store=Store(tmp_path / "cache"), log=tmp_path / "log") == {}  # fmt: skip
