@@ -91,6 +91,8 @@ class Plan:
     board_dts: tuple[Path, ...]  # those of them whose source is a board's own <name>.dts
     supplied: tuple[Supplied, ...]  # files the user supplied for the board's needs
     packages: tuple[str, ...]  # stage 1: Debian packages
+    # those of them installed from another suite of the release: package -> suite
+    suites: tuple[tuple[str, str], ...]
     builds: tuple[str, ...]  # stage 2: userland/ packages built by LLVM against musl
     overlays: tuple[Overlay, ...]
     artifacts: tuple[Artifact, ...]  # pinned files of the recipes' sources.yaml, for this arch
@@ -330,6 +332,29 @@ def _check_oci_images(
                 )
             out[image.name] = image
     return tuple(out.values())
+
+
+def _check_suites(
+    recipes: list[tuple[Recipe, Section]], docs: dict[str, Doc], stage: int
+) -> tuple[tuple[str, str], ...]:
+    """Packages the recipes take from another suite of the image's release (its mirror is the
+    release's own, from the host's apt configuration); one package from one suite."""
+    out: dict[str, str] = {}
+    for r, sec in recipes:
+        for suite, packages in sec.suites:
+            where = (f"stage{stage}", "suites", suite)
+            if not suite.startswith(f"{DEBIAN_RELEASE}-"):
+                raise docs[r.name].error(
+                    where,
+                    f"the image is Debian {DEBIAN_RELEASE}: suite '{suite}' is of another release",
+                    hint=f"name a suite of {DEBIAN_RELEASE}, like {DEBIAN_RELEASE}-backports",
+                )
+            for p in packages:
+                if out.setdefault(p, suite) != suite:
+                    raise docs[r.name].error(
+                        where, f"package {p} is asked for from {out[p]} and from {suite}"
+                    )
+    return tuple(out.items())
 
 
 def _check_programs(
@@ -641,6 +666,8 @@ def resolve(req: Request) -> Plan:
             packages += [board.kernel.package, "initramfs-tools"]
         packages += board.packages
     packages += [p for _, sec in recipes for p in sec.packages]
+    suites = _check_suites(recipes, docs, req.stage)
+    packages += [p for p, _ in suites]
     oci_images = _check_oci_images(recipes, docs, packages, req.stage)
     overlays = [Overlay(f"board:{board.name}", board.directory / "overlay",
                         f"boards/{board.name}/overlay")]  # fmt: skip
@@ -686,6 +713,7 @@ def resolve(req: Request) -> Plan:
         board_dts=board_dts,
         supplied=supplied,
         packages=tuple(dict.fromkeys(packages)),
+        suites=suites,
         builds=tuple(dict.fromkeys(b for _, sec in recipes for b in sec.builds)),
         overlays=tuple(overlays),
         artifacts=artifacts,

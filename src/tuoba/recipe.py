@@ -55,6 +55,9 @@ class Section:
     tests: tuple[str, ...] = ()
     oci_images: tuple[OciImage, ...] = ()  # container images made of its packages (stage 1)
     bpf: tuple[str, ...] = ()  # eBPF programs under bpf/ (stage 1)
+    # Debian packages from another suite of the image's release (stage 1), e.g.
+    # {bookworm-backports: [suricata]}: (suite, packages)
+    suites: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # Per-arch replacements of the fields above (`arch: {armhf: {packages: [...]}}`), for what
     # Debian does not build for every architecture.
     arch: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = ()
@@ -160,6 +163,26 @@ def _oci_image(doc: Doc, path: tuple[PathPart, ...], value: Any) -> OciImage:
     return OciImage(**v)
 
 
+_suite = matching(
+    r"[a-z]+-[a-z-]+",
+    "a suite of a Debian release",
+    hint="like bookworm-backports (the release, a dash and the suite)",
+    shown=60,
+    longest=64,
+)
+
+
+def _suites(
+    doc: Doc, path: tuple[PathPart, ...], value: Any
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    suites = mapping_of(doc, path, value, name_list)
+    for suite, packages in suites.items():
+        _suite(doc, (*path, suite), suite)
+        if not packages:
+            raise doc.error((*path, suite), f"no packages listed for {suite}")
+    return tuple(suites.items())
+
+
 # A recipe's own files: overlay/ for stage 1 (the default stage), overlay-s<N>/ for stage N.
 OWN_OVERLAY_SUFFIX = {1: ""}
 
@@ -174,6 +197,7 @@ SECTION_FIELDS: dict[int, list[Field]] = {
         TESTS,
         Field("oci_images", list_of(_oci_image), (), help="container images made of packages"),
         Field("bpf", name_list, (), help="eBPF programs under bpf/ built for the image"),
+        Field("suites", _suites, (), help="packages from another suite: {SUITE: [packages]}"),
     ],
     2: [
         Field("builds", name_list, (), help="packages under userland/ built by LLVM against musl"),

@@ -44,6 +44,8 @@ def inputs(plan: Plan) -> dict[str, Any]:
         "arch": plan.board.arch,
         "release": plan.release,
         "packages": sorted(plan.packages),
+        # (absent when none: earlier root filesystems stay valid)
+        **({"suites": sorted(plan.suites)} if plan.suites else {}),
         "mirrors": plan.mirrors,
         "security_mirrors": plan.security_mirrors,
     }
@@ -61,7 +63,10 @@ def rootfs_digest(plan: Plan, mkosi_version: str) -> str:
 
 
 def mkosi_conf(plan: Plan, output_dir: Path, workspace: Path) -> str:
-    packages = "\n".join(f"         {p}" for p in sorted(plan.packages))
+    suite = dict(plan.suites)
+    packages = "\n".join(
+        f"         {p}/{suite[p]}" if p in suite else f"         {p}" for p in sorted(plan.packages)
+    )
     skeleton = skeleton_dir(plan)
     skeleton_line = f"SkeletonTrees={skeleton}\n" if skeleton.is_dir() else ""
     return (
@@ -101,6 +106,13 @@ def apt_sources(plan: Plan) -> str:
         f"Suites: {plan.release} {plan.release}-updates\nComponents: main\n"
         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
     ]
+    extra = sorted({s for _, s in plan.suites})
+    if extra:  # packages asked for from these suites (named per package: apt's pkg/suite)
+        stanzas.append(
+            f"Types: deb\nURIs: {' '.join(plan.mirrors)}\n"
+            f"Suites: {' '.join(extra)}\nComponents: main\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        )
     if plan.security_mirrors:
         stanzas.append(
             f"Types: deb\nURIs: {' '.join(plan.security_mirrors)}\n"

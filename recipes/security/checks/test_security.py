@@ -259,3 +259,39 @@ def test_aide_database_made_on_first_boot_reports_a_changed_file(host: Any) -> N
         assert all(target in ln for ln in changed), f"other files changed too: {changed}"
     finally:
         host.run(f"rm -f {target}")
+
+
+# Runs in the guest: one UDP datagram to QEMU's host address, port 9 (discard), carrying the
+# payload TuobaOS's self-check rule (sid 9000001) matches, from a source port of its own.
+SEND_PROBE = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 0))
+s.sendto(b"tuoba-suricata-probe from a check", ("10.0.2.2", 9))
+print(s.getsockname()[1])
+"""
+
+
+def test_suricata_raises_an_alert_on_traffic_the_check_makes(host: Any) -> None:
+    """Suricata (from bookworm-backports) runs on the wired interface and raises TuobaOS's
+    self-check alert (sid 9000001) for the one datagram this check sends, from its port."""
+    assert host.package("suricata").version.endswith("~bpo12+1"), "not the backports build"
+    started = host.run(
+        'timeout 600 sh -c \'until grep -q "Engine started" /var/log/suricata/suricata.log '
+        "2>/dev/null; do sleep 5; done'"
+    )
+    assert started.rc == 0, host.run("journalctl -u suricata --no-pager | tail -40").stdout
+    assert host.service("suricata").is_running
+    port = int(host.run(f"python3 -c {shlex.quote(SEND_PROBE)}").stdout)
+    found = host.run(
+        'timeout 120 sh -c \'until grep -h "\\"signature_id\\":9000001" '
+        f'/var/log/suricata/eve.json | grep -q "\\"src_port\\":{port},"; do sleep 2; done\''
+    )
+    assert found.rc == 0, host.run("tail -5 /var/log/suricata/fast.log").stdout
+    line = host.run(
+        f"grep -h '\"signature_id\":9000001' /var/log/suricata/eve.json | "
+        f"grep '\"src_port\":{port},' | tail -n 1"
+    ).stdout
+    alert = json.loads(line)
+    assert alert["event_type"] == "alert" and alert["dest_port"] == 9, alert
+    assert alert["alert"]["signature"] == "TuobaOS: IDS self-check probe", alert
