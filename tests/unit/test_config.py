@@ -90,6 +90,10 @@ def test_a_bpf_program_needs_the_kernel_tuoba_builds(project: Path) -> None:
     board.write_text(
         board.read_text() + "kernel:\n  source: distro\n  package: linux-image-arm64\n"
     )
+    recipe = project / "recipes/bpf/recipe.yaml"
+    recipe.write_text(
+        recipe.read_text().replace("  tests: [bpf]\n", "  bpf: [fr]\n  tests: [bpf]\n")
+    )
     with pytest.raises(InputError) as e:
         resolve(request(project, recipes=("bpf",)))
     assert e.value.message.startswith("recipes/bpf/recipe.yaml:")
