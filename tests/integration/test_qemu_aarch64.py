@@ -56,6 +56,12 @@ BPF_CHECKS = {
     f"test_libbpf_tool_sees_what_the_check_does[{H}-opensnoop]",
     f"test_bpftrace_kprobe_fires[{H}]",
     f"test_bpftool_lists_a_loaded_program[{H}]",
+    # bpf/fr: the in-kernel filter -> reduce on the read path (kernel/patches/0001)
+    f"test_fr_matches_python_for_each_filter_and_reduction[{H}]",
+    f"test_fr_int64_format_and_copy_mode[{H}]",
+    f"test_fr_concurrent_callers_get_their_own_answers[{H}]",
+    f"test_fr_bad_input_is_one_sentence_and_a_failure[{H}]",
+    f"test_fr_int64_extremes_and_overflow[{H}]",
 }
 CONTAINER_CHECKS = {
     f"test_cgroup_v2_is_mounted[{H}]",

@@ -154,9 +154,9 @@ def test_the_armhf_image_gets_no_fr(project: Path, tmp_path: Path) -> None:
     ("edit", "message"),
     [
         (("loader: tuoba-fr", "loader: Tuoba FR"),
-         "bpf/fr/program.yaml:11 -> loader: 'Tuoba FR' is not a command name"),
+         "bpf/fr/program.yaml:6 -> loader: 'Tuoba FR' is not a command name"),
         (("arch: [arm64]", "arch: [mips]"),
-         "bpf/fr/program.yaml:15 -> arch[0]: unknown arch 'mips'"),
+         "bpf/fr/program.yaml:10 -> arch[0]: unknown arch 'mips'"),
         (("kernel_features: [bpf, readpath]", "kernel_features: [bpf, nope]"),
          "bpf/fr/program.yaml: kernel_features: unknown feature 'nope'"),
     ],
