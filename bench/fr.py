@@ -44,7 +44,7 @@ CASES = {
     "cat (read only)": f"cat {DATA} > /dev/null",
     "tuoba-fr (in kernel, no copy)": f"tuoba-fr {DATA} --filter 'gt 0' --reduce sum",
     "tuoba-fr --copy": f"tuoba-fr {DATA} --filter 'gt 0' --reduce sum --copy",
-    "awk": f"awk '$1 > 0 {{ s += $1 }} END {{ printf \"%d\\n\", s }}' {DATA}",
+    "awk": f"awk '$1 > 0 {{ s += $1 }} END {{ printf \"%.0f\\n\", s }}' {DATA}",
     "python3": f"python3 -c \"print(sum(v for v in map(int, open('{DATA}')) if v > 0))\"",
 }
 
