@@ -15,11 +15,29 @@ from typing import Any
 
 import pytest
 
+from tuoba.plan import Request
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PARTS = (
     "boards", "recipes", "kernel", "overlays", "host", "userland", "release", "tests/image", "bpf",
     "SConstruct",
 )  # fmt: skip
+
+
+def plan_request(project: Path, **kw: object) -> Request:
+    """A build request for resolving plans in tests: qemu-aarch64, stage 1, recipe base, a
+    mirror that is never contacted; `kw` replaces any field."""
+    base = dict(
+        board="qemu-aarch64",
+        recipes=("base",),
+        stage=1,
+        data_dir=str(project),
+        out_dir=str(project / "out"),
+        cache_dir=str(project / "cache"),
+        mirror="http://127.0.0.1:9/debian",
+    )
+    base.update(kw)
+    return Request(**base)  # type: ignore[arg-type]
 
 
 def copy_project(dest: Path) -> Path:

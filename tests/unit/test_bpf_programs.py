@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import zynq_boot_image
+from tests.conftest import plan_request, zynq_boot_image
 from tuoba import bpf, kbuild
 from tuoba.cache import Store
 from tuoba.errors import BuildError, InputError
@@ -27,17 +27,7 @@ def ask_for_fr(project: Path) -> None:
 
 def request(project: Path, **kw: object) -> Request:
     ask_for_fr(Path(str(project)))
-    base = dict(
-        board="qemu-aarch64",
-        recipes=("bpf",),
-        stage=1,
-        data_dir=str(project),
-        out_dir=str(project / "out"),
-        cache_dir=str(project / "cache"),
-        mirror="http://127.0.0.1:9/debian",
-    )
-    base.update(kw)
-    return Request(**base)  # type: ignore[arg-type]
+    return plan_request(project, **{"recipes": ("bpf",), **kw})
 
 
 def test_the_patches_are_part_of_the_kernel_source_id(project: Path) -> None:

@@ -4,25 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import zynq_boot_image
+from tests.conftest import plan_request, zynq_boot_image
 from tuoba.board import load_board
 from tuoba.config import load_yaml
 from tuoba.errors import InputError
-from tuoba.plan import Request, resolve
+from tuoba.plan import resolve
 
-
-def request(project: Path, **kw: object) -> Request:
-    base = dict(
-        board="qemu-aarch64",
-        recipes=("base",),
-        stage=1,
-        data_dir=str(project),
-        out_dir=str(project / "out"),
-        cache_dir=str(project / "cache"),
-        mirror="http://127.0.0.1:9/debian",
-    )
-    base.update(kw)
-    return Request(**base)  # type: ignore[arg-type]
+request = plan_request
 
 
 def test_default_board_resolves(project: Path) -> None:

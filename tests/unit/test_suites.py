@@ -8,23 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import plan_request
 from tuoba import rootfs
 from tuoba.errors import InputError
 from tuoba.plan import Request, resolve
 
 
 def request(project: Path, **kw: object) -> Request:
-    base = dict(
-        board="qemu-aarch64",
-        recipes=("security",),
-        stage=1,
-        data_dir=str(project),
-        out_dir=str(project / "out"),
-        cache_dir=str(project / "cache"),
-        mirror="http://127.0.0.1:9/debian",
-    )
-    base.update(kw)
-    return Request(**base)  # type: ignore[arg-type]
+    return plan_request(project, **{"recipes": ("security",), **kw})
 
 
 def test_backports_packages_are_asked_for_by_suite(project: Path, tmp_path: Path) -> None:

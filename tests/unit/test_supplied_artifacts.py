@@ -10,25 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import plan_request
 from tuoba.errors import InputError
-from tuoba.plan import Request, resolve
+from tuoba.plan import resolve
 
 BINARY = "k3s-arm64"
 SHA = "e1704d6dd74332acc8c398d36987663c7d559144b8ce789a83fd0ff1cb40cbaa"
 
 
-def request(project: Path, **kw: object) -> Request:
-    base = dict(
-        board="qemu-aarch64",
-        recipes=("base",),
-        stage=1,
-        data_dir=str(project),
-        out_dir=str(project / "out"),
-        cache_dir=str(project / "cache"),
-        mirror="http://127.0.0.1:9/debian",
-    )
-    base.update(kw)
-    return Request(**base)  # type: ignore[arg-type]
+request = plan_request
 
 
 def pin(project: Path, data: bytes) -> None:
