@@ -77,6 +77,36 @@ def layout(spec: ImageSpec, seed: str) -> list[PlacedPartition]:
     return placed
 
 
+def tree_bytes(tree: Path) -> int:
+    """The disk space the files under `tree` take: allocated blocks, a hard-linked file once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in (*dirnames, *filenames):
+            st = os.lstat(os.path.join(dirpath, name))
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total
+
+
+def ext4_room(tree: int) -> int:
+    """A root partition that holds a tree of `tree` bytes as ext4, with room to spare: the
+    filesystem's own metadata (inode tables, journal) and a first boot's writes."""
+    return -(-(tree + tree // 5 + (256 << 20)) // ALIGN) * ALIGN
+
+
+def grown_size(spec: ImageSpec, root: PlacedPartition, room: int) -> int:
+    """The image size (the board's, doubled until it fits: SD cards and QEMU's raspi machines
+    take powers of two) whose root partition, taking the rest of the disk, has `room` bytes."""
+    size = spec.size
+    while size - spec.size + root.size < room:
+        size *= 2
+    return size
+
+
 def sfdisk_script(table: str, parts: list[PlacedPartition], seed: str) -> str:
     lines = [f"label: {'gpt' if table == 'gpt' else 'dos'}", "unit: sectors"]
     if table == "gpt":

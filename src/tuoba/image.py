@@ -15,12 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuoba import bootloader, disk, oci, overlay, publish, run, sbom, sources, ui
+from tuoba import bootloader, disk, kbuild, oci, overlay, publish, run, sbom, sources, ui
+from tuoba.board import ImageSpec
 from tuoba.digest import digest
 from tuoba.errors import BuildError
 from tuoba.manifest import Manifest
 from tuoba.plan import Plan
-from tuoba.recipe import Artifact
+from tuoba.recipe import KERNEL_FILES, Artifact
 from tuoba.records import (
     ArtifactsRecord,
     BpfRecord,
@@ -95,7 +96,7 @@ def _compose(plan: Plan, made: Made, audit: Audit, fstab_line: FstabLine, log: P
     audited = audit(staging)
     licences = sbom.debian_licences(staging)  # (for the SBOMs: the copyright files are here)
 
-    spec = plan.board.image
+    spec, parts = fit_root(plan, staging, parts, seed)
     with ui.step(f"Writing {img.name} ({spec.size >> 20} MiB, {spec.table})"):
         filesystems = make_filesystems(plan, staging, parts, loader, kernel, cmdline, log)
         shutil.rmtree(staging)
@@ -196,6 +197,7 @@ def stage_tree(
         shutil.copytree(kernel.modules, staging / "usr/lib/modules" / kernel.version, symlinks=True)
     install_artifacts(staging, plan.artifacts, made.artifacts, made.overlays)
     install_programs(staging, made.bpf, made.overlays)
+    install_kernel_files(staging, plan.kernel_files, kernel, made.overlays)
     overlay.apply_overlay(Path(made.overlays.tree), staging)
     write_oci_images(plan, staging, made.overlays)
     write_fstab(staging, parts, fstab_line)
@@ -265,6 +267,41 @@ def install_programs(root: Path, built: BpfRecord, overlays: OverlayRecord) -> N
             dest.chmod(mode)
 
 
+def install_kernel_files(
+    root: Path, names: tuple[str, ...], kernel: KernelRecord, overlays: OverlayRecord
+) -> None:
+    """The built kernel's files the recipes keep (recipe.KERNEL_FILES), from its cache entry;
+    as for pinned files, an overlay file at their path or a symbolic link on the way is
+    refused."""
+    entry = {"image": kernel.image or "", "debug-info": kbuild.DEBUG_FILE}
+    for name in names:
+        install = KERNEL_FILES[name].format(release=kernel.version)
+        rel = install.lstrip("/")
+        if rel in overlays.files:
+            raise BuildError(
+                f"{install} is both the kernel's {name} and an overlay file",
+                hint="drop the overlay's file",
+            )
+        if (parent := linked_parent(root, rel)) is not None:
+            raise BuildError(
+                f"{install}: /{parent} is a symbolic link in the image, so the kernel's "
+                f"{name} is not put there",
+                hint=f"an overlay must not replace /{parent} with a link",
+            )
+        src = kernel.built / entry[name]
+        if not src.is_file():
+            ref = f"kernel/{(kernel.config_digest or '')[:12]}"
+            raise BuildError(
+                f"the cached kernel {kernel.dir} has no {entry[name]}",
+                hint=f"remove the entry (tuoba cache rm {ref}) so the kernel is built again",
+            )
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)
+        shutil.copyfile(src, dest)
+        dest.chmod(0o644)
+
+
 def linked_parent(root: Path, rel: str) -> Path | None:
     """The first directory on the way to `rel` (relative to root) that is a symbolic link in
     the tree, if one is: writing through it could leave the image's tree."""
@@ -289,6 +326,36 @@ def write_oci_images(plan: Plan, root: Path, overlays: OverlayRecord) -> None:
             hint=f"an overlay must not replace /{parent} with a link",
         )
     oci.write_images(root, plan.oci_images, plan.board.arch)
+
+
+def fit_root(
+    plan: Plan, staging: Path, parts: list[disk.PlacedPartition], seed: str
+) -> tuple[ImageSpec, list[disk.PlacedPartition]]:
+    """The image's layout, grown when the staged root tree does not fit the board's size:
+    image.size is the smallest image made, and a root partition that takes the rest of the
+    disk grows with it (doubling, as cards come). Partition and filesystem UUIDs stay the
+    same (they come from the seed), so the command line and fstab already written hold."""
+    spec = plan.board.image
+    root = next(p for p in parts if p.mountpoint == "/")
+    tree = disk.tree_bytes(staging)
+    room = disk.ext4_room(tree)
+    if root.size >= room:
+        return spec, parts
+    where = f"boards/{plan.board.name}/board.yaml"
+    if spec.root.size is not None or spec.partitions[-1] != spec.root:
+        raise BuildError(
+            f"the root tree takes {tree >> 20} MiB, and board {plan.board.name}'s root "
+            f"partition of {root.size >> 20} MiB cannot hold it with room to spare "
+            f"({room >> 20} MiB)",
+            hint=f"give the root partition more (image: partitions: in {where}), or make it "
+            "the last one, without a size, so it grows with the image",
+        )
+    grown = dataclasses.replace(spec, size=disk.grown_size(spec, root, room))
+    ui.info(
+        f"  the root tree takes {tree >> 20} MiB: the image is {grown.size >> 20} MiB, not "
+        f"{spec.size >> 20} (image: size: in {where} is the smallest it is made)"
+    )
+    return grown, disk.layout(grown, seed)
 
 
 def make_filesystems(

@@ -34,6 +34,10 @@ from tuoba.kernel import Feature, Option, describe_missing, missing_options, par
 # pahole: without it Kconfig silently drops DEBUG_INFO_BTF; the others build host programs.
 BUILD_TOOLS = ("make", "clang", "ld.lld", "llvm-objcopy", "pahole", "flex", "bison", "bc", "patch")
 BTF_FILE = "vmlinux.btf"  # in a kernel's cache entry: its raw BTF (CONFIG_DEBUG_INFO_BTF)
+DEBUG_FILE = "vmlinux.debug"  # … and its vmlinux, debug sections compressed (for drgn, perf)
+# What a kernel entry holds, as part of its key: 2 added DEBUG_FILE (an entry made before
+# lacks it, so it is not reused; the kept build directory makes the rebuild incremental).
+ENTRY_LAYOUT = 2
 MIN_CLANG = 14  # Linux 6.1 supports clang >= 11; 14 is what this project is tested with
 
 
@@ -390,7 +394,7 @@ def build_kernel(
     _, clang = clang_version()
     text, requested = merged_fragment(fragments)
     inputs: dict[str, Any] = {"src": source_id, "arch": arch, "config": text, "clang": clang,
-                              "dtbs": dtbs}  # fmt: skip
+                              "dtbs": dtbs, "entry": ENTRY_LAYOUT}  # fmt: skip
     if board_dts:  # (absent from the key when there are none: earlier builds stay valid)
         inputs["board_dts"] = {p.name: sources.sha256_file(p) for p in board_dts}
     key = digest(inputs)
@@ -494,6 +498,10 @@ def _collect(
     # programs are compiled against a vmlinux.h made of it.
     run.run(["llvm-objcopy", "-O", "binary", "--only-section=.BTF", str(build / "vmlinux"),
              str(tmp / BTF_FILE)], log=log)  # fmt: skip
+    # The whole vmlinux with its DWARF, compressed (drgn and perf read zlib sections): the
+    # image keeps it where debuggers look when a recipe asks (kernel_files: [debug-info]).
+    run.run(["llvm-objcopy", "--compress-debug-sections=zlib", str(build / "vmlinux"),
+             str(tmp / DEBUG_FILE)], log=log)  # fmt: skip
     dtb_dir = tmp / "dtbs"
     dtb_dir.mkdir()
     for d in dtbs:

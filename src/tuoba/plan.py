@@ -103,6 +103,7 @@ class Plan:
     not_run: tuple[tuple[str, str], ...]
     oci_images: tuple[OciImage, ...]  # container images made of the image's packages
     bpf_programs: tuple[bpf.Program, ...]  # bpf/ programs built for the image (the bpf step)
+    kernel_files: tuple[str, ...]  # the built kernel's files the image keeps (recipe.KERNEL_FILES)
     release: str
     mirrors: tuple[str, ...]
     security_mirrors: tuple[str, ...]
@@ -185,6 +186,7 @@ class Plan:
                 else {}
             ),
             **({"bpf": [p.name for p in self.bpf_programs]} if self.bpf_programs else {}),
+            **({"kernel_files": self.kernel_files} if self.kernel_files else {}),
         }
 
 
@@ -355,6 +357,28 @@ def _check_suites(
                         where, f"package {p} is asked for from {out[p]} and from {suite}"
                     )
     return tuple(out.items())
+
+
+def _check_kernel_files(
+    board: Board,
+    recipes: list[tuple[Recipe, Section]],
+    docs: dict[str, Doc],
+    stage: int,
+) -> tuple[str, ...]:
+    """The kernel's files the recipes keep in the image: only a kernel tuoba builds has them
+    (a Debian kernel's image is in /boot already; its debug info is a package of its own)."""
+    wanted: dict[str, None] = {}
+    for r, sec in recipes:
+        for i, name in enumerate(sec.kernel_files):
+            if board.kernel.source != "tuoba":
+                raise docs[r.name].error(
+                    (f"stage{stage}", "kernel_files", i),
+                    f"board {board.name} boots Debian's kernel, so its '{name}' is not built here",
+                    hint="install the kernel's files through packages (e.g. its -dbg package), "
+                    "or use a board whose kernel tuoba builds",
+                )
+            wanted[name] = None
+    return tuple(wanted)
 
 
 def _check_programs(
@@ -720,6 +744,7 @@ def resolve(req: Request) -> Plan:
         services=tuple(dict.fromkeys(s for _, sec in recipes for s in sec.services)),
         oci_images=oci_images,
         bpf_programs=programs,
+        kernel_files=_check_kernel_files(board, recipes, docs, req.stage),
         tests=tuple(
             dict.fromkeys(
                 [

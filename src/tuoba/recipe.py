@@ -58,6 +58,8 @@ class Section:
     # Debian packages from another suite of the image's release (stage 1), e.g.
     # {bookworm-backports: [suricata]}: (suite, packages)
     suites: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Files of the kernel tuoba builds that the image keeps (stage 1): KERNEL_FILES' names
+    kernel_files: tuple[str, ...] = ()
     # Per-arch replacements of the fields above (`arch: {armhf: {packages: [...]}}`), for what
     # Debian does not build for every architecture.
     arch: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = ()
@@ -172,6 +174,27 @@ _suite = matching(
 )
 
 
+# The kernel's own files a recipe can ask the image to keep, and where they go ({release} is
+# the kernel's release, uname -r): its boot image (a nested guest's kernel, kexec) and its
+# vmlinux with the debug info (compressed), where drgn, perf and crash look for it.
+KERNEL_FILES = {
+    "image": "/boot/vmlinuz-{release}",
+    "debug-info": "/usr/lib/debug/lib/modules/{release}/vmlinux",
+}
+
+
+def _kernel_files(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ...]:
+    names = name_list(doc, path, value)
+    for i, n in enumerate(names):
+        if n not in KERNEL_FILES:
+            raise doc.error(
+                (*path, i),
+                f"unknown kernel file '{n}'",
+                hint=f"known: {', '.join(KERNEL_FILES)}",
+            )
+    return names
+
+
 def _suites(
     doc: Doc, path: tuple[PathPart, ...], value: Any
 ) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -198,6 +221,7 @@ SECTION_FIELDS: dict[int, list[Field]] = {
         Field("oci_images", list_of(_oci_image), (), help="container images made of packages"),
         Field("bpf", name_list, (), help="eBPF programs under bpf/ built for the image"),
         Field("suites", _suites, (), help="packages from another suite: {SUITE: [packages]}"),
+        Field("kernel_files", _kernel_files, (), help="the kernel's files the image keeps"),
     ],
     2: [
         Field("builds", name_list, (), help="packages under userland/ built by LLVM against musl"),

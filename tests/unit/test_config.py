@@ -19,7 +19,9 @@ def test_default_board_resolves(project: Path) -> None:
     assert "openssh-server" in plan.packages
     assert "bpftrace" in plan.packages  # the board's default recipes come in
     assert "linux-image-arm64" not in plan.packages  # the kernel is built here
-    assert [r.name for r in plan.recipes] == ["base", "tuoba", "bpf", "containers", "security"]
+    assert [r.name for r in plan.recipes] == [
+        "base", "tuoba", "bpf", "containers", "security", "virt", "devtools"
+    ]  # fmt: skip
     assert [i.name for i in plan.oci_images] == ["localhost/tuoba/busybox:latest"]
     assert [f.name for f in plan.features][:3] == ["bpf", "readpath", "kvm"]
     # one arm64 kernel serves every arm64 board: all their platform fragments, by board name

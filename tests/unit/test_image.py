@@ -101,3 +101,51 @@ def test_an_artifact_behind_a_symlink_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="/var/run is a symbolic link in the image"):
         install_artifacts(tmp_path, (a,), rec, OverlayRecord(files={}, tree=""))
     assert not Path("/run/k3s").exists()
+
+
+def test_an_image_grows_to_hold_its_root_tree(project: Path, tmp_path: Path) -> None:
+    """image.size is the smallest image made: a root tree that does not fit with room to spare
+    doubles the image (cards come in powers of two), the root partition taking the rest, the
+    UUIDs unchanged; a tree that fits keeps the board's size."""
+    from tests.conftest import plan_request
+    from tuoba.image import fit_root
+    from tuoba.plan import resolve
+
+    board = project / "boards/qemu-aarch64/board.yaml"
+    board.write_text(board.read_text().replace("size: 2G", "size: 300M"))
+    plan = resolve(plan_request(project))
+    parts = layout(plan.board.image, "seed")
+    tree = tmp_path / "tree"
+    (tree / "usr").mkdir(parents=True)
+    (tree / "usr/small").write_bytes(b"x" * 4096)
+    assert fit_root(plan, tree, parts, "seed") == (plan.board.image, parts)
+
+    (tree / "usr/big").write_bytes(b"\1" * (64 << 20))  # 64 MiB + 256 MiB to spare > 298 MiB
+    (tree / "usr/big-link").hardlink_to(tree / "usr/big")  # (counted once)
+    spec, grown = fit_root(plan, tree, parts, "seed")
+    assert spec.size == 600 << 20
+    root = grown[-1]
+    assert root.size == (600 - 2) << 20 and root.uuid == parts[-1].uuid
+    assert root.fs_uuid == parts[-1].fs_uuid
+
+
+def test_a_root_partition_of_fixed_size_that_is_too_small_is_an_error(
+    project: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import plan_request
+    from tuoba.image import fit_root
+    from tuoba.plan import resolve
+
+    board = project / "boards/qemu-aarch64/board.yaml"
+    text = board.read_text().replace(
+        "      mountpoint: /\n", "      mountpoint: /\n      size: 200M\n"
+    )
+    board.write_text(text)
+    plan = resolve(plan_request(project))
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "big").write_bytes(b"\1" * (8 << 20))
+    with pytest.raises(BuildError) as e:
+        fit_root(plan, tree, layout(plan.board.image, "seed"), "seed")
+    assert "board qemu-aarch64's root partition of 200 MiB cannot hold it" in e.value.message
+    assert "boards/qemu-aarch64/board.yaml" in (e.value.hint or "")

@@ -34,7 +34,9 @@ def test_stage2_plan_builds_from_source_and_installs_no_debian_package(project: 
 def test_stage1_plan_keeps_its_own_sections(project: Path) -> None:
     plan = resolve(request(project, stage=1))
     assert plan.builds == ()
-    assert [o.name for o in plan.overlays] == ["common", "base", "containers", "security"]
+    assert [o.name for o in plan.overlays] == [
+        "common", "base", "containers", "security", "virt", "devtools"
+    ]  # fmt: skip
     assert "ssh" in plan.services
 
 
@@ -57,6 +59,8 @@ def test_board_default_without_stage2_form_is_left_out_and_named(project: Path) 
     assert plan.left_out == (
         ("containers", "included by recipe 'tuoba'", "has no stage-2 form"),
         ("security", "included by recipe 'tuoba'", "has no stage-2 form"),
+        ("virt", "included by recipe 'tuoba'", "has no stage-2 form"),
+        ("devtools", "included by recipe 'tuoba'", "has no stage-2 form"),
         ("k3s", "included by recipe 'tuoba'", "has no stage-2 form"),
     )
     assert "containers" not in [r.name for r in plan.recipes]
@@ -166,7 +170,9 @@ def test_audit_table_for_clean_files(tmp_path: Path) -> None:
 
 def test_an_umbrella_recipe_brings_in_its_includes(project: Path) -> None:
     plan = resolve(request(project, recipes=("base", "tuoba")))
-    assert [r.name for r in plan.recipes] == ["base", "tuoba", "bpf", "containers", "security"]
+    assert [r.name for r in plan.recipes] == [
+        "base", "tuoba", "bpf", "containers", "security", "virt", "devtools"
+    ]  # fmt: skip
     # k3s's release files are supplied by the user: without them the image has no k3s
     assert [n for n, _, _ in plan.left_out] == ["k3s"]
 
