@@ -35,7 +35,7 @@ from bench import (
 
 from tuoba.plan import image_name
 
-STACKS = ["bpf", "containers", "security", "tuoba"]
+STACKS = ["bpf", "containers", "security", "virt", "devtools", "tuoba"]
 MIB = 1 << 20
 HOME_CACHE = Path.home() / ".cache" / "tuoba"
 

@@ -209,85 +209,66 @@ def stage_tree(
     return staging
 
 
+def place_file(
+    root: Path, install: str, src: Path, mode: int, what: str, overlays: OverlayRecord, hint: str
+) -> None:
+    """Copy `src` to `install` in the image's tree, as `what` (for messages). An overlay file at
+    the same path would silently replace it: that is refused (`hint` says how to settle it), as
+    is a path through a symbolic link (it could lead out of the image's tree) and a directory
+    in the way."""
+    rel = install.lstrip("/")
+    if rel in overlays.files:
+        raise BuildError(f"{install} is both {what} and an overlay file", hint=hint)
+    if (parent := linked_parent(root, rel)) is not None:
+        raise BuildError(
+            f"{install}: /{parent} is a symbolic link in the image "
+            f"(-> {(root / parent).readlink()}), so {what} is not put there",
+            hint=f"put it at the path the link points to (an overlay must not replace /{parent} "
+            "with a link)",
+        )
+    dest = root / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir() and not dest.is_symlink():
+        raise BuildError(
+            f"{install} is a directory in the image: {what} cannot go there",
+            hint="give the file's own path, not its directory's",
+        )
+    dest.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write
+    shutil.copyfile(src, dest)
+    dest.chmod(mode)
+
+
 def install_artifacts(
     root: Path, artifacts: tuple[Artifact, ...], fetched: ArtifactsRecord, overlays: OverlayRecord
 ) -> None:
-    """The recipes' pinned files (sources.yaml), copied from the cache to their paths. An
-    overlay file at the same path would silently replace one: that is refused, as is a path
-    that goes through a symbolic link (it could lead out of the image's tree)."""
+    """The recipes' pinned files (sources.yaml), copied from the cache to their paths."""
     for a in artifacts:
-        rel = a.install.lstrip("/")
-        if rel in overlays.files:
-            raise BuildError(
-                f"{a.install} is both a pinned file ({a.source.name}) and an overlay file",
-                hint="drop one of them: the recipe's sources.yaml or the overlay's file",
-            )
-        dest = root / rel
-        if (parent := linked_parent(root, rel)) is not None:
-            raise BuildError(
-                f"{a.install}: /{parent} is a symbolic link in the image "
-                f"(-> {(root / parent).readlink()}), so {a.source.name} is not put there",
-                hint="install it at the path the link points to",
-            )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.is_dir() and not dest.is_symlink():
-            raise BuildError(
-                f"{a.install} is a directory in the image: {a.source.name} cannot go there",
-                hint="give the file's own path as its install: in the recipe's sources.yaml",
-            )
-        dest.unlink(missing_ok=True)  # hard-linked from the rootfs cache: replace, never write
-        shutil.copyfile(fetched.files[a.install].path, dest)
-        dest.chmod(a.mode)
+        place_file(
+            root, a.install, Path(fetched.files[a.install].path), a.mode,
+            f"a pinned file ({a.source.name})", overlays,
+            "drop one of them: the recipe's sources.yaml or the overlay's file",
+        )  # fmt: skip
 
 
 def install_programs(root: Path, built: BpfRecord, overlays: OverlayRecord) -> None:
-    """The bpf/ programs' loaders (in /usr/bin) and objects; an overlay file at one of their
-    paths is refused, as is a path through a symbolic link."""
+    """The bpf/ programs' loaders (in /usr/bin) and objects."""
     for name, p in built.programs.items():
         for src, install, mode in (
             (p.loader, p.install, 0o755),
             (p.object, p.object_install, 0o644),
         ):
-            rel = install.lstrip("/")
-            if rel in overlays.files:
-                raise BuildError(
-                    f"{install} is both bpf/{name}'s and an overlay file",
-                    hint="drop the overlay's file or rename the program's loader",
-                )
-            if (parent := linked_parent(root, rel)) is not None:
-                raise BuildError(
-                    f"{install}: /{parent} is a symbolic link in the image, so bpf/{name} is "
-                    "not put there",
-                    hint=f"an overlay must not replace /{parent} with a link",
-                )
-            dest = root / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.unlink(missing_ok=True)  # (hard-linked from the rootfs cache: replace it)
-            shutil.copyfile(src, dest)
-            dest.chmod(mode)
+            place_file(
+                root, install, Path(src), mode, f"bpf/{name}'s file", overlays,
+                "drop the overlay's file or rename the program's loader",
+            )  # fmt: skip
 
 
 def install_kernel_files(
     root: Path, names: tuple[str, ...], kernel: KernelRecord, overlays: OverlayRecord
 ) -> None:
-    """The built kernel's files the recipes keep (recipe.KERNEL_FILES), from its cache entry;
-    as for pinned files, an overlay file at their path or a symbolic link on the way is
-    refused."""
+    """The built kernel's files the recipes keep (recipe.KERNEL_FILES), from its cache entry."""
     entry = {"image": kernel.image or "", "debug-info": kbuild.DEBUG_FILE}
     for name in names:
-        install = KERNEL_FILES[name].format(release=kernel.version)
-        rel = install.lstrip("/")
-        if rel in overlays.files:
-            raise BuildError(
-                f"{install} is both the kernel's {name} and an overlay file",
-                hint="drop the overlay's file",
-            )
-        if (parent := linked_parent(root, rel)) is not None:
-            raise BuildError(
-                f"{install}: /{parent} is a symbolic link in the image, so the kernel's "
-                f"{name} is not put there",
-                hint=f"an overlay must not replace /{parent} with a link",
-            )
         src = kernel.built / entry[name]
         if not src.is_file():
             ref = f"kernel/{(kernel.config_digest or '')[:12]}"
@@ -295,11 +276,9 @@ def install_kernel_files(
                 f"the cached kernel {kernel.dir} has no {entry[name]}",
                 hint=f"remove the entry (tuoba cache rm {ref}) so the kernel is built again",
             )
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.unlink(missing_ok=True)
-        shutil.copyfile(src, dest)
-        dest.chmod(0o644)
+        install = KERNEL_FILES[name].format(release=kernel.version)
+        place_file(root, install, src, 0o644, f"the kernel's {name}", overlays,
+                   "drop the overlay's file")  # fmt: skip
 
 
 def linked_parent(root: Path, rel: str) -> Path | None:
