@@ -17,16 +17,7 @@ from tuoba.plan import Request, resolve
 PATCH = "kernel/patches/0001-iov_iter-copyout-visible-to-bpf.patch"
 
 
-def ask_for_fr(project: Path) -> None:
-    """The bpf recipe as it asks for bpf/fr (it does not yet: see bpf/fr/program.yaml)."""
-    recipe = project / "recipes/bpf/recipe.yaml"
-    text = recipe.read_text()
-    if "  bpf: [fr" not in text:
-        recipe.write_text(text.replace("  tests: [bpf]\n", "  bpf: [fr]\n  tests: [bpf]\n", 1))
-
-
 def request(project: Path, **kw: object) -> Request:
-    ask_for_fr(Path(str(project)))
     return plan_request(project, **{"recipes": ("bpf",), **kw})
 
 
@@ -95,17 +86,23 @@ def test_the_fr_program_is_read(project: Path) -> None:
     assert {"fr.bpf.c", "tuoba-fr.c", "fr.h", "program.yaml"} <= {f.name for f in prog.files()}
 
 
-def test_a_plan_with_bpf_builds_fr_and_asserts_its_features(project: Path) -> None:
+def test_the_iolat_program_is_read(project: Path) -> None:
+    prog = bpf.load_program(project, "iolat")
+    assert prog.loader == "tuoba-iolat" and prog.kernel_symbols == ()
+    assert prog.kernel_features == ("bpf", "containers")  # (BLK_CGROUP: bios carry a blkcg)
+    assert {"iolat.bpf.c", "tuoba-iolat.c", "iolat.h"} <= {f.name for f in prog.files()}
+
+
+def test_a_plan_with_bpf_builds_its_programs_and_asserts_their_features(project: Path) -> None:
     plan = resolve(request(project))
-    assert [p.name for p in plan.bpf_programs] == ["fr"]
-    assert "readpath" in [f.name for f in plan.features]
-    assert plan.image_inputs()["bpf"] == ["fr"]
+    assert [p.name for p in plan.bpf_programs] == ["fr", "iolat"]
+    assert {"readpath", "containers"} <= {f.name for f in plan.features}
+    assert plan.image_inputs()["bpf"] == ["fr", "iolat"]
 
 
 def test_an_unknown_program_is_located(project: Path) -> None:
-    ask_for_fr(project)
     recipe = project / "recipes/bpf/recipe.yaml"
-    recipe.write_text(recipe.read_text().replace("bpf: [fr]", "bpf: [fr, nope]"))
+    recipe.write_text(recipe.read_text().replace("bpf: [fr, iolat]", "bpf: [fr, nope]"))
     with pytest.raises(InputError) as e:
         resolve(request(project))
     assert e.value.message.startswith("recipes/bpf/recipe.yaml:")
