@@ -85,14 +85,14 @@ int main(void) { tuoba_crash_here(NULL); return 0; }
 
 @pytest.fixture
 def work(host: Any, request: pytest.FixtureRequest) -> Iterator[str]:
-    path = f"/tmp/devtools-{request.node.name}"
+    path = f"/tmp/devtools-{request.node.originalname}"
     host.run(f"rm -rf {path} && mkdir -p {path}")
     yield path
     host.run(f"rm -rf {path}")
 
 
 def put(host: Any, path: str, text: str) -> None:
-    host.check_output(f"printf '%s' {shlex.quote(text)} > {path}")
+    host.check_output(f"mkdir -p $(dirname {path}) && printf '%s' {shlex.quote(text)} > {path}")
 
 
 def ok(host: Any, command: str, limit: int = 600) -> str:
@@ -109,7 +109,7 @@ def test_cc_is_clang_linking_with_lld(host: Any, work: str) -> None:
     ok(host, f"cd {work} && cc -O2 -o sum sum.c")
     assert ok(host, f"{work}/sum").strip() == "sum of squares 338350"
     comment = ok(host, f"readelf -p .comment {work}/sum")
-    assert "Linker: LLD" in comment, comment
+    assert re.search(r"Linker: (Debian )?LLD", comment), comment
 
 
 def test_cxx_program_builds_and_runs(host: Any, work: str) -> None:
@@ -150,16 +150,15 @@ def test_perf_counts_the_page_faults_a_program_causes(host: Any, work: str) -> N
     assert PAGES <= faults < PAGES + 1000, out
 
 
-def test_drgn_reads_the_live_kernel(host: Any) -> None:
+def test_drgn_reads_the_live_kernel(host: Any, work: str) -> None:
     """drgn, with the vmlinux the image keeps, reads init_task's name and the release string
     from the running kernel's memory."""
     release = host.check_output("uname -r")
     assert host.file(f"/usr/lib/debug/lib/modules/{release}/vmlinux").exists
-    script = (
-        "print(prog['init_task'].comm.string_().decode()); "
-        "print(prog['init_uts_ns'].name.release.string_().decode())"
-    )
-    out = ok(host, f"drgn -q -e {shlex.quote(script)}")
+    put(host, f"{work}/live.py",
+        "print(prog['init_task'].comm.string_().decode())\n"
+        "print(prog['init_uts_ns'].name.release.string_().decode())\n")  # fmt: skip
+    out = ok(host, f"drgn -q {work}/live.py")
     assert out.split() == ["swapper/0", release], out
 
 
