@@ -27,6 +27,7 @@ const volatile __u64 only_cgroup = 0;
 struct start {
 	__u64 ts;
 	__u64 cgroup;
+	__u64 bytes; /* the request's size when issued (it may complete in parts) */
 };
 
 struct {
@@ -90,10 +91,16 @@ SEC("tp_btf/block_rq_issue")
 int BPF_PROG(on_issue, struct request *rq)
 {
 	__u64 key = (__u64)rq;
-	struct start s = { .ts = bpf_ktime_get_ns(), .cgroup = owner(rq) };
+	struct start s = {
+		.ts = bpf_ktime_get_ns(),
+		.cgroup = owner(rq),
+		.bytes = BPF_CORE_READ(rq, __data_len),
+	};
 
-	if (only_cgroup && s.cgroup != only_cgroup)
+	if (only_cgroup && s.cgroup != only_cgroup) {
+		bpf_map_delete_elem(&started, &key); /* (a stamp left by an earlier request here) */
 		return 0;
+	}
 	if (bpf_map_update_elem(&started, &key, &s, BPF_ANY))
 		count_lost(0);
 	return 0;
@@ -106,7 +113,7 @@ int BPF_PROG(on_complete, struct request *rq, blk_status_t error, unsigned int n
 	struct start *s = bpf_map_lookup_elem(&started, &key);
 	struct iolat_key k = {};
 	struct iolat_hist *h;
-	__u64 delta;
+	__u64 delta, bytes;
 	__u32 op;
 
 	if (!s)
@@ -116,6 +123,7 @@ int BPF_PROG(on_complete, struct request *rq, blk_status_t error, unsigned int n
 		return 0;
 	delta = bpf_ktime_get_ns() - s->ts;
 	k.cgroup = s->cgroup;
+	bytes = s->bytes;
 	bpf_map_delete_elem(&started, &key);
 
 	op = BPF_CORE_READ(rq, cmd_flags) & OP_MASK;
@@ -135,6 +143,6 @@ int BPF_PROG(on_complete, struct request *rq, blk_status_t error, unsigned int n
 	__sync_fetch_and_add(&h->slots[slot_of(delta / 1000) & (IOLAT_SLOTS - 1)], 1);
 	__sync_fetch_and_add(&h->count, 1);
 	__sync_fetch_and_add(&h->total_ns, delta);
-	__sync_fetch_and_add(&h->bytes, nr_bytes);
+	__sync_fetch_and_add(&h->bytes, bytes);
 	return 0;
 }

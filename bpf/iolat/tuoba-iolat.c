@@ -8,7 +8,8 @@
  * prints each cgroup's histograms with its path under /sys/fs/cgroup, or one JSON document.
  * I/O is the cgroup's that submitted it, at the nearest cgroup with the io controller on
  * (systemd turns it on for a unit with IOAccounting=yes; container engines do for theirs).
- * Exit status: 0 done, 1 a failure (said on stderr), 2 usage, 3 the kernel lacks the hooks.
+ * Exit status: 0 done, 1 a failure (said on stderr; not root, say), 2 usage, 3 the kernel
+ * lacks the hooks.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -102,6 +103,25 @@ static int collect(const char *path, const struct stat *st, int flag, struct FTW
 	return 0;
 }
 
+/* whether the cgroup directory `dir` has `name` in its cgroup.controllers (*is_cgroup: the
+ * file exists, so it is a cgroup v2 directory) */
+static int has_controller(const char *dir, const char *name, int *is_cgroup)
+{
+	char path[4200], word[64];
+	FILE *f;
+	int found = 0;
+
+	snprintf(path, sizeof(path), "%s/cgroup.controllers", dir);
+	f = fopen(path, "r");
+	*is_cgroup = f != NULL;
+	if (!f)
+		return 0;
+	while (!found && fscanf(f, "%63s", word) == 1)
+		found = strcmp(word, name) == 0;
+	fclose(f);
+	return found;
+}
+
 static const char *cgroup_path(__u64 id)
 {
 	for (size_t i = 0; i < ncgs; i++)
@@ -149,7 +169,7 @@ int main(int argc, char **argv)
 	};
 	const char *only = NULL;
 	long duration = -1;
-	int json = 0, opt, err;
+	int json = 0, opt, err, is_cgroup;
 	struct iolat_bpf *skel;
 	struct iolat_key *keys, key, next;
 	struct iolat_hist h;
@@ -201,9 +221,18 @@ int main(int argc, char **argv)
 		if (stat(full, &st) || !S_ISDIR(st.st_mode))
 			die(2, "give a cgroup's directory, e.g. /system.slice/ssh.service",
 			    "--cgroup '%s': no cgroup directory %s", only, full);
+		if (!has_controller(full, "io", &is_cgroup) && is_cgroup)
+			fprintf(stderr, "tuoba-iolat: %s has no io controller: its I/O is counted for the "
+				"nearest cgroup above it that has one (systemd: IOAccounting=yes)\n", only);
+		if (!is_cgroup)
+			die(2, "give a directory under " CGROUP_ROOT ", e.g. /system.slice/ssh.service",
+			    "--cgroup '%s': %s is not a cgroup v2 directory", only, full);
 		skel->rodata->only_cgroup = st.st_ino;
 	}
 	err = iolat_bpf__load(skel);
+	if (err == -EPERM || err == -EACCES)
+		die(1, "run it as root (loading BPF programs needs CAP_BPF and CAP_PERFMON)",
+		    "not allowed to load the BPF program: %s", strerror(-err));
 	if (err)
 		die(3, "the kernel needs BTF and the block tracepoints (the bpf feature); run with -v for libbpf's reasons",
 		    "the running kernel refused the program: %s", strerror(-err));
@@ -218,6 +247,7 @@ int main(int argc, char **argv)
 		duration > 0 ? "" : " (Ctrl-C to stop)");
 	for (long waited = 0; !stop && (duration < 0 || waited < duration * 10); waited++)
 		usleep(100000);
+	iolat_bpf__detach(skel); /* the maps hold still while they are read */
 
 	keys = calloc(MAX_KEYS, sizeof(*keys));
 	if (!keys)
@@ -234,17 +264,18 @@ int main(int argc, char **argv)
 
 	if (json)
 		printf("{\"cgroups\": [");
-	for (size_t i = 0; i < nkeys; i++) {
+	for (size_t i = 0, shown = 0; i < nkeys; i++) {
 		const char *path = cgroup_path(keys[i].cgroup);
 		int top = 0;
 
 		if (bpf_map__lookup_elem(skel->maps.hists, &keys[i], sizeof(keys[i]), &h, sizeof(h), 0))
 			continue;
+		shown++;
 		for (int s = 0; s < IOLAT_SLOTS; s++)
 			if (h.slots[s])
 				top = s;
 		if (json) {
-			printf("%s\n  {\"cgroup\": ", i ? "," : "");
+			printf("%s\n  {\"cgroup\": ", shown > 1 ? "," : "");
 			if (path)
 				json_string(path);
 			else

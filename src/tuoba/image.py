@@ -267,13 +267,13 @@ def install_kernel_files(
     root: Path, names: tuple[str, ...], kernel: KernelRecord, overlays: OverlayRecord
 ) -> None:
     """The built kernel's files the recipes keep (recipe.KERNEL_FILES), from its cache entry."""
-    entry = {"image": kernel.image or "", "debug-info": kbuild.DEBUG_FILE}
     for name in names:
-        src = kernel.built / entry[name]
+        kept = kernel.boot_image if name == "image" else kbuild.DEBUG_FILE
+        src = kernel.built / kept
         if not src.is_file():
             ref = f"kernel/{(kernel.config_digest or '')[:12]}"
             raise BuildError(
-                f"the cached kernel {kernel.dir} has no {entry[name]}",
+                f"the cached kernel {kernel.dir} has no {kept}",
                 hint=f"remove the entry (tuoba cache rm {ref}) so the kernel is built again",
             )
         install = KERNEL_FILES[name].format(release=kernel.version)

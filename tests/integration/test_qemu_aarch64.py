@@ -427,13 +427,13 @@ def test_two_builds_at_once_into_one_out_dir(built: Project) -> None:
 
 
 def test_full_disk_while_writing_the_image_loses_nothing(built: Project, tmp_path: Path) -> None:
-    """out/ on a small filesystem mounted for the test (800 MiB, less than the developer image's
-    tree): the build stops saying the disk is full (exit 4), publishes nothing, leaves no
-    scratch; with room again (tmpfs: only what is written takes memory) the next build
-    completes and verifies."""
+    """out/ on a small filesystem mounted for the test (3500 MiB: the developer image's staged
+    tree, 2.2 GiB, fits; its root filesystem image beside it does not): the build stops saying
+    the disk is full (exit 4), publishes nothing, leaves no scratch; with room again (tmpfs:
+    only what is written takes memory) the next build completes and verifies."""
     small = tmp_path / "small"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=800m", "tuoba-test", str(small)],
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3500m", "tuoba-test", str(small)],
                    check=True)  # fmt: skip
     try:
         cmd = [sys.executable, "-m", "tuoba", "--data-dir", str(built.root), "--out", str(small),

@@ -103,7 +103,9 @@ def test_an_artifact_behind_a_symlink_is_refused(tmp_path: Path) -> None:
     assert not Path("/run/k3s").exists()
 
 
-def test_an_image_grows_to_hold_its_root_tree(project: Path, tmp_path: Path) -> None:
+def test_an_image_grows_to_hold_its_root_tree(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """image.size is the smallest image made: a root tree that does not fit with room to spare
     doubles the image (cards come in powers of two), the root partition taking the rest, the
     UUIDs unchanged; a tree that fits keeps the board's size."""
@@ -123,6 +125,8 @@ def test_an_image_grows_to_hold_its_root_tree(project: Path, tmp_path: Path) -> 
     (tree / "usr/big").write_bytes(b"\1" * (64 << 20))  # 64 MiB + 256 MiB to spare > 298 MiB
     (tree / "usr/big-link").hardlink_to(tree / "usr/big")  # (counted once)
     spec, grown = fit_root(plan, tree, parts, "seed")
+    said = " ".join(capsys.readouterr().err.split())
+    assert "the root tree takes 64 MiB: the image is 600 MiB, not 300" in said, said
     assert spec.size == 600 << 20
     root = grown[-1]
     assert root.size == (600 - 2) << 20 and root.uuid == parts[-1].uuid
