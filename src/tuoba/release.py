@@ -199,7 +199,9 @@ def release_notes(
     for m in now:
         lines += [f"## {m.board}, stage {m.stage} ({m.arch}): {m.name}", ""]
         kernel = f"Linux {m.kernel.get('version')}"
-        digest = str(m.kernel.get("config_digest") or m.kernel.get("config_sha256") or "")[:12]
+        # the .config's own hash: the cache key (config_digest) also changes with the compiler,
+        # the patches or what a kernel entry holds, which is no configuration change
+        digest = str(m.kernel.get("config_sha256") or m.kernel.get("config_digest") or "")[:12]
         old = before.get((m.board, m.stage))
         lines.append(f"Recipes: {', '.join(m.recipes)}. Kernel: {kernel} (config {digest}).")
         if old is None:
@@ -210,7 +212,7 @@ def release_notes(
         added = sorted(set(now_pkgs) - set(was))
         removed = sorted(set(was) - set(now_pkgs))
         upgraded = sorted(n for n in set(was) & set(now_pkgs) if was[n] != now_pkgs[n])
-        old_digest = str(old.kernel.get("config_digest") or old.kernel.get("config_sha256"))
+        old_digest = str(old.kernel.get("config_sha256") or old.kernel.get("config_digest"))
         changes = []
         if old.kernel.get("version") != m.kernel.get("version"):
             changes.append(f"- kernel: {old.kernel.get('version')} -> {m.kernel.get('version')}")

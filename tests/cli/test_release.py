@@ -292,7 +292,8 @@ def test_release_notes_say_what_changed_since_the_last_release(
     m["packages"] = [p for p in m["packages"] if p["name"] != "libc6"]
     m["packages"][0]["version"] = "5.2.15-2+b8"
     m["packages"].append({"name": "curl", "version": "7.88.1-10", "arch": "arm64"})
-    m["kernel"]["config_digest"] = "f" * 64
+    m["kernel"]["config_sha256"] = "f" * 64
+    m["kernel"]["config_digest"] = "e" * 64
     m["inputs_digest"] = "1" * 64
     m_file.write_text(json.dumps(m))
     code, out = invoke(project, "release", str(dest), "--sign-key", str(key))
@@ -303,6 +304,7 @@ def test_release_notes_say_what_changed_since_the_last_release(
         "- removed libc6 2.36-9+deb12u10",
         "- upgraded bash 5.2.15-2+b7 -> 5.2.15-2+b8",
         "- kernel configuration changed",
+        "(config ffffffffffff)",
     ):
         assert line in notes, notes
     assert "RELEASE-NOTES.md" in (dest / "SHA256SUMS").read_text()
