@@ -62,6 +62,11 @@ BPF_CHECKS = {
     f"test_fr_concurrent_callers_get_their_own_answers[{H}]",
     f"test_fr_bad_input_is_one_sentence_and_a_failure[{H}]",
     f"test_fr_int64_extremes_and_overflow[{H}]",
+    # bpf/iolat: block I/O latency per cgroup
+    f"test_iolat_counts_a_services_direct_reads_for_its_cgroup[{H}]",
+    f"test_iolat_bad_arguments_are_one_sentence[{H}-zero-duration]",
+    f"test_iolat_bad_arguments_are_one_sentence[{H}-no-such-cgroup]",
+    f"test_iolat_bad_arguments_are_one_sentence[{H}-extra-argument]",
 }
 CONTAINER_CHECKS = {
     f"test_cgroup_v2_is_mounted[{H}]",
@@ -82,6 +87,22 @@ SECURITY_CHECKS = {
     f"test_aide_database_made_on_first_boot_reports_a_changed_file[{H}]",
     f"test_suricata_raises_an_alert_on_traffic_the_check_makes[{H}]",
 }
+VIRT_CHECKS = {
+    f"test_kvm_initialised_at_el2_and_makes_a_vm[{H}]",
+    f"test_a_nested_guest_boots_under_kvm_with_qemu[{H}]",
+    f"test_a_nested_guest_boots_as_a_libvirt_domain[{H}]",
+}
+DEVTOOLS_CHECKS = {
+    f"test_{name}[{H}]"
+    for name in (
+        "cc_is_clang_linking_with_lld", "cxx_program_builds_and_runs",
+        "gdb_prints_the_backtrace_of_a_crash", "strace_shows_the_file_a_program_opens",
+        "perf_counts_the_page_faults_a_program_causes", "drgn_reads_the_live_kernel",
+        "python_venv_and_pip_install_a_local_project", "go_builds_and_runs_a_program",
+        "cargo_builds_and_runs_a_rust_program", "node_runs_a_program",
+        "git_commits_and_reads_back",
+    )
+}  # fmt: skip
 # k3s's release files are not supplied in the suite (no archive it reaches has them): the image
 # is built without k3s, and its checks are reported as skipped, naming why
 K3S_NOT_RUN = {
@@ -97,7 +118,7 @@ def expected_checks(manifest: dict[str, object]) -> set[str]:
     options = {f"test_option_in_running_kernel[{name}-{H}]" for name in requested}
     assert len(options) > 200  # the HCI fragments, not an empty list
     return (BASE_CHECKS | KERNEL_CHECKS | BPF_CHECKS | CONTAINER_CHECKS | SECURITY_CHECKS
-            | options | K3S_NOT_RUN)  # fmt: skip
+            | VIRT_CHECKS | DEVTOOLS_CHECKS | options | K3S_NOT_RUN)  # fmt: skip
 
 
 class Project:

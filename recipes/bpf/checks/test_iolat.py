@@ -76,6 +76,7 @@ def test_iolat_counts_a_services_direct_reads_for_its_cgroup(host: Any) -> None:
         ("--cgroup /no/such.slice", "--cgroup '/no/such.slice': no cgroup directory"),
         ("extra", "unexpected argument 'extra'"),
     ],
+    ids=["zero-duration", "no-such-cgroup", "extra-argument"],
 )
 def test_iolat_bad_arguments_are_one_sentence(host: Any, args: str, message: str) -> None:
     res = host.run(f"tuoba-iolat {args}")
