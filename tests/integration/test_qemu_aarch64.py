@@ -1,9 +1,16 @@
 """The whole pipeline for real: build qemu-aarch64 with mkosi, boot it in QEMU, run the guest
 checks, then prove incremental rebuilds and recovery from an interrupted build.
 
-Uses the shared cache (~/.cache/tuoba or TUOBA_CACHE_DIR): a cold run builds the rootfs with
-mkosi (a few minutes); later runs reuse it. The project data is a private copy, so editing an
-overlay here never touches the checkout. Tests run in file order and build on each other.
+Two images, each from a private copy of the project (editing an overlay here never touches
+the checkout):
+- `built`: the board as shipped, the developer image with every stack (4 GiB): its manifest,
+  its partition table, and every guest check in the booted guest;
+- `small`: the same board with its default stack dropped, so `base` alone (2 GiB). Release,
+  download and flash, the cache, incremental rebuilds, interrupted, killed, concurrent and
+  full-disk builds are one code path whatever the recipes; on the small image each rebuild
+  costs seconds, not the developer image's minutes.
+Both use the shared cache (~/.cache/tuoba or TUOBA_CACHE_DIR): a cold run builds the root
+filesystems with mkosi; later runs reuse them. Tests run in file order and build on each other.
 """
 
 from __future__ import annotations
@@ -162,6 +169,19 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Project:
     return project
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The board without its default stack: an image of `base` alone."""
+    project = Project(copy_project(tmp_path_factory.mktemp("qemu-base") / "project"))
+    board = project.root / "boards" / BOARD / "board.yaml"
+    shipped = board.read_text()
+    assert "\nrecipes: [tuoba]\n" in shipped
+    board.write_text(shipped.replace("\nrecipes: [tuoba]\n", "\nrecipes: []\n"))
+    project.tuoba("build", "--board", BOARD)
+    assert project.manifest()["recipes"] == ["base"]
+    return project
+
+
 def test_artifacts_and_checksums(built: Project) -> None:
     for suffix in (".img", ".img.xz", ".img.bmap", ".manifest.json", ".Image"):
         assert built.artifact(suffix).is_file(), suffix
@@ -218,44 +238,44 @@ def test_partition_table(built: Project) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
-def test_release_download_and_flash_to_a_loop_device(built: Project, tmp_path: Path) -> None:
-    """The built image released (signed), served on loopback, downloaded with a transfer cut
-    midway, and flashed from its .img.xz to a loop device: the card holds the built image."""
+def test_release_download_and_flash_to_a_loop_device(small: Project, tmp_path: Path) -> None:
+    """The image released (signed), served on loopback, downloaded with a transfer cut midway,
+    and flashed from its .img.xz to a loop device: the card holds the built image."""
     key = keypair(tmp_path / "release-key")
     public = tmp_path / "public"
-    built.tuoba("release", str(public), "--sign-key", str(key))
+    small.tuoba("release", str(public), "--sign-key", str(key))
     trusted = tmp_path / "trusted_signers"
     trusted.write_text((public / "allowed_signers").read_text())
-    spdx = json.loads((public / built.artifact(".spdx.json").name).read_text())
+    spdx = json.loads((public / small.artifact(".spdx.json").name).read_text())
     licensed = [
         p for p in spdx["packages"] if p.get("licenseDeclared", "NOASSERTION") != "NOASSERTION"
     ]
     assert len(licensed) > 50, "the real root's copyright files give most packages a licence"
     server = FileServer(public)
-    xz_name = built.artifact(".img.xz").name
+    xz_name = small.artifact(".img.xz").name
     server.cut_first = {xz_name}
     dl = tmp_path / "dl"
     with serve(server) as url:
-        built.tuoba("--out", str(dl), "download", "--board", BOARD, "--catalog", url,
+        small.tuoba("--out", str(dl), "download", "--board", BOARD, "--catalog", url,
                     "--allowed-signers", str(trusted))  # fmt: skip
     assert [r for n, r in server.requests if n == xz_name][1], "the cut transfer was resumed"
-    img = built.artifact(".img")
+    img = small.artifact(".img")
     card = tmp_path / "card"
     with card.open("wb") as f:
         f.truncate(img.stat().st_size + (64 << 20))  # sparse: a card a little larger
     dev = subprocess.run(["losetup", "-f", "--show", str(card)], capture_output=True, text=True,
                          check=True).stdout.strip()  # fmt: skip
     try:
-        flashed = built.tuoba("flash", str(dl / xz_name), "--device", dev, "--yes", "--force")
+        flashed = small.tuoba("flash", str(dl / xz_name), "--device", dev, "--yes", "--force")
         assert "verified" in flashed.stdout + flashed.stderr, flashed.stderr
         with open(dev, "rb") as f, img.open("rb") as want:
             for _ in range(img.stat().st_size >> 24):  # 16 MiB at a time
                 assert f.read(1 << 24) == want.read(1 << 24)
         # once more as a downloader does it: their own key instead of the release maker's
         user_key = keypair(tmp_path / "user-key").with_suffix(".pub")
-        built.tuoba("flash", str(dl / xz_name), "--device", dev, "--yes", "--force",
+        small.tuoba("flash", str(dl / xz_name), "--device", dev, "--yes", "--force",
                     "--ssh-key", str(user_key))  # fmt: skip
-        root = next(p for p in built.manifest()["partitions"] if p["mountpoint"] == "/")  # type: ignore[attr-defined]
+        root = next(p for p in small.manifest()["partitions"] if p["mountpoint"] == "/")  # type: ignore[attr-defined]
         keys = subprocess.run(
             ["debugfs", "-R", "cat /root/.ssh/authorized_keys", f"{dev}?offset={root['start']}"],
             capture_output=True, text=True, check=True,
@@ -304,39 +324,39 @@ def test_cache_lists_what_the_build_used(built: Project) -> None:
     assert "kernel (" in du and "rootfs (" in du and "total in" in du
 
 
-def test_removed_entry_is_made_again_by_the_next_build(built: Project) -> None:
-    """The downloaded mkosi package (small) is removed from the cache: the step whose record
+def test_removed_entry_is_made_again_by_the_next_build(small: Project) -> None:
+    """The downloaded mkosi package (a small file) is removed from the cache: the step whose record
     points at it runs again and downloads it again; nothing after it runs, the image is
     unchanged."""
-    before = built.artifact(".img").stat().st_mtime_ns
-    listed = built.tuoba("cache", "list", "--json", "--kind", "source").stdout.splitlines()
+    before = small.artifact(".img").stat().st_mtime_ns
+    listed = small.tuoba("cache", "list", "--json", "--kind", "source").stdout.splitlines()
     mkosi = next(e for e in map(json.loads, listed) if e["what"].startswith("mkosi_"))
-    proc = built.tuoba("cache", "rm", f"source/{mkosi['key'][:12]}")
+    proc = small.tuoba("cache", "rm", f"source/{mkosi['key'][:12]}")
     assert f"removed source/{mkosi['key'][:12]}" in proc.stdout
-    again = built.tuoba("build", "--board", BOARD)
+    again = small.tuoba("build", "--board", BOARD)
     assert "the cache no longer holds what step 'fetch' made: it runs again" in again.stderr
     assert steps_run(again.stderr) == "fetch"
-    assert built.artifact(".img").stat().st_mtime_ns == before
-    back = built.tuoba("cache", "list", "--kind", "source").stdout
+    assert small.artifact(".img").stat().st_mtime_ns == before
+    back = small.tuoba("cache", "list", "--kind", "source").stdout
     assert mkosi["key"][:12] in back
 
 
-def test_overlay_edit_reruns_only_overlay_and_image(built: Project) -> None:
-    motd = built.root / "recipes/base/overlay/etc/motd"
+def test_overlay_edit_reruns_only_overlay_and_image(small: Project) -> None:
+    motd = small.root / "recipes/base/overlay/etc/motd"
     motd.write_text("TuobaOS test build\n")
-    before = built.manifest()["rootfs"]
-    proc = built.tuoba("build", "--board", BOARD, "--explain")
+    before = small.manifest()["rootfs"]
+    proc = small.tuoba("build", "--board", BOARD, "--explain")
     assert steps_run(proc.stderr) == "overlay, image"
     assert "because" in proc.stdout + proc.stderr  # --explain says why
-    assert built.manifest()["rootfs"] == before
+    assert small.manifest()["rootfs"] == before
 
 
 def test_interrupted_build_leaves_no_finished_image_and_next_build_finishes(
-    built: Project,
+    small: Project,
 ) -> None:
-    (built.root / "recipes/base/overlay/etc/motd").write_text("interrupted build\n")
+    (small.root / "recipes/base/overlay/etc/motd").write_text("interrupted build\n")
     proc = subprocess.Popen(
-        built.cmd("build", "--board", BOARD),
+        small.cmd("build", "--board", BOARD),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -355,16 +375,16 @@ def test_interrupted_build_leaves_no_finished_image_and_next_build_finishes(
     # tuoba ends the build's process group: SIGTERM, SIGKILL after run.GROUP_GRACE (30 s)
     proc.wait(180)
     assert proc.returncode != 0
-    assert not built.artifact(".img").exists()
-    assert not built.artifact(".manifest.json").exists()
+    assert not small.artifact(".img").exists()
+    assert not small.artifact(".manifest.json").exists()
     # Only hidden temporary files may remain (a killed process cannot clean up)...
-    assert all(p.name.startswith(".") for p in built.out.glob("*.tmp"))
+    assert all(p.name.startswith(".") for p in small.out.glob("*.tmp"))
 
-    again = built.tuoba("build", "--board", BOARD)
+    again = small.tuoba("build", "--board", BOARD)
     assert "image" in steps_run(again.stderr)
-    assert built.artifact(".manifest.json").is_file()
-    assert built.artifact(".img").is_file()
-    assert not list(built.out.glob(".*.tmp"))  # ...and the next build clears them
+    assert small.artifact(".manifest.json").is_file()
+    assert small.artifact(".img").is_file()
+    assert not list(small.out.glob(".*.tmp"))  # ...and the next build clears them
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -385,12 +405,12 @@ def _process_tree(pid: int) -> list[int]:
     return tree
 
 
-def test_kill_9_of_the_whole_build_loses_nothing(built: Project) -> None:
+def test_kill_9_of_the_whole_build_loses_nothing(small: Project) -> None:
     """kill -9 of tuoba, SCons and every command below them while the image is written: no
     artifact under a final name, and the next build completes with SHA256SUMS verifying."""
-    (built.root / "recipes/base/overlay/etc/motd").write_text("killed build\n")
+    (small.root / "recipes/base/overlay/etc/motd").write_text("killed build\n")
     proc = subprocess.Popen(
-        built.cmd("build", "--board", BOARD),
+        small.cmd("build", "--board", BOARD),
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
     )  # fmt: skip
     assert proc.stderr is not None
@@ -415,24 +435,24 @@ def test_kill_9_of_the_whole_build_loses_nothing(built: Project) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait(60)
-    assert not built.artifact(".img").exists()
-    assert not built.artifact(".manifest.json").exists()
+    assert not small.artifact(".img").exists()
+    assert not small.artifact(".manifest.json").exists()
 
-    again = built.tuoba("build", "--board", BOARD)
+    again = small.tuoba("build", "--board", BOARD)
     assert "image" in steps_run(again.stderr)
-    check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=built.out,
+    check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=small.out,
                            capture_output=True, text=True, check=False)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
-    assert f"{built.artifact('.img').name}: OK" in check.stdout
-    assert not list(built.out.glob(".*.tmp"))
+    assert f"{small.artifact('.img').name}: OK" in check.stdout
+    assert not list(small.out.glob(".*.tmp"))
 
 
-def test_two_builds_at_once_into_one_out_dir(built: Project) -> None:
+def test_two_builds_at_once_into_one_out_dir(small: Project) -> None:
     """Two `tuoba build`s started together on one cache and out/: the second waits for the
     first (saying for whom), both finish, and the published set verifies."""
-    (built.root / "recipes/base/overlay/etc/motd").write_text("two builds at once\n")
+    (small.root / "recipes/base/overlay/etc/motd").write_text("two builds at once\n")
     procs = [
-        subprocess.Popen(built.cmd("build", "--board", BOARD), stderr=subprocess.PIPE,
+        subprocess.Popen(small.cmd("build", "--board", BOARD), stderr=subprocess.PIPE,
                          stdout=subprocess.DEVNULL, text=True)
         for _ in range(2)
     ]  # fmt: skip
@@ -441,23 +461,26 @@ def test_two_builds_at_once_into_one_out_dir(built: Project) -> None:
     waited = [s for s in said if "waiting: the cache" in " ".join(s.split())]
     assert len(waited) == 1, said
     assert "is in use by tuoba build (pid " in " ".join(waited[0].split())
-    check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=built.out,
+    check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=small.out,
                            capture_output=True, text=True, check=False)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
-    assert not list(built.out.glob(".*.tmp"))
+    assert not list(small.out.glob(".*.tmp"))
 
 
-def test_full_disk_while_writing_the_image_loses_nothing(built: Project, tmp_path: Path) -> None:
-    """out/ on a small filesystem mounted for the test (3500 MiB: the developer image's staged
-    tree, 2.2 GiB, fits; its root filesystem image beside it does not): the build stops saying
-    the disk is full (exit 4), publishes nothing, leaves no scratch; with room again (tmpfs:
-    only what is written takes memory) the next build completes and verifies."""
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3500m", "tuoba-test", str(small)],
-                   check=True)  # fmt: skip
+def test_full_disk_while_writing_the_image_loses_nothing(small: Project, tmp_path: Path) -> None:
+    """out/ on a small filesystem mounted for the test, one and a half times the root tree:
+    the staged tree fits, the root filesystem image written beside it does not. The build
+    stops saying the disk is full (exit 4), publishes nothing, leaves no scratch; with room
+    again (tmpfs: only what is written takes memory) the next build completes and verifies."""
+    digest = small.manifest()["rootfs"]["digest"]  # type: ignore[index]
+    listed = small.tuoba("cache", "list", "--json", "--kind", "rootfs").stdout.splitlines()
+    tree = next(e["size"] for e in map(json.loads, listed) if e["key"] == digest)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={(tree * 3 // 2) >> 20}m", "tuoba-test",
+                    str(disk)], check=True)  # fmt: skip
     try:
-        cmd = [sys.executable, "-m", "tuoba", "--data-dir", str(built.root), "--out", str(small),
+        cmd = [sys.executable, "-m", "tuoba", "--data-dir", str(small.root), "--out", str(disk),
                "build", "--board", BOARD]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         said = " ".join(proc.stderr.split())
@@ -465,28 +488,28 @@ def test_full_disk_while_writing_the_image_loses_nothing(built: Project, tmp_pat
         assert "error: the disk filled up: no space left on the filesystem of" in said, said
         assert "hint: free space there" in said
         assert "Traceback" not in proc.stderr
-        name = built.artifact(".img").name.removesuffix(".img")
-        assert not (small / f"{name}.img").exists()
-        assert not (small / f"{name}.manifest.json").exists()
-        assert not list(small.glob(".build/*/staging")) and not list(small.glob(".build/*/part-*"))
+        name = small.artifact(".img").name.removesuffix(".img")
+        assert not (disk / f"{name}.img").exists()
+        assert not (disk / f"{name}.manifest.json").exists()
+        assert not list(disk.glob(".build/*/staging")) and not list(disk.glob(".build/*/part-*"))
 
-        subprocess.run(["mount", "-o", "remount,size=12g", str(small)], check=True)
+        subprocess.run(["mount", "-o", "remount,size=8g", str(disk)], check=True)
         again = subprocess.run(cmd, capture_output=True, text=True, check=False)
         assert again.returncode == 0, again.stderr
-        check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=small,
+        check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=disk,
                                capture_output=True, text=True, check=False)  # fmt: skip
         assert check.returncode == 0, check.stdout + check.stderr
         assert f"{name}.img: OK" in check.stdout
     finally:
-        subprocess.run(["umount", "--lazy", str(small)], check=False)
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
-def test_dropped_kernel_option_fails_naming_its_unmet_dependency(built: Project) -> None:
-    fragment = built.root / "kernel/features/virtio.config"
+def test_dropped_kernel_option_fails_naming_its_unmet_dependency(small: Project) -> None:
+    fragment = small.root / "kernel/features/virtio.config"
     original = fragment.read_text()
     fragment.write_text(original + "CONFIG_DRM_VIRTIO_GPU=m\n")
     try:
-        proc = built.tuoba("build", "--board", BOARD, check=False)
+        proc = small.tuoba("build", "--board", BOARD, check=False)
     finally:
         fragment.write_text(original)
     assert proc.returncode == 4, proc.stderr
@@ -495,6 +518,6 @@ def test_dropped_kernel_option_fails_naming_its_unmet_dependency(built: Project)
     assert "unmet: DRM=n" in proc.stderr
     assert "Traceback" not in proc.stderr
     # the previous image is still the finished one; restoring the fragment needs no rebuild
-    again = built.tuoba("build", "--board", BOARD)
+    again = small.tuoba("build", "--board", BOARD)
     assert "kernel" in steps_run(again.stderr)  # re-checked, and reused from the cache
     assert "reusing kernel built for these inputs" in again.stderr
