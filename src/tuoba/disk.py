@@ -23,7 +23,7 @@ SECTOR = 512
 MBR_BOOT_CODE = 440  # the MBR's boot code area; the disk signature and partition table follow
 ALIGN = 1 << 20  # partitions start on 1 MiB boundaries
 BMAP_BLOCK = 4096
-# Fixed timestamp for filesystem metadata, so the same inputs give the same bytes.
+# The time filesystems are dated when the caller gives none (the build gives its plan's).
 SOURCE_DATE_EPOCH = 1700000000
 
 
@@ -121,27 +121,69 @@ def sfdisk_script(table: str, parts: list[PlacedPartition], seed: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_ext4(tree: Path, dest: Path, size: int, label: str, fs_uuid: str, log: Path) -> None:
+# mke2fs's configuration for every image, whatever the host's /etc/mke2fs.conf says: Debian 12's
+# defaults, as e2fsprogs 1.47.0 has them. A newer e2fsprogs (1.47.2, from backports, for
+# SOURCE_DATE_EPOCH) would add metadata_csum_seed, an incompatible feature U-Boot's and GRUB's
+# ext4 readers refuse to mount, and orphan_file.
+MKE2FS_CONF = """\
+[defaults]
+	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+	default_mntopts = acl,user_xattr
+	enable_periodic_fsck = 0
+	blocksize = 4096
+	inode_size = 256
+	inode_ratio = 16384
+
+[fs_types]
+	ext4 = {
+		features = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+	}
+	small = {
+		blocksize = 1024
+		inode_ratio = 4096
+	}
+	floppy = {
+		blocksize = 1024
+		inode_ratio = 8192
+	}
+"""
+
+
+def make_ext4(tree: Path, dest: Path, size: int, label: str, fs_uuid: str, log: Path,
+              epoch: int = SOURCE_DATE_EPOCH) -> None:  # fmt: skip
+    """An ext4 filesystem holding `tree`, the same bytes for the same tree: UUID and directory
+    hash seed from the partition, entries in name order (mke2fs -d sorts them), every inode's
+    times and the superblock's at `epoch` (SOURCE_DATE_EPOCH: e2fsprogs >= 1.47.1 for the
+    inodes, E2FSPROGS_FAKE_TIME for the superblock of older ones)."""
     dest.unlink(missing_ok=True)
-    run.run(
-        [
-            "mkfs.ext4",
-            "-q",
-            "-F",
-            "-L",
-            label,
-            "-U",
-            fs_uuid,
-            "-E",
-            f"hash_seed={fs_uuid}",
-            "-d",
-            str(tree),
-            str(dest),
-            f"{size // 1024}k",
-        ],
-        env={"E2FSPROGS_FAKE_TIME": str(SOURCE_DATE_EPOCH)},
-        log=log,
-    )
+    conf = dest.with_name(f".{dest.name}.mke2fs.conf")
+    conf.write_text(MKE2FS_CONF)
+    try:
+        run.run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                label,
+                "-U",
+                fs_uuid,
+                "-E",
+                f"hash_seed={fs_uuid}",
+                "-d",
+                str(tree),
+                str(dest),
+                f"{size // 1024}k",
+            ],
+            env={
+                "SOURCE_DATE_EPOCH": str(epoch),
+                "E2FSPROGS_FAKE_TIME": str(epoch),
+                "MKE2FS_CONFIG": str(conf),
+            },
+            log=log,
+        )
+    finally:
+        conf.unlink()
 
 
 def vfat_volume_id(fs_uuid: str) -> str:
@@ -158,20 +200,23 @@ def fs_uuid_as_seen(part: PlacedPartition) -> str:
     return part.fs_uuid
 
 
-def make_vfat(tree: Path, dest: Path, size: int, label: str, fs_uuid: str, log: Path) -> None:
-    """A FAT32 filesystem holding `tree`, made without mounting (mtools)."""
+def make_vfat(tree: Path, dest: Path, size: int, label: str, fs_uuid: str, log: Path,
+              epoch: int = SOURCE_DATE_EPOCH) -> None:  # fmt: skip
+    """A FAT32 filesystem holding `tree`, made without mounting (mtools): the volume serial
+    from the partition, files copied in name order, every date at `epoch`."""
     dest.unlink(missing_ok=True)
     volume_id = vfat_volume_id(fs_uuid)
     run.run(
         ["mkfs.vfat", "-F", "32", "-n", label.upper()[:11], "-i", volume_id, "-C", str(dest),
          str(size // 1024)],
+        env={"SOURCE_DATE_EPOCH": str(epoch)},
         log=log,
     )  # fmt: skip
     entries = sorted(str(p) for p in tree.iterdir())
     if entries:
         run.run(
             ["mcopy", "-s", "-p", "-m", "-i", str(dest), *entries, "::/"],
-            env={"MTOOLS_SKIP_CHECK": "1", "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)},
+            env={"MTOOLS_SKIP_CHECK": "1", "SOURCE_DATE_EPOCH": str(epoch)},
             log=log,
         )
 
@@ -249,7 +294,9 @@ def write_bmap(image: Path, dest: Path) -> None:
 def compress_xz(src: Path, dest: Path) -> None:
     with dest.open("wb") as out:
         # Preset 1: within 6 % of preset 3 on these images at 40 % of the time (2 cores).
-        run.run(["xz", "-T0", "-1", "-c", str(src)], stdout_file=out)
+        # Multi-threaded mode always (-T0 is, from xz 5.4, even on one core) with a fixed
+        # block size: the blocks, and so the bytes, do not depend on the machine's cores.
+        run.run(["xz", "-T0", "--block-size=8MiB", "-1", "-c", str(src)], stdout_file=out)
 
 
 def sha256sums(directory: Path, files: list[Path]) -> None:

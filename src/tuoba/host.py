@@ -53,6 +53,7 @@ HOST_TOOLS = (
     "losetup",
     "xz",
     "zstd",
+    "diffoscope",  # names what differs when `tuoba build --check-reproducible` finds a difference
     "ssh-keygen",
     "ssh",
     "apt-get",
@@ -144,8 +145,13 @@ def host_release() -> str:
 
 
 def install_backports_qemu() -> None:
-    """Enable the host release's backports suite (on the host's own Debian mirror) and install
-    QEMU from it."""
+    """Install QEMU from the host release's backports (see enable_backports)."""
+    apt_install(list(QEMU_PACKAGES), release=enable_backports("a QEMU that has raspi4b"))
+    qemu_machines.cache_clear()
+
+
+def enable_backports(why: str) -> str:
+    """Enable the host release's backports suite (on the host's own Debian mirror); its name."""
     release = host_release()
     suite = f"{release}-backports"
     if not any(suite in s.suites for s in apt.host_sources()):
@@ -156,13 +162,57 @@ def install_backports_qemu() -> None:
                 hint=f"add {suite} to /etc/apt/sources.list.d by hand, then rerun",
             )
         BACKPORTS_LIST.write_text(
-            f"# written by tuoba doctor --fix: a QEMU newer than {release}'s, for raspi4b\n"
+            f"# written by tuoba doctor --fix: newer tools than {release}'s ({why})\n"
             f"Types: deb\nURIs: {mirrors[0]}\nSuites: {suite}\nComponents: main\n"
             "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
         )
         ui.info(f"enabled {suite} from {mirrors[0]} in {BACKPORTS_LIST}")
-    apt_install(list(QEMU_PACKAGES), release=suite)
-    qemu_machines.cache_clear()
+    return suite
+
+
+# --- e2fsprogs: reproducible ext4 ---------------------------------------------------------------
+
+# mke2fs -d sets every inode's times from SOURCE_DATE_EPOCH from 1.47.1 on; before it, the
+# change times of the files it copies (the moment of this build's staging) go into the image.
+E2FSPROGS_REPRODUCIBLE = (1, 47, 1)
+
+
+@functools.cache
+def e2fsprogs_version() -> tuple[int, ...]:
+    text = run.run(["mkfs.ext4", "-V"], capture=True, capture_stderr=True)
+    found = re.search(r"mke2fs (\d+)\.(\d+)(?:\.(\d+))?", text.stdout + text.stderr)
+    return tuple(int(x or 0) for x in found.groups()) if found else (0,)
+
+
+def e2fsprogs_check() -> Check:
+    if (
+        shutil.which("mkfs.ext4") is None
+        and shutil.which("mkfs.ext4", path="/usr/sbin:/sbin") is None
+    ):
+        return Check("reproducible ext4", False, "mkfs.ext4 is missing (package e2fsprogs)")
+    have = e2fsprogs_version()
+    shown = ".".join(map(str, have))
+    if have >= E2FSPROGS_REPRODUCIBLE:
+        return Check("reproducible ext4", True, f"e2fsprogs {shown} honours SOURCE_DATE_EPOCH")
+
+    def fix() -> None:
+        apt_install(["e2fsprogs"], release=enable_backports("an e2fsprogs for reproducible ext4"))
+        e2fsprogs_version.cache_clear()
+
+    return Check(
+        "reproducible ext4", False,
+        f"e2fsprogs {shown} writes build-time inode times (1.47.1 or later honours "
+        f"SOURCE_DATE_EPOCH; {host_release()}-backports has it)", fix,
+    )  # fmt: skip
+
+
+def require_reproducible_ext4() -> None:
+    c = e2fsprogs_check()
+    if not c.ok:
+        raise HostToolError(
+            f"this host's ext4 images are not reproducible: {c.detail}",
+            hint="run 'tuoba doctor --fix' (installs e2fsprogs from backports)",
+        )
 
 
 def qemu_machine_check(data_dir: Path) -> Check:
@@ -288,6 +338,7 @@ def all_checks(data_dir: Path, cache_dir: Path) -> list[Check]:
         *(binfmt_check(a) for a in arches.NAMES),  # every arch a board may have
         mkosi_check(data_dir, Store(cache_dir)),
         qemu_machine_check(data_dir),
+        e2fsprogs_check(),
     ]
 
 

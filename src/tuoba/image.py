@@ -10,6 +10,7 @@ scratch (staging tree, partition images) goes too, so a full disk keeps nothing 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -167,6 +168,7 @@ def _compose(plan: Plan, made: Made, audit: Audit, fstab_line: FstabLine, log: P
             for n, p in made.bpf.programs.items()
         },
         audit=audited,
+        source_date_epoch=plan.source_date_epoch,
     )
     with publish.atomic(manifest_file) as tmp:
         tmp.write_text(manifest.to_json())
@@ -194,7 +196,8 @@ def stage_tree(
     same_fs = Path(root.tree).stat().st_dev == plan.build_dir.stat().st_dev
     run.run(["cp", "-al" if same_fs else "-a", root.tree, str(staging)], log=log)
     if kernel.modules:
-        shutil.copytree(kernel.modules, staging / "usr/lib/modules" / kernel.version, symlinks=True)
+        shutil.copytree(kernel.modules, staging / "usr/lib/modules" / kernel.version,
+                        symlinks=True, ignore=_build_links(Path(kernel.modules)))  # fmt: skip
     install_artifacts(staging, plan.artifacts, made.artifacts, made.overlays)
     install_programs(staging, made.bpf, made.overlays)
     install_kernel_files(staging, plan.kernel_files, kernel, made.overlays)
@@ -206,7 +209,26 @@ def stage_tree(
         run.run(["systemctl", f"--root={staging}", "enable", *plan.services], log=log)
     if (staging / "etc/shadow").is_file():
         (staging / "etc/shadow").chmod(0o640)  # git keeps no modes but the exec bit
+    date_tree(staging, plan.source_date_epoch)
     return staging
+
+
+def date_tree(root: Path, epoch: int) -> None:
+    """Every file of the image dated `epoch` (SOURCE_DATE_EPOCH): what it was built or copied
+    at is this build's clock, not its input. (mke2fs clamps later dates to it, but keeps
+    earlier ones: a cached package made before the commit would keep its own.) The files the
+    tree shares with the cache's root tree by hard link get that date there too: only their
+    dates, which no step reads."""
+    for d, dirs, names in os.walk(root):
+        for name in dirs + names:
+            os.utime(os.path.join(d, name), (epoch, epoch), follow_symlinks=False)
+    os.utime(root, (epoch, epoch))
+
+
+def _build_links(modules: Path) -> Callable[[str, list[str]], list[str]]:
+    """modules_install's `build` and `source` links point into the build host's kernel tree
+    (in the cache): no use in the image, and a host path in it."""
+    return lambda d, names: [n for n in names if n in ("build", "source") and Path(d) == modules]
 
 
 def place_file(
@@ -353,7 +375,8 @@ def make_filesystems(
     for part in parts:
         fs_file = plan.build_dir / f"part-{part.name}.{part.fs}"
         if part.mountpoint == "/":
-            disk.make_ext4(staging, fs_file, part.size, part.name, part.fs_uuid, log)
+            disk.make_ext4(staging, fs_file, part.size, part.name, part.fs_uuid, log,
+                           epoch=plan.source_date_epoch)  # fmt: skip
         elif part.fs == "vfat":
             tree = plan.build_dir / f"part-{part.name}"
             shutil.rmtree(tree, ignore_errors=True)
@@ -361,7 +384,8 @@ def make_filesystems(
             if not boot_done:
                 loader.boot_partition(tree, kernel, cmdline)
                 boot_done = True
-            disk.make_vfat(tree, fs_file, part.size, part.name, part.fs_uuid, log)
+            disk.make_vfat(tree, fs_file, part.size, part.name, part.fs_uuid, log,
+                           epoch=plan.source_date_epoch)  # fmt: skip
             shutil.rmtree(tree)
         else:
             raise BuildError(f"partition '{part.name}': no way to fill a {part.fs} filesystem")

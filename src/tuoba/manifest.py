@@ -42,6 +42,8 @@ class Manifest:
     # -> why; `tuoba test` reports them as not run, with the reason
     not_run: dict[str, str] = dataclasses.field(default_factory=dict)
     audit: list[dict[str, Any]] | None = None  # stage 2: the ELF audit
+    # the time every file in the image is dated (SOURCE_DATE_EPOCH; tuoba.plan)
+    source_date_epoch: int | None = None
     schema: int = SCHEMA
 
     def to_json(self) -> str:
@@ -72,7 +74,9 @@ class Manifest:
             )
         names = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(
-            n for n in names - raw.keys() if n not in ("audit", "schema", "bpf", "not_run")
+            n
+            for n in names - raw.keys()
+            if n not in ("audit", "schema", "bpf", "not_run", "source_date_epoch")
         )
         if missing:
             raise InputError(f"{where}: manifest lacks {', '.join(missing)}", hint=REBUILD)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 from tuoba import __version__, apt, bpf, kbuild, run, sources, userland
 from tuoba.board import Board, board_names, load_board
 from tuoba.bootloader import Bootloader, check_supplied
-from tuoba.cache import Store
+from tuoba.cache import Mirror, Remote, Store
 from tuoba.config import Doc
 from tuoba.errors import InputError
 from tuoba.kernel import Feature, feature_names, load_feature, load_fragment
@@ -47,6 +49,10 @@ class Request:
     supplies: tuple[tuple[str, str], ...] = ()  # (file name, path): --supply FILE=PATH
     check_needs: bool = True  # False: no image is made (`tuoba kernel config`), needs don't matter
     cache_url: str | None = None  # a shared remote cache behind the local one (tuoba.remote)
+    # another local cache to take entries of these kinds from (tuoba.reproducible's second
+    # build takes the first one's downloads)
+    reuse_from: str | None = None
+    reuse_kinds: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         """For people reading a build's records (request.json); SCons gets the whole Plan.
@@ -108,6 +114,7 @@ class Plan:
     mirrors: tuple[str, ...]
     security_mirrors: tuple[str, ...]
     version: str
+    source_date_epoch: int  # every file in the image is dated then (see source_date_epoch)
 
     @property
     def data_dir(self) -> Path:
@@ -125,9 +132,11 @@ class Plan:
     def store(self) -> Store:
         """The build cache, noting its uses as this board and stage (and the remote cache
         behind it, when there is one)."""
-        url = self.request.cache_url
-        return Store(self.cache_dir, label=f"{self.board.name}-s{self.stage}",
-                     remote=RemoteCache.open(url) if url else None)  # fmt: skip
+        url, mirror = self.request.cache_url, self.request.reuse_from
+        remote: Remote | None = RemoteCache.open(url) if url else None
+        if mirror:
+            remote = Mirror(Path(mirror), self.request.reuse_kinds)
+        return Store(self.cache_dir, label=f"{self.board.name}-s{self.stage}", remote=remote)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled for the SCons process without the store (each process opens its own)."""
@@ -188,6 +197,30 @@ class Plan:
             **({"bpf": [p.name for p in self.bpf_programs]} if self.bpf_programs else {}),
             **({"kernel_files": self.kernel_files} if self.kernel_files else {}),
         }
+
+
+# The date of files in an image built outside a git checkout, unless SOURCE_DATE_EPOCH is set.
+DEFAULT_EPOCH = 1700000000
+
+
+def source_date_epoch(data_dir: Path) -> int:
+    """When every file in the image is dated (the reproducible-builds convention): the
+    SOURCE_DATE_EPOCH the environment sets, else the time of the project checkout's last
+    commit, else a fixed time. A build's date is then its input, not its clock."""
+    given = os.environ.get("SOURCE_DATE_EPOCH")
+    if given is not None:
+        if not given.strip().isdigit():
+            raise InputError(
+                f"SOURCE_DATE_EPOCH={given!r} in the environment is not a number of seconds",
+                hint="set it to a Unix time (e.g. $(git log -1 --format=%ct)) or unset it",
+            )
+        return int(given)
+    if (data_dir / ".git").exists() and shutil.which("git"):
+        proc = run.run(["git", "-C", str(data_dir), "log", "-1", "--format=%ct"], capture=True,
+                       capture_stderr=True, check=False)  # fmt: skip
+        if proc.returncode == 0 and proc.stdout.strip().isdigit():
+            return int(proc.stdout.strip())
+    return DEFAULT_EPOCH
 
 
 def image_name(board: str, stage: int, version: str = __version__) -> str:
@@ -763,4 +796,5 @@ def resolve(req: Request) -> Plan:
         mirrors=tuple(mirrors),
         security_mirrors=tuple(security),
         version=__version__,
+        source_date_epoch=source_date_epoch(data_dir),
     )

@@ -64,6 +64,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "dtc": "device-tree-compiler",
     "qemu-system-arm": "qemu-system-arm",
     "qemu-arm-static": "qemu-user-static",
+    "diffoscope": "diffoscope-minimal",
 }
 
 

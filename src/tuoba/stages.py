@@ -131,7 +131,13 @@ class Llvm(Stage):
         tree = plan.build_dir / "userland"
         userland.assemble(trees, tree)
         return RootfsRecord(
-            digest=digest({"toolchain": tc.digest, "trees": [str(t) for t in trees]}),
+            # the packages' cache entries by key: the same for a build in another cache dir
+            digest=digest(
+                {
+                    "toolchain": tc.digest,
+                    "trees": [plan.store.ref_of(str(t)) or t.name for t in trees],
+                }
+            ),
             tree=str(tree),
             packages=packages,
             toolchain={"triple": tc.triple, "digest": tc.digest, "clang": tc.clang},

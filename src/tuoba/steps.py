@@ -432,7 +432,7 @@ STEPS = (
         build_image,
         lambda plan: Inputs(
             after=("fetch", "artifacts", "rootfs", "kernel", "bpf", "overlay"),
-            values=(plan.image_inputs(),),
+            values=(plan.image_inputs(), plan.source_date_epoch),
         ),
         _image_outputs,
     ),

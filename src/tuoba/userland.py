@@ -46,6 +46,9 @@ from tuoba.errors import BuildError, InputError
 from tuoba.kernel import load_fragment, parse_config
 
 CODE = Path(__file__).read_text()  # a change to how things are built rebuilds them
+# The date programs built here carry (busybox's banner, a configure script's build date),
+# as the kernel's and U-Boot's builds do: a fixed one, so the same inputs give the same bytes.
+BUILD_ENV = {"SOURCE_DATE_EPOCH": "1767225600"}  # 2026-01-01
 
 
 def target(arch: str) -> tuple[str, str, str]:
@@ -477,13 +480,13 @@ def build_busybox(pkg: Package, src: Path, tc: Toolchain, dest: Path, log: Path)
     display = f"userland/{pkg.name}/{pkg.options['config']}"
     wanted = load_fragment(frag_file, pkg.name, display).options
     make = ["make", "HOSTCC=clang", *(f"{k}={v}" for k, v in tc.tools.items())]
-    run.run([*make, "allnoconfig"], cwd=src, log=log)
+    run.run([*make, "allnoconfig"], cwd=src, log=log, env=BUILD_ENV)
     config = src / ".config"
     names = {o.name for o in wanted}
     kept = [ln for ln in config.read_text().splitlines() if _config_name(ln) not in names]
     lines = [f"# {o.name} is not set" if o.value == "n" else f"{o.name}={o.value}" for o in wanted]
     config.write_text("\n".join([*kept, *lines]) + "\n")
-    run.run([*make, "oldconfig"], cwd=src, log=log, input="\n" * 4000)
+    run.run([*make, "oldconfig"], cwd=src, log=log, input="\n" * 4000, env=BUILD_ENV)
     got = parse_config(config.read_text())
     dropped = [o for o in wanted if got.get(o.name, "n") != o.value]
     if dropped:
@@ -493,8 +496,8 @@ def build_busybox(pkg: Package, src: Path, tc: Toolchain, dest: Path, log: Path)
             f"(got {got.get(o.name, 'n')})",
             hint="the option may be renamed in this busybox release, or depend on one not set",
         )
-    run.run([*make, jobs()], cwd=src, log=log)
-    run.run([*make, "busybox.links"], cwd=src, log=log)
+    run.run([*make, jobs()], cwd=src, log=log, env=BUILD_ENV)
+    run.run([*make, "busybox.links"], cwd=src, log=log, env=BUILD_ENV)
     _install(src / "busybox_unstripped", dest / "usr/bin/busybox")
     for applet in (src / "busybox.links").read_text().split():
         link = merged_usr(applet)
@@ -519,8 +522,9 @@ def build_autotools(pkg: Package, src: Path, tc: Toolchain, dest: Path, log: Pat
         ],
         cwd=src,
         log=log,
+        env=BUILD_ENV,
     )
-    run.run(["make", jobs(), *pkg.options["make"]], cwd=src, log=log)
+    run.run(["make", jobs(), *pkg.options["make"]], cwd=src, log=log, env=BUILD_ENV)
     for built, installed in pkg.options["install"].items():
         _install(src / built, dest / merged_usr(installed))
     _links(pkg, dest)

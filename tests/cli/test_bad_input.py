@@ -372,3 +372,25 @@ def test_an_imager_device_tag_that_is_not_one(project: Path) -> None:
                                                "imager_devices: [raspberrypi3]"))  # fmt: skip
     got = refused(project)
     assert "-> imager_devices[0]: 'raspberrypi3' is not a Raspberry Pi Imager device tag" in got
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--check-reproducible", "--reuse", "kernal"),
+         "error: --reuse kernal: not a kind of cache entry a build makes hint: one of: kernel,"),
+        (("--reuse", "kernel"),
+         "error: --reuse only has a meaning with --check-reproducible hint: add"),
+    ],
+    ids=["unknown-kind", "without-the-check"],
+)  # fmt: skip
+def test_reuse_refused(project: Path, args: tuple[str, ...], said: str) -> None:
+    assert said in refused(project, *args)
+
+
+def test_source_date_epoch_that_is_not_a_time(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    said = refused(project)
+    assert "error: SOURCE_DATE_EPOCH='yesterday' in the environment is not a number" in said

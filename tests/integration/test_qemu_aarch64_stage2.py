@@ -8,6 +8,7 @@ stage 1 builds; the toolchain and packages are cached after the first run.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from tests.conftest import copy_project
 from tests.integration.test_qemu_aarch64 import BOARD, KERNEL_CHECKS, H, Project
+from tuoba.disk import data_ranges
 
 pytestmark = pytest.mark.integration
 
@@ -108,3 +110,44 @@ def test_audit_stops_a_glibc_binary_and_leaves_no_image(built: Stage2) -> None:
     again = built.tuoba("build", "--board", BOARD, "--stage", "2")
     assert json.loads(built.artifact(".manifest.json").read_text())["stage"] == 2
     assert again.returncode == 0
+
+
+def test_no_host_path_in_any_artifact(built: Stage2) -> None:
+    """Nothing a build publishes names a place on the build host: not the cache (kernel
+    trees, toolchains, build directories), not the project or the output directory."""
+    cache = os.environ.get("TUOBA_CACHE_DIR") or str(Path.home() / ".cache" / "tuoba")
+    needles = [p.encode() for p in (cache, str(built.root), "/.cache/tuoba")]
+    for artifact in sorted(built.out.glob(f"{built.artifact('.img').stem}*")):
+        with artifact.open("rb") as f:
+            for start, end in data_ranges(f.fileno(), artifact.stat().st_size):
+                f.seek(start)
+                tail = b""
+                for _ in range(start, end, 8 * MIB):
+                    chunk = tail + f.read(min(8 * MIB, end - f.tell()))
+                    for needle in needles:
+                        at = chunk.find(needle)
+                        assert at < 0, f"{artifact.name}: {chunk[at - 40 : at + 120]!r}"
+                    tail = chunk[-256:]
+
+
+def test_stage2_is_bit_reproducible(built: Stage2) -> None:
+    """`--check-reproducible`: the image built again with an output and a cache directory of
+    its own — musl, compiler-rt, busybox, dropbear, the tuoba programs, the eBPF programs,
+    the root tree and the image made a second time; only the downloads and the kernel
+    (`--reuse kernel`: its compile is a third of this suite's budget) taken from the first —
+    is bit for bit the first one."""
+    proc = built.tuoba("build", "--board", BOARD, "--stage", "2", "--check-reproducible",
+                       "--reuse", "kernel")  # fmt: skip
+    said = " ".join(proc.stderr.split())
+    report = json.loads(built.artifact(".reproducible.json").read_text())
+    assert report["reproducible"] is True and report["differences"] == [], report
+    name = built.artifact("").name
+    assert {f"{name}.img", f"{name}.img.xz", f"{name}.img.bmap", f"{name}.manifest.json",
+            f"{name}.Image"} <= set(report["identical"])  # fmt: skip
+    assert report["shared"] == ["source", "tool", "kernel"]
+    assert "bit-identical" in said
+    second = said.split("second build in ", 1)[1]
+    assert "steps run: fetch, artifacts, rootfs, kernel, bpf, overlay, image" in second
+    assert not (built.out / ".reproducible").exists()
+    m = built.manifest()
+    assert m["source_date_epoch"] == report["source_date_epoch"]

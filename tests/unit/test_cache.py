@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tuoba import steps
-from tuoba.cache import Store, leftovers, parse_duration, select_prune, usage
+from tuoba.cache import Mirror, Store, leftovers, parse_duration, select_prune, usage
 from tuoba.errors import InputError
 
 KEY = "ab" * 32
@@ -195,3 +195,22 @@ def test_ref_of_a_path_into_an_entry(tmp_path: Path) -> None:
     assert store.ref_of(str(tmp_path / "work" / "ccache")) is None
     assert store.ref_of(str(tmp_path / "store" / "rootfs" / f".{KEY}.tmp-1")) is None
     assert store.ref_of("/elsewhere/store/rootfs/" + KEY) is None
+
+
+def test_a_mirror_gives_only_the_kinds_it_is_asked_for_and_takes_nothing(tmp_path: Path) -> None:
+    """The second build of --check-reproducible: its own cache, with downloads (here
+    `source`) taken from the first build's cache, hard-linked; a `kernel` made again."""
+    first = Store(tmp_path / "first")
+    make(first, "source", KEY, "tarball")
+    make(first, "kernel", KEY2, "vmlinux")
+    second = Store(tmp_path / "second", remote=Mirror(tmp_path / "first", ["source"]))
+    got = second.get("source", KEY)
+    assert got is not None and (got.data / "f").read_text() == "tarball"
+    assert got.data.parent.parent.parent == tmp_path / "second" / "store"
+    mine = (got.data / "f").stat()
+    theirs = (tmp_path / "first/store/source" / KEY / "data/f").stat()
+    assert (mine.st_ino, mine.st_dev) == (theirs.st_ino, theirs.st_dev)  # linked, not copied
+    assert second.get("kernel", KEY2) is None
+    make(second, "kernel", KEY2, "vmlinux, again")
+    assert [e.ref for e in first.entries()] == [f"kernel/{KEY2}", f"source/{KEY}"]
+    assert (first.get("kernel", KEY2).data / "f").read_text() == "vmlinux"  # type: ignore[union-attr]

@@ -4,11 +4,14 @@ from pathlib import Path
 
 import click
 
-from tuoba import ui
+from tuoba import reproducible, ui
 from tuoba.build import build
 from tuoba.cli import App
 from tuoba.cli.options import board_option, stage_option
+from tuoba.errors import InputError
+from tuoba.host import require_reproducible_ext4
 from tuoba.plan import DEFAULT_RECIPES, Request, resolve
+from tuoba.reproducible import REUSABLE, check_reuse
 
 
 @click.command("build")
@@ -49,6 +52,21 @@ from tuoba.plan import DEFAULT_RECIPES, Request, resolve
     help="Only validate: read the board, recipes and every data file they use, report what "
     "would be built, write nothing.",
 )
+@click.option(
+    "--check-reproducible",
+    is_flag=True,
+    help="Build, then build again with an output and a cache directory of its own, and "
+    "compare the two bit for bit; where they differ, name the file inside the image. The "
+    "report goes to OUT/IMAGE.reproducible.json; exit 1 when they differ.",
+)
+@click.option(
+    "--reuse",
+    multiple=True,
+    metavar="KIND",
+    help="With --check-reproducible: let the second build take this kind of cache entry from "
+    "the first instead of making it again (e.g. kernel); repeatable. Downloads are always "
+    f"shared. Kinds: {', '.join(REUSABLE)}.",
+)
 @click.pass_obj
 def command(
     app: App,
@@ -61,6 +79,8 @@ def command(
     supplies: tuple[str, ...],
     explain: bool,
     check: bool,
+    check_reproducible: bool,
+    reuse: tuple[str, ...],
 ) -> None:
     """Compose an image for a board from its recipes.
 
@@ -75,28 +95,34 @@ def command(
       tuoba build --board rpi4 --check
       tuoba build --board pynq-z2 --supply BOOT.BIN=./BOOT.BIN
       tuoba build --board vim3 --supply u-boot.bin.sd.bin=./fip/u-boot.bin.sd.bin
+      tuoba build --board qemu-aarch64 --stage 2 --check-reproducible
     """
+    if reuse and not check_reproducible:
+        raise InputError(
+            "--reuse only has a meaning with --check-reproducible",
+            hint="add --check-reproducible, or drop --reuse",
+        )
+    check_reuse(reuse)
     pairs = []
     for item in supplies:
         file, sep, path = item.partition("=")
         if not sep or not file or not path:
             raise click.BadParameter(f"expected FILE=PATH, got {item!r}", param_hint="--supply")
         pairs.append((file, path))
-    plan = resolve(
-        Request(
-            board=board,
-            recipes=(*DEFAULT_RECIPES, *recipes),
-            stage=stage,
-            data_dir=str(app.data_dir),
-            out_dir=str(app.out_dir),
-            cache_dir=str(app.cache_dir),
-            cache_url=app.cache_url,
-            ssh_key=str(ssh_key.resolve()) if ssh_key else None,
-            offline=offline,
-            mirror=mirror,
-            supplies=tuple(pairs),
-        )
+    request = Request(
+        board=board,
+        recipes=(*DEFAULT_RECIPES, *recipes),
+        stage=stage,
+        data_dir=str(app.data_dir),
+        out_dir=str(app.out_dir),
+        cache_dir=str(app.cache_dir),
+        cache_url=app.cache_url,
+        ssh_key=str(ssh_key.resolve()) if ssh_key else None,
+        offline=offline,
+        mirror=mirror,
+        supplies=tuple(pairs),
     )
+    plan = resolve(request)
     for name, origin, why in plan.left_out:
         ui.warn(f"recipe '{name}' ({origin}) {why}: this image is built without it")
     if check:
@@ -110,6 +136,11 @@ def command(
         f"building [bold]{plan.image_name}[/bold]: board {plan.board.name}, stage {plan.stage}, "
         f"recipes {', '.join(r.name for r in plan.recipes)}"
     )
+    if check_reproducible:
+        require_reproducible_ext4()
+        report = reproducible.check(request, reuse)
+        ui.info(f"built in {report.seconds[0]:.1f} s and {report.seconds[1]:.1f} s")
+        return
     result = build(plan, explain=explain)
     ran = ", ".join(result.ran) if result.ran else "nothing (up to date)"
     ui.info(f"steps run: {ran}")
