@@ -209,8 +209,40 @@ def stage_tree(
         run.run(["systemctl", f"--root={staging}", "enable", *plan.services], log=log)
     if (staging / "etc/shadow").is_file():
         (staging / "etc/shadow").chmod(0o640)  # git keeps no modes but the exec bit
+    scrub_build_dates(staging, plan.source_date_epoch)
     date_tree(staging, plan.source_date_epoch)
     return staging
+
+
+def scrub_build_dates(root: Path, epoch: int) -> None:
+    """What the root tree's making wrote of its own day, set to `epoch` or left out: the day
+    passwords last changed in /etc/shadow (as useradd writes it under SOURCE_DATE_EPOCH), the
+    logs of package installation, ldconfig's cache of file times (it is made again when
+    missing). Each file is replaced, not edited: it may be a hard link into the cache."""
+    day = str(epoch // 86400)
+    for name in ("etc/shadow", "etc/shadow-"):
+        f = root / name
+        if f.is_file() and not f.is_symlink():
+            lines = []
+            for line in f.read_text().splitlines():
+                fields = line.split(":")
+                if len(fields) > 2 and fields[2]:
+                    fields[2] = day
+                lines.append(":".join(fields))
+            st = f.stat()
+            f.unlink()
+            f.write_text("".join(ln + "\n" for ln in lines))
+            os.chown(f, st.st_uid, st.st_gid)
+            f.chmod(st.st_mode & 0o7777)
+    (root / "var/cache/ldconfig/aux-cache").unlink(missing_ok=True)
+    logs = root / "var/log"
+    for log in sorted(logs.rglob("*.log")) if logs.is_dir() else []:
+        if log.is_file() and not log.is_symlink() and log.stat().st_size:
+            st = log.stat()
+            log.unlink()
+            log.touch()
+            os.chown(log, st.st_uid, st.st_gid)
+            log.chmod(st.st_mode & 0o7777)
 
 
 def date_tree(root: Path, epoch: int) -> None:
