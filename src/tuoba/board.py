@@ -88,6 +88,11 @@ class QemuSpec:
     # Edits to the device tree QEMU gets (never the image's own), each "delete-node PATH" or
     # "delete-property PATH NAME": where the emulated machine wires a device differently.
     dtb_edits: tuple[str, ...] = ()
+    # The file on the first FAT partition the board's firmware reads the kernel command line
+    # from (the Pi's cmdline.txt): QEMU, which loads the kernel itself, gets it from the card
+    # at every boot too, so an edit on the card (Raspberry Pi Imager's) takes effect as on the
+    # board. None: the command line the build wrote (the manifest's).
+    cmdline_file: str | None = None
 
     @property
     def machine_type(self) -> str:
@@ -279,6 +284,12 @@ def _qemu(doc: Doc, path: tuple[PathPart, ...], value: Any) -> QemuSpec:
             Field("nic", one_of("virtio", "board"), "virtio", help="which NIC the network uses"),
             Field("cmdline", string_list, (), help="extra kernel words under emulation"),
             Field("dtb_edits", _dtb_edits, (), help="edits to the device tree QEMU gets"),
+            Field(
+                "cmdline_file",
+                string,
+                None,
+                help="file on the first FAT partition the command line is read from",
+            ),
         ],
     )
     if v["dtb_edits"] and v["dtb"] is None:

@@ -38,21 +38,26 @@ def boot_spec(
     spec = QemuSpec(
         **{**q, "cmdline": tuple(q.get("cmdline", ())), "dtb_edits": tuple(q.get("dtb_edits", ()))}
     )
-    cmdline = boot["cmdline"]
-    if spec.console or spec.cmdline:  # the emulated machine differs from the board
-        words = [w for w in cmdline.split() if not spec.console or not w.startswith("console=")]
-        if spec.cmdline:
-            words = [w for w in words if w != "quiet"] + list(spec.cmdline)
-        cmdline = " ".join([*words, *([f"console={spec.console}"] if spec.console else [])])
+    card = None
+    if spec.cmdline_file:  # read from the first FAT partition at each boot, as the board does
+        fat = next((p for p in manifest.partitions if p.get("fs") == "vfat"), None)
+        if fat is None:
+            raise InputError(
+                f"{image.name}: board '{manifest.board}' reads its command line from "
+                f"{spec.cmdline_file} on a FAT partition, and the image has none",
+                hint="build the image again (tuoba build)",
+            )
+        card = (int(fat["start"]), int(fat["size"]))
     return qemu.BootSpec(
         arch=manifest.arch,
         image=image,
         kernel=image.parent / boot["kernel"],
         initrd=image.parent / boot["initrd"] if boot.get("initrd") else None,
         dtb=image.parent / f"{manifest.name}.{spec.dtb}" if spec.dtb else None,
-        cmdline=cmdline,
+        cmdline=qemu.emulated_cmdline(boot["cmdline"], spec),
         qemu=spec,
         card_size=card_size,
+        cmdline_card=card,
         console_ready=CONSOLE_READY[manifest.stage],
     )
 
@@ -87,6 +92,7 @@ def check_image(
     timeout: float,
     extra_pytest_args: tuple[str, ...] = (),
     card_size: int | None = None,
+    keep_card: Path | None = None,
 ) -> CheckResult:
     manifest = manifests.load(image)
     spec = boot_spec(image, manifest, card_size)
@@ -111,7 +117,7 @@ def check_image(
     with tempfile.TemporaryDirectory(prefix="tuoba-test-") as tmp:
         ssh_config = Path(tmp) / "ssh_config"
         ssh_config.write_text(SSH_CONFIG)
-        with qemu.booted(spec, console_log, timeout=timeout) as guest:
+        with qemu.booted(spec, console_log, timeout=timeout, keep_card=keep_card) as guest:
             ssh_args = [
                 f"--hosts=ssh://root@127.0.0.1:{guest.ssh_port}",
                 f"--ssh-config={ssh_config}",

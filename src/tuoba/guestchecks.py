@@ -66,9 +66,11 @@ def probe() -> Probe:
 
 @pytest.fixture(scope="session")
 def console() -> str:
-    """The serial console log of the boot (checks for boards without a network read it)."""
+    """The serial console log of the boot (checks for boards without a network read it): of
+    the last boot, when the guest rebooted on its way up (tuoba.qemu.REBOOT_MARK)."""
     with open(os.environ["TUOBA_CONSOLE_LOG"], errors="replace") as f:
-        return re.sub(r"\x1b\[[0-9;]*m", "", f.read())  # drop colour codes
+        text = f.read().rpartition("tuoba: the guest rebooted; ")[2]
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # drop colour codes
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,11 @@ doc/json-schema/os-list-schema.json), so `rpi-imager --repo URL/os_list.json` of
 release's images for the devices each board names (board.yaml `imager_devices`).
 
 Imager takes absolute URLs and checks what it wrote against `extract_sha256`, the raw image's
-hash; `image_download_sha256` is the `.img.xz`'s. No `init_format` is declared: TuobaOS does
-not yet apply Imager's first-boot customisation, so Imager must not offer it.
+hash; `image_download_sha256` is the `.img.xz`'s. An image with the `imager` recipe declares
+`init_format: systemd`, so Imager offers its OS customisation (hostname, user, ssh keys, Wi-Fi,
+locale) and writes it the way Raspberry Pi OS takes it: firstrun.sh on the boot partition, run
+on the first boot through cmdline.txt (recipes/imager). Other images declare none, and Imager
+offers none.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from tuoba.catalog import Catalog, CatalogImage
 from tuoba.manifest import Manifest
 
 OS_LIST = "os_list.json"
+# The recipe whose image takes Imager's customisation, and the format it takes.
+RECIPE = "imager"
+INIT_FORMAT = "systemd"
 ICON = "tuoba-icon.png"  # beside os_list.json in the release
 
 
@@ -24,14 +30,19 @@ def entry(image: CatalogImage, m: Manifest, base_url: str, devices: tuple[str, .
     """The os_list entry of one image."""
     xz = image.file("image")
     raw = xz.name.removesuffix(".xz")
-    stacks = [r for r in m.recipes if r != "base"]
+    stacks = [r for r in m.recipes if r not in ("base", RECIPE)]
     userland = "Debian bookworm" if m.stage == 1 else "an LLVM + musl userland built from source"
     return {
         "name": f"TuobaOS {m.version} ({m.board}, stage {m.stage})",
         "description": (
             f"{userland} on the clang-built TuobaOS kernel {m.kernel.get('version', '')}"
             + (f", with {', '.join(stacks)}" if stacks else "")
-            + "; log in as root with an ssh key (tuoba flash --ssh-key)"
+            + (
+                "; set a user, ssh key and Wi-Fi in Imager's OS customisation, or log in as root"
+                if RECIPE in m.recipes
+                else "; log in as root"
+            )
+            + " with an ssh key (tuoba flash --ssh-key)"
         ),
         "icon": url(base_url, ICON),
         "url": url(base_url, xz.name),
@@ -42,6 +53,7 @@ def entry(image: CatalogImage, m: Manifest, base_url: str, devices: tuple[str, .
         "release_date": released[:10],
         "devices": list(devices),
         "website": url(base_url, "index.html"),
+        **({"init_format": INIT_FORMAT} if RECIPE in m.recipes else {}),
     }
 
 

@@ -34,9 +34,49 @@ class BootSpec:
     cmdline: str
     qemu: QemuSpec
     card_size: int | None = None  # attach the image as a larger disk (a copy-on-write overlay)
+    # The first FAT partition (start, size in bytes) when the command line is read from a file
+    # on it at each boot (QemuSpec.cmdline_file), as the board's firmware does.
+    cmdline_card: tuple[int, int] | None = None
+    scratch_card: bool = False  # the disk is an overlay made for this boot: QEMU writes to it
     # Without a network the checks read the serial console: it must show every one of these
     # (regular expressions) before they run; the image's stage says what marks a finished boot.
     console_ready: tuple[str, ...] = (r" login: ",)
+
+
+def emulated_cmdline(cmdline: str, q: QemuSpec) -> str:
+    """The board's kernel command line as the emulated machine needs it: its console, and the
+    emulation's extra words (then without `quiet`)."""
+    if not (q.console or q.cmdline):
+        return cmdline
+    words = [w for w in cmdline.split() if not q.console or not w.startswith("console=")]
+    if q.cmdline:
+        words = [w for w in words if w != "quiet"] + list(q.cmdline)
+    return " ".join([*words, *([f"console={q.console}"] if q.console else [])])
+
+
+def card_cmdline(spec: BootSpec, tmp: Path) -> str:
+    """The command line the board's firmware would read from the card as it is now (QEMU's
+    copy-on-write overlay included), made fit for the emulated machine."""
+    assert spec.cmdline_card is not None and spec.qemu.cmdline_file is not None
+    start, size = spec.cmdline_card
+    where = f"{spec.image}@@{start}"
+    if spec.image.suffix == ".qcow2":  # mtools reads raw images: the partition, taken out
+        fat = tmp / "firmware-partition.img"
+        bs = 1 << 20 if start % (1 << 20) == size % (1 << 20) == 0 else 512
+        run.run([run.require("qemu-img"), "dd", "-f", "qcow2", "-O", "raw", f"bs={bs}",
+                 f"skip={start // bs}", f"count={size // bs}", f"if={spec.image}",
+                 f"of={fat}"])  # fmt: skip
+        where = str(fat)
+    name = spec.qemu.cmdline_file
+    proc = run.run(["mtype", "-i", where, f"::/{name}"], capture=True, capture_stderr=True,
+                   check=False, env={"MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise GuestCheckError(
+            f"cannot boot {spec.image.name}: its first FAT partition has no {name}, where the "
+            "board's firmware reads the kernel command line",
+            hint="build the image again (tuoba build), or put the file back on the card",
+        )
+    return emulated_cmdline(" ".join(proc.stdout.split()), spec.qemu)
 
 
 def free_port() -> int:
@@ -54,7 +94,7 @@ def qemu_command(
     spec: BootSpec, ssh_port: int | None, serial: str, writable: bool, probe_port: int | None = None
 ) -> list[str]:
     q = spec.qemu
-    snapshot = "off" if writable else "on"
+    snapshot = "off" if writable or spec.scratch_card else "on"
     fmt = "qcow2" if spec.image.suffix == ".qcow2" else "raw"
     cmd = [
         arches.of(spec.arch).qemu_system,
@@ -91,22 +131,32 @@ def qemu_command(
     if serial == "stdio":
         cmd += ["-nographic"]
     else:
-        cmd += ["-display", "none", "-monitor", "none", "-serial", f"file:{serial}"]
+        # appended to: after a reboot the console log goes on where the last boot left it
+        path = serial.replace(",", ",,")
+        cmd += ["-display", "none", "-monitor", "none",
+                "-chardev", f"file,id=console,path={path},append=on",
+                "-serial", "chardev:console"]  # fmt: skip
     return cmd
 
 
 @contextlib.contextmanager
-def emulated(spec: BootSpec) -> Iterator[BootSpec]:
+def emulated(spec: BootSpec, writable: bool = False) -> Iterator[BootSpec]:
     """The spec QEMU runs: its machine checked against the installed QEMU, the image as a larger
     card if asked, and the device tree the board's dtb_edits describe (an edited copy; the image
-    keeps the board's own)."""
+    keeps the board's own). A board whose firmware reads its command line from the card gets
+    it from there, on a card of its own (an overlay: what a boot writes, the next one reads)."""
     for path in (spec.image, spec.kernel, *(p for p in (spec.initrd, spec.dtb) if p)):
         if not path.is_file():
             raise InputError(f"cannot boot: {path} does not exist", hint="run 'tuoba build' first")
     host.require_qemu_machine(spec.arch, spec.qemu.machine_type)
     with tempfile.TemporaryDirectory(prefix="tuoba-qemu-") as tmp:
+        if spec.cmdline_card is not None and spec.card_size is None and not writable:
+            spec = dataclasses.replace(spec, card_size=spec.image.stat().st_size)
         if spec.card_size is not None:
-            spec = dataclasses.replace(spec, image=_larger_card(spec, Path(tmp)))
+            card = _larger_card(spec, Path(tmp))
+            spec = dataclasses.replace(spec, image=card, scratch_card=True)
+        if spec.cmdline_card is not None:
+            spec = dataclasses.replace(spec, cmdline=card_cmdline(spec, Path(tmp)))
         if spec.dtb is not None and spec.qemu.dtb_edits:
             spec = dataclasses.replace(spec, dtb=_edited_dtb(spec, Path(tmp)))
         yield spec
@@ -131,9 +181,10 @@ def _larger_card(spec: BootSpec, tmp: Path) -> Path:
         )
     overlay = tmp / f"{spec.image.stem}.qcow2"
     qemu_img = run.require("qemu-img")
-    run.run([qemu_img, "create", "-q", "-f", "qcow2", "-b", str(spec.image), "-F", "raw",
-             str(overlay), str(spec.card_size)])  # fmt: skip
-    ui.info(f"emulation: the image is attached as a {mib} MiB card (copy-on-write overlay)")
+    run.run([qemu_img, "create", "-q", "-f", "qcow2", "-b", str(spec.image.resolve()), "-F",
+             "raw", str(overlay), str(spec.card_size)])  # fmt: skip
+    if spec.card_size != image_size:
+        ui.info(f"emulation: the image is attached as a {mib} MiB card (copy-on-write overlay)")
     return overlay
 
 
@@ -173,12 +224,30 @@ class Guest:
 
 
 @contextlib.contextmanager
-def booted(spec: BootSpec, console_log: Path, timeout: float = 180.0) -> Iterator[Guest]:
+def booted(
+    spec: BootSpec, console_log: Path, timeout: float = 180.0, keep_card: Path | None = None
+) -> Iterator[Guest]:
     """Boot the image, wait until it is up (ssh answers; without a network: the serial console
     shows a login prompt), yield the guest; QEMU is always stopped afterwards, also on failure,
-    Ctrl-C or SIGTERM."""
+    Ctrl-C or SIGTERM. `keep_card`: where to keep the card the guest wrote to (its overlay)."""
     with emulated(spec) as run_spec:
-        yield from _run_until_up(run_spec, console_log, timeout)
+        try:
+            yield from _run_until_up(run_spec, console_log, timeout)
+        finally:
+            if keep_card is not None and run_spec.scratch_card:
+                keep_card.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(run_spec.image, keep_card)
+                ui.info(
+                    f"the card as the guest left it (qcow2 over {spec.image.name}): {keep_card}"
+                )
+
+
+# A board whose firmware reads its command line from the card may reboot on the way up (the
+# first boot of a card Raspberry Pi Imager customised runs its script, then reboots): QEMU
+# (-no-reboot) then exits, and the board is booted again, its command line read again.
+MAX_BOOTS = 3
+REBOOTED = "reboot: Restarting system"  # the kernel's last line before a reboot
+REBOOT_MARK = "tuoba: the guest rebooted"  # written to the console log between two boots
 
 
 def _run_until_up(spec: BootSpec, console_log: Path, timeout: float) -> Iterator[Guest]:
@@ -187,45 +256,79 @@ def _run_until_up(spec: BootSpec, console_log: Path, timeout: float) -> Iterator
         probe = free_port()
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.write_text("")
-    proc = run.spawn(qemu_command(spec, port, str(console_log), writable=False, probe_port=probe))
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    proc: subprocess.Popen[bytes] | None = None
     try:
         start = time.monotonic()
-        deadline = start + timeout
-        ready: Callable[[], bool]
-        if spec.qemu.network:
-            what = f"an ssh answer on 127.0.0.1:{port}"
-            ready = functools.partial(ssh_banner, port)
-        else:
-            what = (
-                "the serial console to show a finished boot ("
-                + ", ".join(repr(p) for p in spec.console_ready)
-                + f", then {CONSOLE_QUIET:.0f} s without output)"
+        with tempfile.TemporaryDirectory(prefix="tuoba-boot-") as tmp:
+            for boot in range(1, MAX_BOOTS + 1):
+                offset = console_log.stat().st_size
+                if boot > 1:
+                    assert spec.cmdline_card is not None
+                    spec = dataclasses.replace(spec, cmdline=card_cmdline(spec, Path(tmp)))
+                    file = spec.qemu.cmdline_file
+                    with console_log.open("a") as f:
+                        f.write(f"\n{REBOOT_MARK}; boot {boot}, the kernel command line from "
+                                f"the card's {file}: {spec.cmdline}\n")  # fmt: skip
+                    ui.info(f"emulation: the guest rebooted; booting it again (boot {boot}), "
+                            f"the command line read from the card's {file}")  # fmt: skip
+                proc = run.spawn(qemu_command(spec, port, str(console_log), writable=False,
+                                              probe_port=probe))  # fmt: skip
+                what, ready = _readiness(spec, port, console_log, offset)
+                if _wait_up(spec, proc, ready, what, console_log, offset, start, timeout):
+                    guest = Guest(port, probe, console_log, proc, time.monotonic() - start)
+                    ui.info(f"  guest up ({what}) after {guest.boot_seconds:.1f} s")
+                    yield guest
+                    return
+            raise GuestCheckError(
+                f"the guest rebooted {MAX_BOOTS} times without finishing a boot",
+                hint=_console_tail(console_log),
             )
-            ready = ConsoleWatch(console_log, spec.console_ready)
-        while not ready():
-            if proc.poll() is not None:
-                raise GuestCheckError(
-                    f"QEMU exited with code {proc.returncode} before {what}",
-                    hint=_console_tail(console_log),
-                )
-            if time.monotonic() > deadline:
-                raise GuestCheckError(
-                    f"gave up waiting for {what} after {timeout:.0f} s",
-                    hint=_console_tail(console_log),
-                )
-            time.sleep(0.5)
-        guest = Guest(port, probe, console_log, proc, time.monotonic() - start)
-        ui.info(f"  guest up ({what}) after {guest.boot_seconds:.1f} s")
-        yield guest
     finally:
-        run.stop(proc)
+        if proc is not None:
+            run.stop(proc)
         signal.signal(signal.SIGTERM, previous)
+
+
+def _readiness(spec: BootSpec, port: int, console_log: Path, offset: int
+               ) -> tuple[str, Callable[[], bool]]:  # fmt: skip
+    if spec.qemu.network:
+        return f"an ssh answer on 127.0.0.1:{port}", functools.partial(ssh_banner, port)
+    what = (
+        "the serial console to show a finished boot ("
+        + ", ".join(repr(p) for p in spec.console_ready)
+        + f", then {CONSOLE_QUIET:.0f} s without output)"
+    )
+    return what, ConsoleWatch(console_log, spec.console_ready, offset)
+
+
+def _wait_up(spec: BootSpec, proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str,
+             console_log: Path, offset: int, start: float, timeout: float) -> bool:  # fmt: skip
+    """True once the guest is up; False when it rebooted and the board is to be booted again
+    (its firmware reads the command line from the card); raises otherwise."""
+    while not ready():
+        if proc.poll() is not None:
+            with console_log.open("rb") as f:
+                f.seek(offset)
+                rebooted = REBOOTED.encode() in f.read()
+            if proc.returncode == 0 and rebooted and spec.cmdline_card is not None:
+                return False
+            raise GuestCheckError(
+                f"QEMU exited with code {proc.returncode} before {what}",
+                hint=_console_tail(console_log),
+            )
+        if time.monotonic() > start + timeout:
+            raise GuestCheckError(
+                f"gave up waiting for {what} after {timeout:.0f} s",
+                hint=_console_tail(console_log),
+            )
+        time.sleep(0.5)
+    return True
 
 
 CONSOLE_QUIET = 5.0  # seconds without console output that count as a settled boot
@@ -237,8 +340,9 @@ class ConsoleWatch:
     seconds: a login prompt alone races units that finish after getty (ssh, first-boot growth)
     on a slower machine, and the checks read a console that must hold the whole boot."""
 
-    def __init__(self, log: Path, patterns: tuple[str, ...]) -> None:
+    def __init__(self, log: Path, patterns: tuple[str, ...], offset: int = 0) -> None:
         self.log = log
+        self.offset = offset  # where this boot's output starts
         self.patterns = [re.compile(p) for p in patterns]
         self.size = -1
         self.quiet_since = 0.0
@@ -251,7 +355,9 @@ class ConsoleWatch:
             return False
         now = time.monotonic()
         if self.matched_at is None:
-            text = self.log.read_text(errors="replace")
+            with self.log.open("rb") as f:
+                f.seek(self.offset)
+                text = f.read().decode(errors="replace")
             if not all(p.search(text) for p in self.patterns):
                 self.size, self.quiet_since = size, now
                 return False
@@ -271,7 +377,7 @@ def _console_tail(log: Path, lines: int = 20) -> str:
 
 def interactive(spec: BootSpec, writable: bool) -> int:
     """Boot with the serial console on this terminal (Ctrl-A X quits QEMU)."""
-    with emulated(spec) as run_spec:
+    with emulated(spec, writable) as run_spec:
         port = free_port()
         if spec.qemu.network:
             ui.info(f"ssh: forwarded on 127.0.0.1:{port}")

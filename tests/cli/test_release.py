@@ -23,7 +23,8 @@ BOARD = "qemu-aarch64"
 NAME = f"tuoba-{BOARD}-s1-0.1.0"
 
 
-def fake_build(out: Path, name: str = NAME, board: str = BOARD, size: int = 3 << 20) -> None:
+def fake_build(out: Path, name: str = NAME, board: str = BOARD, size: int = 3 << 20,
+               recipes: tuple[str, ...] = ("base",)) -> None:  # fmt: skip
     """An out/ as `tuoba build` leaves it: image, xz, bmap, kernel and a manifest naming their
     hashes. The xz is 3 MiB of incompressible bytes, so a transfer can be cut midway."""
     out.mkdir(parents=True, exist_ok=True)
@@ -36,7 +37,7 @@ def fake_build(out: Path, name: str = NAME, board: str = BOARD, size: int = 3 <<
     for file, data in files.items():
         (out / file).write_bytes(data)
     manifest = Manifest(
-        name=name, version="0.1.0", board=board, arch="arm64", stage=1, recipes=["base"],
+        name=name, version="0.1.0", board=board, arch="arm64", stage=1, recipes=list(recipes),
         tests=[], hostname="h", inputs_digest="0" * 64,
         kernel={"version": "6.1.170-tuoba"},
         boot={"kernel": f"{name}.Image", "initrd": None, "cmdline": "", "qemu": None,
@@ -417,7 +418,7 @@ def test_imager_catalog_lists_the_raspberry_pi_images(project: Path, tmp_path: P
     import jsonschema
 
     fake_build(project / "out")
-    fake_build(project / "out", RPI4, "rpi4")
+    fake_build(project / "out", RPI4, "rpi4", recipes=("base", "bpf", "sdcard", "imager"))
     dest = tmp_path / "public"
     code, out = invoke(project, "release", str(dest), "--sign-key",
                        str(keypair(tmp_path / "k")), "--base-url", BASE_URL + "/")  # fmt: skip
@@ -432,7 +433,8 @@ def test_imager_catalog_lists_the_raspberry_pi_images(project: Path, tmp_path: P
     assert entry["image_download_size"] == xz.stat().st_size
     assert entry["image_download_sha256"] == hashlib.sha256(xz.read_bytes()).hexdigest()
     assert entry["extract_sha256"] == hashlib.sha256(raw.read_bytes()).hexdigest()
-    assert "init_format" not in entry  # no first-boot customisation offered yet
+    assert entry["init_format"] == "systemd"  # the imager recipe takes Imager's firstrun.sh
+    assert "with bpf, sdcard;" in entry["description"]
     assert (dest / "tuoba-icon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sums = (dest / "SHA256SUMS").read_text()
     assert all(f"  {n}\n" in sums for n in ("os_list.json", "index.html", "tuoba-icon.png"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -131,8 +132,7 @@ def test_one_kernel_serves_all_arm64_boards(built: tuple[str, Path]) -> None:
 
 @pytest.mark.parametrize(
     ("board", "stage", "machine", "recipes"),
-    [("rpi3", 1, "raspi3b", ()), ("rpi3", 2, "raspi3b", ()),
-     ("rpi4", 1, "raspi4b", ("--recipe", "tuoba")), ("rpi4", 2, "raspi4b", ())],
+    [("rpi3", 1, "raspi3b", ()), ("rpi3", 2, "raspi3b", ()), ("rpi4", 2, "raspi4b", ())],
 )  # fmt: skip
 def test_boots_in_qemu_raspi(
     project: Path, board: str, stage: int, machine: str, recipes: tuple[str, ...]
@@ -141,8 +141,8 @@ def test_boots_in_qemu_raspi(
     SD image attached as a card twice its size; the raspi machines have no network, so the
     serial-console checks run, among them the root partition grown into the whole card on first
     boot.
-    raspi4b gets the board's dtb_edits (said on the way), raspi3b the DTB unchanged. rpi4's
-    stage 1 is the developer image (`-r tuoba`, every stack: the release image)."""
+    raspi4b gets the board's dtb_edits (said on the way), raspi3b the DTB unchanged. (rpi4's
+    stage 1 boots below, as Raspberry Pi Imager customised it.)"""
     _, img = build(project, board, stage, *recipes)
     # a card twice the image (the developer image outgrows the board's 2 GiB and is 4 GiB)
     card = 2 * img.stat().st_size
@@ -190,3 +190,199 @@ def test_card_size_must_hold_the_image_and_suit_qemus_sd(project: Path) -> None:
         proc = tuoba_test(img, "rpi4", "--stage", "2", "--card-size", size)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr
+
+
+# What a user sets in Raspberry Pi Imager's OS customisation, for the test below.
+IMAGER = {"hostname": "imager-pi", "user": "alice", "password": "tuoba imager", "ssid": "Tuoba Lab",
+          "wifi": "correct horse battery", "country": "GB", "keymap": "de",
+          "timezone": "Europe/Berlin"}  # fmt: skip
+REGDOM = " cfg80211.ieee80211_regdom=GB"
+FIRSTRUN = (" systemd.run=/boot/firstrun.sh systemd.run_success_action=reboot"
+            " systemd.unit=kernel-command-line.target")  # fmt: skip
+
+
+def firstrun_sh(key: str, password_hash: str, psk: str) -> str:
+    """firstrun.sh as Raspberry Pi Imager 1.8 writes it for init_format "systemd" (its
+    OptionsPopup.qml applySettings: hostname, a public key, the user, Wi-Fi, keymap and time
+    zone, each calling Raspberry Pi OS's helper when the image has it, else doing it itself)."""
+    s = IMAGER
+    return f"""#!/bin/bash
+
+set +e
+
+CURRENT_HOSTNAME=`cat /etc/hostname | tr -d " \\t\\n\\r"`
+if [ -f /usr/lib/raspberrypi-sys-mods/imager_custom ]; then
+   /usr/lib/raspberrypi-sys-mods/imager_custom set_hostname {s["hostname"]}
+else
+   echo {s["hostname"]} >/etc/hostname
+   sed -i "s/127.0.1.1.*$CURRENT_HOSTNAME/127.0.1.1\\t{s["hostname"]}/g" /etc/hosts
+fi
+FIRSTUSER=`getent passwd 1000 | cut -d: -f1`
+FIRSTUSERHOME=`getent passwd 1000 | cut -d: -f6`
+if [ -f /usr/lib/raspberrypi-sys-mods/imager_custom ]; then
+   /usr/lib/raspberrypi-sys-mods/imager_custom enable_ssh -k '{key}'
+else
+   install -o "$FIRSTUSER" -m 700 -d "$FIRSTUSERHOME/.ssh"
+   install -o "$FIRSTUSER" -m 600 <(printf "'{key}'") "$FIRSTUSERHOME/.ssh/authorized_keys"
+   echo 'PasswordAuthentication no' >>/etc/ssh/sshd_config
+   systemctl enable ssh
+fi
+if [ -f /usr/lib/userconf-pi/userconf ]; then
+   /usr/lib/userconf-pi/userconf '{s["user"]}' '{password_hash}'
+else
+   echo "$FIRSTUSER:"'{password_hash}' | chpasswd -e
+   if [ "$FIRSTUSER" != "{s["user"]}" ]; then
+      usermod -l "{s["user"]}" "$FIRSTUSER"
+      usermod -m -d "/home/{s["user"]}" "{s["user"]}"
+      groupmod -n "{s["user"]}" "$FIRSTUSER"
+   fi
+fi
+if [ -f /usr/lib/raspberrypi-sys-mods/imager_custom ]; then
+   /usr/lib/raspberrypi-sys-mods/imager_custom set_wlan '{s["ssid"]}' '{psk}' '{s["country"]}'
+else
+cat >/etc/wpa_supplicant/wpa_supplicant.conf <<'WPAEOF'
+country={s["country"]}
+ctrl_interface=DIR=/var/run/wpa_supplicant GROUP=netdev
+ap_scan=1
+
+update_config=1
+network={{
+\tssid="{s["ssid"]}"
+\tpsk={psk}
+}}
+
+WPAEOF
+   chmod 600 /etc/wpa_supplicant/wpa_supplicant.conf
+   rfkill unblock wifi
+   for filename in /var/lib/systemd/rfkill/*:wlan ; do
+       echo 0 > $filename
+   done
+fi
+if [ -f /usr/lib/raspberrypi-sys-mods/imager_custom ]; then
+   /usr/lib/raspberrypi-sys-mods/imager_custom set_keymap '{s["keymap"]}'
+   /usr/lib/raspberrypi-sys-mods/imager_custom set_timezone '{s["timezone"]}'
+else
+   rm -f /etc/localtime
+   echo "{s["timezone"]}" >/etc/timezone
+   dpkg-reconfigure -f noninteractive tzdata
+cat >/etc/default/keyboard <<'KBEOF'
+XKBMODEL="pc105"
+XKBLAYOUT="{s["keymap"]}"
+XKBVARIANT=""
+XKBOPTIONS=""
+
+KBEOF
+   dpkg-reconfigure -f noninteractive keyboard-configuration
+fi
+rm -f /boot/firstrun.sh
+sed -i 's| systemd.run.*||g' /boot/cmdline.txt
+exit 0
+"""
+
+
+def imager_writes(img: Path, fat_start: int, script: str) -> str:
+    """Onto the card's first FAT partition what Imager writes there (its DownloadThread's
+    _customizeImage): firstrun.sh, and cmdline.txt read, trimmed and appended to (the Wi-Fi
+    country, then the systemd.run words). The original command line is returned."""
+    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
+    fat = f"{img}@@{fat_start}"
+    script_file = img.with_name("firstrun.sh")
+    script_file.write_text(script)
+    subprocess.run(["mcopy", "-o", "-i", fat, str(script_file), "::/firstrun.sh"], env=env,
+                   check=True)  # fmt: skip
+    original = fat_file(img, fat_start, "cmdline.txt").decode().strip()
+    cmdline = img.with_name("cmdline.txt")
+    cmdline.write_text(original + REGDOM + FIRSTRUN)  # (Imager's: no newline at the end)
+    subprocess.run(["mcopy", "-o", "-i", fat, str(cmdline), "::/cmdline.txt"], env=env,
+                   check=True)  # fmt: skip
+    return original
+
+
+def test_imager_customisation_takes_effect_on_raspi4b(project: Path, tmp_path: Path) -> None:
+    """rpi4's release image (stage 1, the developer image: `-r tuoba`) as Raspberry Pi Imager
+    writes it with OS customisation (the catalog declares init_format "systemd"): firstrun.sh
+    and the cmdline.txt words on the boot partition. QEMU's raspi4b, which like the board's
+    firmware reads cmdline.txt from the card at every boot, runs the script on the first boot,
+    which reboots; the second boot comes up as the user asked (the login prompt shows the
+    hostname, the serial checks pass) and the card holds each setting."""
+    _, img = build(project, "rpi4", 1, "--recipe", "tuoba")
+    manifest = json.loads(
+        img.with_name(img.name.removesuffix(".img") + ".manifest.json").read_text()
+    )
+    assert {"bpf", "containers", "security", "imager"} <= set(manifest["recipes"])
+    boot_part, root_part = manifest["partitions"][0], manifest["partitions"][1]
+    # the card Imager wrote: the image's bytes, then its customisation (beside it what tuoba
+    # test boots with: the manifest, kernel and device tree)
+    card_dir = tmp_path / "card"
+    card_dir.mkdir()
+    for f in img.parent.glob(img.name.removesuffix(".img") + ".*"):
+        if f.name.endswith((".manifest.json", ".Image", ".dtb")):
+            shutil.copy(f, card_dir / f.name)
+    card = card_dir / img.name
+    subprocess.run(["cp", "--sparse=always", str(img), str(card)], check=True)
+    key = (img.parent / "ssh" / "tuoba_ed25519.pub").read_text().strip()
+    hashed = subprocess.run(["openssl", "passwd", "-5", IMAGER["password"]],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    password_hash = hashed.stdout.strip()  # sha256-crypt, as Imager 1.x makes it
+    psk = hashlib.pbkdf2_hmac("sha1", IMAGER["wifi"].encode(), IMAGER["ssid"].encode(),
+                              4096, 32).hex()  # fmt: skip
+    original = imager_writes(card, boot_part["start"], firstrun_sh(key, password_hash, psk))
+
+    junit = card_dir / "rpi4-s1-report.xml"
+    kept = card_dir / "card-after.qcow2"
+    proc = tuoba_test(card, "rpi4", "--image", str(card), "--junit", str(junit), "--timeout",
+                      "600", "--card-size", "8G", "--keep-card", str(kept),
+                      "-k", "not board_hostname")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert "the guest rebooted; booting it again (boot 2)" in said
+    report = junit.read_text()
+    assert 'failures="0"' in report and 'errors="0"' in report
+    assert "test_unit_started[ssh.service]" in report
+    assert "test_root_grew_to_fill_the_card" in report
+    log = junit.with_name(junit.stem + ".console.log").read_text(errors="replace")
+    first, _, second = log.partition("tuoba: the guest rebooted; boot 2")
+    for said_first in ("imager_custom: hostname imager-pi", "imager_custom: ssh: 1 key(s) for",
+                       "userconf: user alice (uid 1000)", "imager_custom: Wi-Fi: network Tuoba Lab",
+                       "imager_custom: keymap de", "imager_custom: time zone Europe/Berlin",
+                       "reboot: Restarting system"):  # fmt: skip
+        assert said_first in first, said_first
+    assert "imager-pi login:" in second and "tuoba-rpi4 login:" not in second
+    assert f"Kernel command line: {original.split()[0]}" in second
+    assert REGDOM.strip() in second and "systemd.run=" not in second
+
+    # the card as the guest left it
+    raw = card_dir / "card-after.img"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(kept), str(raw)], check=True)
+    assert fat_file(raw, boot_part["start"], "cmdline.txt").decode() == original + REGDOM
+    gone = subprocess.run(["mtype", "-i", f"{raw}@@{boot_part['start']}", "::/firstrun.sh"],
+                          capture_output=True, env={"MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
+    assert gone.returncode != 0, "firstrun.sh removed itself"
+
+    def root(path: str) -> str:
+        return ext4_file(raw, root_part["start"], path).decode()
+
+    assert root("/etc/hostname") == "imager-pi\n"
+    assert "127.0.1.1\timager-pi" in root("/etc/hosts")
+    alice = next(ln for ln in root("/etc/passwd").splitlines() if ln.startswith("alice:"))
+    assert alice.split(":")[2:4] == ["1000", "1000"] and alice.endswith(":/home/alice:/bin/bash")
+    assert f"alice:{password_hash}:" in root("/etc/shadow")
+    assert "alice" in next(ln for ln in root("/etc/group").splitlines() if ln.startswith("sudo:"))
+    assert root("/home/alice/.ssh/authorized_keys") == key + "\n"
+    stat = subprocess.run(["debugfs", "-R", "stat /home/alice/.ssh/authorized_keys",
+                           f"{raw}?offset={root_part['start']}"], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    assert "Mode:  0600" in stat and "User:  1000" in stat
+    wpa = root("/etc/wpa_supplicant/wpa_supplicant-wlan0.conf")
+    assert "country=GB" in wpa and f"psk={psk}" in wpa
+    assert f"ssid={IMAGER['ssid'].encode().hex()}" in wpa
+    wants = subprocess.run(["debugfs", "-R", "ls -l /etc/systemd/system/multi-user.target.wants",
+                            f"{raw}?offset={root_part['start']}"], capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    assert "wpa_supplicant@wlan0.service" in wants
+    assert 'XKBLAYOUT="de"' in root("/etc/default/keyboard")
+    assert root("/etc/timezone") == "Europe/Berlin\n"
+    link = subprocess.run(["debugfs", "-R", "stat /etc/localtime",
+                           f"{raw}?offset={root_part['start']}"], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    assert 'Fast link dest: "/usr/share/zoneinfo/Europe/Berlin"' in link

@@ -56,3 +56,15 @@ def test_a_console_that_never_goes_quiet_is_ready_after_the_settle_limit(tmp_pat
         time.sleep(0.05)
         assert time.monotonic() - start < 3
     assert time.monotonic() - start >= 0.9
+
+
+def test_a_later_boot_is_watched_from_where_it_starts(tmp_path: Path) -> None:
+    """After a reboot the log goes on: the prompt of the boot before does not count."""
+    log = tmp_path / "console.log"
+    log.write_text("tuoba-rpi4 login: \nreboot: Restarting system\n")
+    watch = qemu.ConsoleWatch(log, (r" login: ",), offset=log.stat().st_size)
+    assert not watch()
+    with log.open("a") as f:
+        f.write("imager-pi login: \n")
+    watch()
+    assert watch.matched_at is not None

@@ -39,6 +39,12 @@ from tuoba.plan import default_ssh_key
     help="Attach the image as a disk of SIZE (e.g. 4G; copy-on-write, the image is only read), "
     "as when it is written to a larger SD card: first-boot growth then has room.",
 )
+@click.option(
+    "--keep-card",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Keep the card as the guest left it (a qcow2 overlay over the image) at this path: "
+    "what first-boot work wrote, to inspect (qemu-img convert -O raw FILE card.img).",
+)
 @click.option("-k", "keyword", help="Only run guest checks matching this pytest expression.")
 @click.pass_obj
 def command(
@@ -51,6 +57,7 @@ def command(
     timeout: float,
     keyword: str | None,
     card_size: str | None,
+    keep_card: Path | None,
 ) -> None:
     """Boot an image in QEMU and run the guest checks its recipes select.
 
@@ -84,5 +91,6 @@ def command(
         timeout=timeout,
         extra_pytest_args=("-k", keyword) if keyword else (),
         card_size=card_bytes,
+        keep_card=keep_card.resolve() if keep_card else None,
     )
     ui.info(f"[green]all guest checks passed[/green] (guest up after {result.boot_seconds:.1f} s)")
