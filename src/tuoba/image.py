@@ -416,6 +416,7 @@ def make_filesystems(
             if not boot_done:
                 loader.boot_partition(tree, kernel, cmdline)
                 boot_done = True
+            date_tree(tree, plan.source_date_epoch)  # (mcopy -m keeps the files' own)
             disk.make_vfat(tree, fs_file, part.size, part.name, part.fs_uuid, log,
                            epoch=plan.source_date_epoch)  # fmt: skip
             shutil.rmtree(tree)

@@ -230,6 +230,8 @@ def booted(
     """Boot the image, wait until it is up (ssh answers; without a network: the serial console
     shows a login prompt), yield the guest; QEMU is always stopped afterwards, also on failure,
     Ctrl-C or SIGTERM. `keep_card`: where to keep the card the guest wrote to (its overlay)."""
+    if keep_card is not None and spec.card_size is None:  # (a card of its own, to keep)
+        spec = dataclasses.replace(spec, card_size=spec.image.stat().st_size)
     with emulated(spec) as run_spec:
         try:
             yield from _run_until_up(run_spec, console_log, timeout)

@@ -90,6 +90,7 @@ def check(request: Request, reuse: tuple[str, ...] = (), keep: bool = False) -> 
     first = resolve(request)
     ui.info(f"reproducibility: first build of {first.image_name}")
     a = build(first)
+    ui.info(f"first build: steps run: {', '.join(a.ran) or 'nothing (up to date)'}")
     scratch = first.out_dir / SCRATCH
     shutil.rmtree(scratch, ignore_errors=True)
     shared = (*SHARED, *reuse)
@@ -110,6 +111,7 @@ def check(request: Request, reuse: tuple[str, ...] = (), keep: bool = False) -> 
             f"(taking only {', '.join(shared)} entries from the first)"
         )
         b = build(second)
+        ui.info(f"second build: steps run: {', '.join(b.ran)}")
         differences = compare(first, second.out_dir)
     finally:
         if not keep:
@@ -117,7 +119,9 @@ def check(request: Request, reuse: tuple[str, ...] = (), keep: bool = False) -> 
     names = artifact_names(first)
     report = Report(
         image=first.image_name,
-        identical=tuple(n for n in names if not any(d.where.startswith(n) for d in differences)),
+        identical=tuple(
+            n for n in names if not any(d.where.partition(",")[0] == n for d in differences)
+        ),
         differences=tuple(differences),
         shared=shared,
         source_date_epoch=first.source_date_epoch,

@@ -9,7 +9,7 @@ from tuoba.build import build
 from tuoba.cli import App
 from tuoba.cli.options import board_option, stage_option
 from tuoba.errors import InputError
-from tuoba.host import require_reproducible_ext4
+from tuoba.host import e2fsprogs_check, require_reproducible_ext4
 from tuoba.plan import DEFAULT_RECIPES, Request, resolve
 from tuoba.reproducible import REUSABLE, check_reuse
 
@@ -136,6 +136,12 @@ def command(
         f"building [bold]{plan.image_name}[/bold]: board {plan.board.name}, stage {plan.stage}, "
         f"recipes {', '.join(r.name for r in plan.recipes)}"
     )
+    if not e2fsprogs_check().ok:
+        ui.warn(
+            "this host's mkfs.ext4 dates the image's files by the build's clock, not by "
+            "SOURCE_DATE_EPOCH: the image is not reproducible ('tuoba doctor --fix' installs a "
+            "newer e2fsprogs)"
+        )
     if check_reproducible:
         require_reproducible_ext4()
         report = reproducible.check(request, reuse)
