@@ -67,6 +67,7 @@ def check(project: Path, out: Path, stage: int, reuse: list[str]) -> dict[str, o
         "differing_files": len(files),
         "first_files": files[:15],
         "source_date_epoch": report["source_date_epoch"],
+        "date": run_context()["date"],
     }
 
 
@@ -87,7 +88,12 @@ def main() -> None:
                    f"{row['differing_files']} files differ, e.g. {row['first_files'][:3]}; "
                    f"regions: {row['differing_regions']}")  # fmt: skip
         print(f"{stage:<7}{row['first_build_s']:>8.1f}s{row['second_build_s']:>8.1f}s  {verdict}")
-    write_results(ROOT / "bench" / "results" / "latest-reproducible.json", results)
+    out = ROOT / "bench" / "results" / "latest-reproducible.json"
+    if out.is_file():  # keep the figures of the stages not measured this time
+        done = {r["stage"] for r in results["runs"]}  # type: ignore[union-attr]
+        kept = [r for r in json.loads(out.read_text()).get("runs", []) if r["stage"] not in done]
+        results["runs"] = sorted([*results["runs"], *kept], key=lambda r: -r["stage"])  # type: ignore[misc]
+    write_results(out, results)
 
 
 if __name__ == "__main__":
