@@ -54,6 +54,18 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def base_only(project: Path, board: str = "qemu-aarch64") -> Path:
+    """The board in a project copy without its default stack: its images are `base` alone.
+    What a test proves of building (caching, rebuilds, sources, interruptions) is one code
+    path whatever the recipes; a base image is rebuilt in seconds, the developer image in
+    minutes."""
+    path = project / "boards" / board / "board.yaml"
+    shipped = path.read_text()
+    assert "\nrecipes: [tuoba]\n" in shipped, f"{path}: its default recipes changed"
+    path.write_text(shipped.replace("\nrecipes: [tuoba]\n", "\nrecipes: []\n"))
+    return project
+
+
 def zynq_boot_image(dest: Path) -> Path:
     """A Zynq-7000 boot image (the boot ROM's BOOT.BIN format) made by U-Boot's
     `mkimage -T zynqimage` around a placeholder first-stage loader: a valid boot header for the

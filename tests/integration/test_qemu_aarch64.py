@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_release import keypair, serve
-from tests.conftest import FileServer, copy_project
+from tests.conftest import FileServer, base_only, copy_project
 
 pytestmark = pytest.mark.integration
 
@@ -172,11 +172,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Project:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Project:
     """The board without its default stack: an image of `base` alone."""
-    project = Project(copy_project(tmp_path_factory.mktemp("qemu-base") / "project"))
-    board = project.root / "boards" / BOARD / "board.yaml"
-    shipped = board.read_text()
-    assert "\nrecipes: [tuoba]\n" in shipped
-    board.write_text(shipped.replace("\nrecipes: [tuoba]\n", "\nrecipes: []\n"))
+    project = Project(base_only(copy_project(tmp_path_factory.mktemp("qemu-base") / "project")))
     project.tuoba("build", "--board", BOARD)
     assert project.manifest()["recipes"] == ["base"]
     return project

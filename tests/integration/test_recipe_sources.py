@@ -4,7 +4,9 @@ and mode, and named in the manifest; bytes that do not match the pin stop the bu
 no image.
 
 Uses the shared cache: with the qemu-aarch64 root filesystem and kernel cached (the other
-integration tests make them), only the fetch, overlay and image steps run here.
+integration tests make them), only the fetch, overlay and image steps run here. The board's
+default stack is dropped (`base` alone): a pinned file is installed the same way into any
+image, and a base image is composed in seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 from tests.conftest import (
     FileServer,
+    base_only,
     copy_project,
     ext4_file,
     partition_table,
@@ -57,7 +60,7 @@ def root_start(img: Path) -> int:
 
 
 def test_pinned_file_is_fetched_installed_and_named(tmp_path: Path) -> None:
-    project = copy_project(tmp_path / "project")
+    project = base_only(copy_project(tmp_path / "project"))
     served = tmp_path / "www"
     served.mkdir()
     tool = TOOL + f"# {os.urandom(8).hex()}\n".encode()  # downloaded, not found cached
@@ -86,7 +89,7 @@ def test_pinned_file_is_fetched_installed_and_named(tmp_path: Path) -> None:
 
 
 def test_bytes_that_do_not_match_the_pin_stop_the_build(tmp_path: Path) -> None:
-    project = copy_project(tmp_path / "project")
+    project = base_only(copy_project(tmp_path / "project"))
     served = tmp_path / "www"
     served.mkdir()
     # bytes no run has cached (the cache would rightly serve pinned bytes it has), served with
