@@ -26,6 +26,7 @@ from tuoba.cache import Store
 from tuoba.config import Field, load_yaml, matching, name_list, parse_mapping, string
 from tuoba.digest import digest
 from tuoba.errors import BuildError, InputError
+from tuoba.kernel import feature_names
 
 INSTALL_DIR = "/usr/bin"  # loaders
 OBJECT_DIR = "/usr/lib/tuoba/bpf"  # the BPF objects, for bpftool and for reading
@@ -94,6 +95,11 @@ def load_program(data_dir: Path, name: str) -> Program:
     for i, a in enumerate(v["arch"]):
         if a not in arches.ARCHES:
             raise doc.error(("arch", i), f"unknown arch '{a}' (known: {', '.join(arches.ARCHES)})")
+    known = feature_names(data_dir)
+    for i, f in enumerate(v["kernel_features"]):
+        if f not in known:
+            raise doc.error(("kernel_features", i), f"unknown feature '{f}'",
+                            hint=f"known: {', '.join(known) or 'none'}")  # fmt: skip
     prog = Program(name=name, directory=directory, **v)
     for need in (f"{name}.bpf.c", f"{prog.loader}.c"):
         if not (directory / need).is_file():

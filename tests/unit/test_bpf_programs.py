@@ -145,7 +145,7 @@ def test_the_armhf_image_gets_no_fr(project: Path, tmp_path: Path) -> None:
         (("arch: [arm64]", "arch: [mips]"),
          "bpf/fr/program.yaml:10 -> arch[0]: unknown arch 'mips'"),
         (("kernel_features: [bpf, readpath]", "kernel_features: [bpf, nope]"),
-         "bpf/fr/program.yaml: kernel_features: unknown feature 'nope'"),
+         "bpf/fr/program.yaml:7 -> kernel_features[1]: unknown feature 'nope'"),
     ],
 )  # fmt: skip
 def test_a_bad_program_description_is_located(
