@@ -248,7 +248,9 @@ def booted(
 # first boot of a card Raspberry Pi Imager customised runs its script, then reboots): QEMU
 # (-no-reboot) then exits, and the board is booted again, its command line read again.
 MAX_BOOTS = 3
-REBOOTED = "reboot: Restarting system"  # the kernel's last line before a reboot
+# QEMU exits with 0 when the guest resets (a reboot) or powers off; the console tells them
+# apart, when the last lines reach it (the kernel's own may not, cut short by the reset).
+POWERED_OFF = (b"reboot: Power down", b"Reached target poweroff.target")
 REBOOT_MARK = "tuoba: the guest rebooted"  # written to the console log between two boots
 
 
@@ -317,7 +319,8 @@ def _wait_up(spec: BootSpec, proc: subprocess.Popen[bytes], ready: Callable[[], 
         if proc.poll() is not None:
             with console_log.open("rb") as f:
                 f.seek(offset)
-                rebooted = REBOOTED.encode() in f.read()
+                said = f.read()
+            rebooted = not any(p in said for p in POWERED_OFF)
             if proc.returncode == 0 and rebooted and spec.cmdline_card is not None:
                 return False
             raise GuestCheckError(
