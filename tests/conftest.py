@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import http.server
 import json
 import mimetypes
+import os
 import shutil
 import subprocess
 import sys
@@ -197,3 +199,68 @@ def serve_files(server: FileServer) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def keypair(path: Path) -> Path:
+    """An unencrypted ed25519 key pair at PATH and PATH.pub; returns the private key's path."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t", "-f", str(path)],
+                   check=True)  # fmt: skip
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Flashed:
+    """What a user has after downloading a release and flashing it."""
+
+    xz: Path  # the downloaded NAME.img.xz; its manifest and boot files are beside it
+    card: Path  # the loop device it was flashed to
+    key: Path  # the user's private key, whose public half the flash put in root's keys
+    server: FileServer  # what the release's server was asked
+
+
+@contextlib.contextmanager
+def flashed_release(
+    project: Path, out: Path, board: str, stage: int, work: Path, card_size: int
+) -> Iterator[Flashed]:
+    """The board's image from OUT as a user gets it: released (signed), served on loopback,
+    downloaded with the first transfer of its .img.xz cut midway (resumed) and the signature
+    checked against the signer the user trusts, then flashed with the user's own ssh key to a
+    loop device of `card_size` bytes (a sparse file), which is detached afterwards."""
+    from tuoba.plan import image_name
+
+    def tuoba(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "tuoba", "--data-dir", str(project),
+                               *args], capture_output=True, text=True, check=False)  # fmt: skip
+        assert proc.returncode == 0, f"tuoba {' '.join(args)}: {proc.stdout}{proc.stderr}"
+        return proc
+
+    name = image_name(board, stage)
+    public, dl = work / "public", work / "dl"
+    release_key = keypair(work / "release-key")
+    tuoba("--out", str(out), "release", str(public), "--sign-key", str(release_key),
+          "--board", board, "--stage", str(stage))  # fmt: skip
+    trusted = work / "trusted_signers"
+    trusted.write_text((public / "allowed_signers").read_text())
+    server = FileServer(public)
+    server.cut_first = {f"{name}.img.xz"}
+    with serve_files(server) as base:
+        tuoba("--out", str(dl), "download", "--board", board, "--stage", str(stage),
+              "--catalog", f"{base}/catalog.json", "--allowed-signers", str(trusted))  # fmt: skip
+    xz_requests = [rng for n, rng in server.requests if n == f"{name}.img.xz"]
+    assert len(xz_requests) == 2 and xz_requests[1], "the cut transfer was resumed"
+    backing = work / "card"
+    with backing.open("wb") as f:
+        f.truncate(card_size)
+    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
+                         text=True, check=True).stdout.strip()  # fmt: skip
+    try:
+        user_key = keypair(work / "user-key")
+        flashed = tuoba("--out", str(dl), "flash", str(dl / f"{name}.img.xz"), "--device", dev,
+                        "--yes", "--force", "--ssh-key", f"{user_key}.pub")  # fmt: skip
+        assert "verified" in flashed.stdout + flashed.stderr, flashed.stderr
+        yield Flashed(dl / f"{name}.img.xz", Path(dev), user_key, server)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")

@@ -26,8 +26,13 @@ CHECK_TIMEOUT = 900  # seconds for one guest check (TCG is slow; none needs near
 
 
 def boot_spec(
-    image: Path, manifest: manifests.Manifest, card_size: int | None = None
+    image: Path,
+    manifest: manifests.Manifest,
+    card_size: int | None = None,
+    card: Path | None = None,
 ) -> qemu.BootSpec:
+    """How QEMU boots the image: the kernel, device tree and command line from the files beside
+    it (as its manifest names them), the disk the image itself or a `card` it was flashed to."""
     boot = manifest.boot
     if boot.get("qemu") is None:
         raise InputError(
@@ -38,7 +43,7 @@ def boot_spec(
     spec = QemuSpec(
         **{**q, "cmdline": tuple(q.get("cmdline", ())), "dtb_edits": tuple(q.get("dtb_edits", ()))}
     )
-    card = None
+    cmdline_fat = None
     if spec.cmdline_file:  # read from the first FAT partition at each boot, as the board does
         fat = next((p for p in manifest.partitions if p.get("fs") == "vfat"), None)
         if fat is None:
@@ -47,19 +52,49 @@ def boot_spec(
                 f"{spec.cmdline_file} on a FAT partition, and the image has none",
                 hint="build the image again (tuoba build)",
             )
-        card = (int(fat["start"]), int(fat["size"]))
+        cmdline_fat = (int(fat["start"]), int(fat["size"]))
     return qemu.BootSpec(
         arch=manifest.arch,
-        image=image,
+        image=card or image,
         kernel=image.parent / boot["kernel"],
         initrd=image.parent / boot["initrd"] if boot.get("initrd") else None,
         dtb=image.parent / f"{manifest.name}.{spec.dtb}" if spec.dtb else None,
         cmdline=qemu.emulated_cmdline(boot["cmdline"], spec),
         qemu=spec,
         card_size=card_size,
-        cmdline_card=card,
+        cmdline_card=cmdline_fat,
         console_ready=CONSOLE_READY[manifest.stage],
     )
+
+
+def check_card(card: Path, manifest: manifests.Manifest) -> None:
+    """The card holds the image the manifest describes: its partitions where the image has them,
+    with the PARTUUIDs the kernel's root= and fstab name. (Later first-boot work, such as growing
+    the root partition, keeps both.)"""
+    hint = f"flash it first: tuoba flash {manifest.name}.img.xz --device {card}"
+    if not (qemu.is_block_device(card) or card.is_file()):
+        raise InputError(f"no card at {card}: give a block device or an image file", hint=hint)
+    proc = run.run([run.require("sfdisk"), "--json", str(card)], capture=True,
+                   capture_stderr=True, check=False)  # fmt: skip
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise InputError(
+            f"{card} has no partition table: it does not hold {manifest.name}", hint=hint
+        )
+    table = json.loads(proc.stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    disk_id = str(table.get("id", "")).lower().removeprefix("0x")
+    found = [
+        (int(p["start"]) * sector,
+         str(p.get("uuid") or f"{disk_id}-{number:02d}").lower())
+        for number, p in enumerate(table.get("partitions", []), start=1)
+    ]  # fmt: skip
+    want = [(int(p["start"]), str(p["uuid"]).lower()) for p in manifest.partitions]
+    if found[: len(want)] != want:
+        show = ", ".join(f"{u} at {s >> 20} MiB" for s, u in want)
+        raise InputError(
+            f"{card} does not hold {manifest.name}: its partitions are not the image's ({show})",
+            hint=hint,
+        )
 
 
 # What a finished boot shows on the serial console, per stage. Stage 1: systemd says "Startup
@@ -93,9 +128,17 @@ def check_image(
     extra_pytest_args: tuple[str, ...] = (),
     card_size: int | None = None,
     keep_card: Path | None = None,
+    card: Path | None = None,
 ) -> CheckResult:
+    """Boot the image (or the `card` it was flashed to: a block device or an image file) and
+    run its guest checks; raises GuestCheckError when one fails."""
     manifest = manifests.load(image)
-    spec = boot_spec(image, manifest, card_size)
+    if card is not None:
+        check_card(card, manifest)
+    spec = boot_spec(image, manifest, card_size, card)
+    if card is not None and card_size is None:  # (the checks compare growth with the card's size)
+        card_size = qemu.card_size_for(spec)
+        spec = dataclasses.replace(spec, card_size=card_size)
     if not ssh_key.is_file():
         raise InputError(f"no ssh private key at {ssh_key}", hint="pass --ssh-key PRIVATE_KEY")
     tests = manifest.tests

@@ -87,7 +87,8 @@ REBUILD = "images are used with the manifest their build wrote; rebuild the imag
 
 
 def path_for(image: Path) -> Path:
-    return image.with_name(image.name.removesuffix(".img") + ".manifest.json")
+    """The manifest beside an image: NAME.img, or the NAME.img.xz a release carries."""
+    return image.with_name(image.name.removesuffix(".xz").removesuffix(".img") + ".manifest.json")
 
 
 def load(image: Path) -> Manifest:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -145,13 +147,23 @@ def emulated(spec: BootSpec, writable: bool = False) -> Iterator[BootSpec]:
     card if asked, and the device tree the board's dtb_edits describe (an edited copy; the image
     keeps the board's own). A board whose firmware reads its command line from the card gets
     it from there, on a card of its own (an overlay: what a boot writes, the next one reads)."""
-    for path in (spec.image, spec.kernel, *(p for p in (spec.initrd, spec.dtb) if p)):
+    for path in (spec.kernel, *(p for p in (spec.initrd, spec.dtb) if p)):
         if not path.is_file():
             raise InputError(f"cannot boot: {path} does not exist", hint="run 'tuoba build' first")
+    device = is_block_device(spec.image)
+    if not (device or spec.image.is_file()):
+        raise InputError(
+            f"cannot boot: {spec.image} does not exist", hint="run 'tuoba build' first"
+        )
+    if device and writable:
+        raise InputError(
+            f"{spec.image} is a block device: QEMU only reads a card, through an overlay",
+            hint="boot it without --writable; its changes are thrown away",
+        )
     host.require_qemu_machine(spec.arch, spec.qemu.machine_type)
     with tempfile.TemporaryDirectory(prefix="tuoba-qemu-") as tmp:
-        if spec.cmdline_card is not None and spec.card_size is None and not writable:
-            spec = dataclasses.replace(spec, card_size=spec.image.stat().st_size)
+        if spec.card_size is None and (device or (spec.cmdline_card is not None and not writable)):
+            spec = dataclasses.replace(spec, card_size=card_size_for(spec))
         if spec.card_size is not None:
             card = _larger_card(spec, Path(tmp))
             spec = dataclasses.replace(spec, image=card, scratch_card=True)
@@ -162,12 +174,45 @@ def emulated(spec: BootSpec, writable: bool = False) -> Iterator[BootSpec]:
         yield spec
 
 
+def is_block_device(path: Path) -> bool:
+    try:
+        return stat.S_ISBLK(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def disk_size(path: Path) -> int:
+    """The size of an image file, or of a block device (a card, a loop device)."""
+    if not is_block_device(path):
+        return path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def card_size_for(spec: BootSpec) -> int:
+    """The card QEMU attaches when none was asked for: the image's or the device's size. QEMU's
+    SD cards are a power of two in size; a real card rarely is (an "8 GB" one holds 7.4 GiB), so
+    a block device on an SD drive is rounded up, the room after its end reading as zeros."""
+    size = disk_size(spec.image)
+    if is_block_device(spec.image) and spec.qemu.drive == "sd" and size & (size - 1):
+        rounded = 1 << size.bit_length()
+        ui.info(
+            f"emulation: {spec.image} ({size >> 20} MiB) is attached as a {rounded >> 20} MiB "
+            "card: QEMU's SD cards are a power of two in size"
+        )
+        return rounded
+    return size
+
+
 def _larger_card(spec: BootSpec, tmp: Path) -> Path:
     """A qcow2 overlay of the raw image with a larger virtual size: the guest sees a card with
     free space after the image (as when a small image is written to a large card); the image
     itself is only read."""
     assert spec.card_size is not None
-    image_size = spec.image.stat().st_size
+    image_size = disk_size(spec.image)
     mib = spec.card_size >> 20
     if spec.card_size < image_size:
         raise InputError(
@@ -231,7 +276,7 @@ def booted(
     shows a login prompt), yield the guest; QEMU is always stopped afterwards, also on failure,
     Ctrl-C or SIGTERM. `keep_card`: where to keep the card the guest wrote to (its overlay)."""
     if keep_card is not None and spec.card_size is None:  # (a card of its own, to keep)
-        spec = dataclasses.replace(spec, card_size=spec.image.stat().st_size)
+        spec = dataclasses.replace(spec, card_size=card_size_for(spec))
     with emulated(spec) as run_spec:
         try:
             yield from _run_until_up(run_spec, console_log, timeout)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_cli import invoke
-from tests.conftest import FileServer, serve_files
+from tests.conftest import FileServer, keypair, serve_files
 from tuoba.manifest import Manifest
 
 BOARD = "qemu-aarch64"
@@ -57,12 +57,6 @@ def fake_build(out: Path, name: str = NAME, board: str = BOARD, size: int = 3 <<
         files={f: hashlib.sha256(d).hexdigest() for f, d in files.items()},
     )  # fmt: skip
     (out / f"{name}.manifest.json").write_text(manifest.to_json())
-
-
-def keypair(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t", "-f", str(path)],
-                   check=True)  # fmt: skip
-    return path
 
 
 @contextlib.contextmanager

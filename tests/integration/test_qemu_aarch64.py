@@ -4,11 +4,12 @@ checks, then prove incremental rebuilds and recovery from an interrupted build.
 Two images, each from a private copy of the project (editing an overlay here never touches
 the checkout):
 - `built`: the board as shipped, the developer image with every stack (4 GiB): its manifest,
-  its partition table, and every guest check in the booted guest;
-- `small`: the same board with its default stack dropped, so `base` alone (2 GiB). Release,
-  download and flash, the cache, incremental rebuilds, interrupted, killed, concurrent and
-  full-disk builds are one code path whatever the recipes; on the small image each rebuild
-  costs seconds, not the developer image's minutes.
+  its partition table, and every guest check in the guest booted from the card it was flashed
+  to once its release was downloaded;
+- `small`: the same board with its default stack dropped, so `base` alone (2 GiB). The cache,
+  incremental rebuilds, interrupted, killed, concurrent and full-disk builds are one code path
+  whatever the recipes; on the small image each rebuild costs seconds, not the developer
+  image's minutes.
 Both use the shared cache (~/.cache/tuoba or TUOBA_CACHE_DIR): a cold run builds the root
 filesystems with mkosi; later runs reuse them. Tests run in file order and build on each other.
 """
@@ -28,8 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_release import keypair, serve
-from tests.conftest import FileServer, base_only, copy_project
+from tests.conftest import base_only, copy_project, flashed_release, needs_root
 
 pytestmark = pytest.mark.integration
 
@@ -233,57 +233,33 @@ def test_partition_table(built: Project) -> None:
     assert f"root=PARTUUID={root['uuid'].lower()}" in cmdline
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
-def test_release_download_and_flash_to_a_loop_device(small: Project, tmp_path: Path) -> None:
-    """The image released (signed), served on loopback, downloaded with a transfer cut midway,
-    and flashed from its .img.xz to a loop device: the card holds the built image."""
-    key = keypair(tmp_path / "release-key")
-    public = tmp_path / "public"
-    small.tuoba("release", str(public), "--sign-key", str(key))
-    trusted = tmp_path / "trusted_signers"
-    trusted.write_text((public / "allowed_signers").read_text())
-    spdx = json.loads((public / small.artifact(".spdx.json").name).read_text())
-    licensed = [
-        p for p in spdx["packages"] if p.get("licenseDeclared", "NOASSERTION") != "NOASSERTION"
-    ]
-    assert len(licensed) > 50, "the real root's copyright files give most packages a licence"
-    server = FileServer(public)
-    xz_name = small.artifact(".img.xz").name
-    server.cut_first = {xz_name}
-    dl = tmp_path / "dl"
-    with serve(server) as url:
-        small.tuoba("--out", str(dl), "download", "--board", BOARD, "--catalog", url,
-                    "--allowed-signers", str(trusted))  # fmt: skip
-    assert [r for n, r in server.requests if n == xz_name][1], "the cut transfer was resumed"
-    img = small.artifact(".img")
-    card = tmp_path / "card"
-    with card.open("wb") as f:
-        f.truncate(img.stat().st_size + (64 << 20))  # sparse: a card a little larger
-    dev = subprocess.run(["losetup", "-f", "--show", str(card)], capture_output=True, text=True,
-                         check=True).stdout.strip()  # fmt: skip
-    try:
-        flashed = small.tuoba("flash", str(dl / xz_name), "--device", dev, "--yes", "--force")
-        assert "verified" in flashed.stdout + flashed.stderr, flashed.stderr
-        with open(dev, "rb") as f, img.open("rb") as want:
-            for _ in range(img.stat().st_size >> 24):  # 16 MiB at a time
-                assert f.read(1 << 24) == want.read(1 << 24)
-        # once more as a downloader does it: their own key instead of the release maker's
-        user_key = keypair(tmp_path / "user-key").with_suffix(".pub")
-        small.tuoba("flash", str(dl / xz_name), "--device", dev, "--yes", "--force",
-                    "--ssh-key", str(user_key))  # fmt: skip
-        root = next(p for p in small.manifest()["partitions"] if p["mountpoint"] == "/")  # type: ignore[attr-defined]
+@needs_root
+def test_guest_checks_pass_on_the_released_image_flashed_to_a_card(
+    built: Project, tmp_path: Path
+) -> None:
+    """The developer image as a user gets it: released (signed, with SBOMs), served on
+    loopback, downloaded with a transfer cut midway (resumed), flashed to a loop device with the
+    user's own ssh key; QEMU boots that card (the kernel from the download) and every guest
+    check the image's recipes select passes over ssh with the user's key."""
+    img = built.artifact(".img")
+    with flashed_release(built.root, built.out, BOARD, 1, tmp_path,
+                         card_size=img.stat().st_size + (64 << 20)) as card:  # fmt: skip
+        spdx = json.loads((tmp_path / "public" / built.artifact(".spdx.json").name).read_text())
+        licensed = [
+            p for p in spdx["packages"] if p.get("licenseDeclared", "NOASSERTION") != "NOASSERTION"
+        ]
+        assert len(licensed) > 50, "the real root's copyright files give most packages a licence"
+        root = next(p for p in built.manifest()["partitions"] if p["mountpoint"] == "/")  # type: ignore[attr-defined]
         keys = subprocess.run(
-            ["debugfs", "-R", "cat /root/.ssh/authorized_keys", f"{dev}?offset={root['start']}"],
+            ["debugfs", "-R", "cat /root/.ssh/authorized_keys",
+             f"{card.card}?offset={root['start']}"],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-        assert keys == user_key.read_text().strip() + "\n"
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
-
-
-def test_guest_checks_pass_in_qemu(built: Project) -> None:
-    junit = built.out / "report.xml"
-    proc = built.tuoba("test", "--board", BOARD, "--junit", str(junit), check=False)
+        assert keys == card.key.with_suffix(".pub").read_text().strip() + "\n"
+        junit = built.out / "report.xml"
+        proc = built.tuoba("test", "--board", BOARD, "--image", str(card.xz), "--card",
+                           str(card.card), "--ssh-key", str(card.key), "--junit", str(junit),
+                           check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     assert set(cases) == expected_checks(built.manifest())

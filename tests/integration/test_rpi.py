@@ -7,13 +7,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project, ext4_file, partition_table, tuoba_build, tuoba_test
+from tests.conftest import (
+    copy_project,
+    ext4_file,
+    flashed_release,
+    needs_root,
+    partition_table,
+    tuoba_build,
+    tuoba_test,
+)
 from tuoba.plan import image_name
 
 pytestmark = pytest.mark.integration
@@ -131,21 +138,26 @@ def test_one_kernel_serves_all_arm64_boards(built: tuple[str, Path]) -> None:
     assert hashlib.sha256(kernel.read_bytes()).hexdigest() == manifest["kernel"]["kernel_sha256"]
 
 
+@needs_root
 @pytest.mark.parametrize(("board", "machine"), [("rpi3", "raspi3b"), ("rpi4", "raspi4b")])
-def test_stage2_boots_in_qemu_raspi(project: Path, board: str, machine: str) -> None:
-    """QEMU's raspi3b/raspi4b boots the stage-2 image's kernel and device tree from this build
-    with the SD image attached as a card twice its size; the raspi machines have no network, so
-    the serial-console checks run, among them the root partition grown into the whole card on
-    first boot. raspi4b gets the board's dtb_edits (said on the way), raspi3b the DTB unchanged.
-    Stage 1 boots below: rpi4's release image, as Raspberry Pi Imager customised it (rpi3's
-    stage 1 has the same userland and kernel; its structure is checked above)."""
+def test_stage2_boots_in_qemu_raspi(
+    project: Path, board: str, machine: str, tmp_path: Path
+) -> None:
+    """The stage-2 image as a user gets it (released, downloaded with a resume, flashed to a
+    card twice its size: a loop device) boots in QEMU's raspi3b/raspi4b with the kernel and
+    device tree of the download; the raspi machines have no network, so the serial-console
+    checks run, among them the root partition grown into the whole card on first boot. raspi4b
+    gets the board's dtb_edits (said on the way), raspi3b the DTB unchanged. Stage 1 boots
+    below: rpi4's release image, as Raspberry Pi Imager customised it (rpi3's stage 1 has the
+    same userland and kernel; its structure is checked above)."""
     stage = 2
     _, img = build(project, board, stage)
-    # a card twice the image (the developer image outgrows the board's 2 GiB and is 4 GiB)
     card = 2 * img.stat().st_size
     junit = img.parent / f"{board}-s{stage}-report.xml"
-    proc = tuoba_test(img, board, "--stage", str(stage), "--junit", str(junit), "--timeout", "400",
-                      "--card-size", f"{card >> 30}G")  # fmt: skip
+    with flashed_release(project, img.parent, board, stage, tmp_path, card_size=card) as flashed:
+        proc = tuoba_test(img, board, "--stage", str(stage), "--junit", str(junit), "--timeout",
+                          "400", "--image", str(flashed.xz), "--card", str(flashed.card),
+                          "--ssh-key", str(flashed.key))  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     said = " ".join(proc.stderr.split())  # rich wraps long lines
     assert "instead of the ssh checks" in said  # the limit is said, not hidden
@@ -270,60 +282,55 @@ exit 0
 """
 
 
-def imager_writes(img: Path, fat_start: int, script: str) -> str:
-    """Onto the card's first FAT partition what Imager writes there (its DownloadThread's
-    _customizeImage): firstrun.sh, and cmdline.txt read, trimmed and appended to (the Wi-Fi
-    country, then the systemd.run words). The original command line is returned."""
+def imager_writes(card: Path, fat_start: int, script: str, work: Path) -> str:
+    """Onto the card's first FAT partition what Imager writes there once the image is on it
+    (its DownloadThread's _customizeImage): firstrun.sh, and cmdline.txt read, trimmed and
+    appended to (the Wi-Fi country, then the systemd.run words). The original command line is
+    returned."""
     env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
-    fat = f"{img}@@{fat_start}"
-    script_file = img.with_name("firstrun.sh")
+    fat = f"{card}@@{fat_start}"
+    script_file = work / "firstrun.sh"
     script_file.write_text(script)
     subprocess.run(["mcopy", "-o", "-i", fat, str(script_file), "::/firstrun.sh"], env=env,
                    check=True)  # fmt: skip
-    original = fat_file(img, fat_start, "cmdline.txt").decode().strip()
-    cmdline = img.with_name("cmdline.txt")
+    original = fat_file(card, fat_start, "cmdline.txt").decode().strip()
+    cmdline = work / "cmdline.txt"
     cmdline.write_text(original + REGDOM + FIRSTRUN)  # (Imager's: no newline at the end)
     subprocess.run(["mcopy", "-o", "-i", fat, str(cmdline), "::/cmdline.txt"], env=env,
                    check=True)  # fmt: skip
     return original
 
 
+@needs_root
 def test_imager_customisation_takes_effect_on_raspi4b(project: Path, tmp_path: Path) -> None:
-    """rpi4's release image (stage 1, the developer image: `-r tuoba`) as Raspberry Pi Imager
-    writes it with OS customisation (the catalog declares init_format "systemd"): firstrun.sh
-    and the cmdline.txt words on the boot partition. QEMU's raspi4b, which like the board's
-    firmware reads cmdline.txt from the card at every boot, runs the script on the first boot,
-    which reboots; the second boot comes up as the user asked (the login prompt shows the
-    hostname, the serial checks pass) and the card holds each setting."""
+    """rpi4's release image (stage 1, the developer image: `-r tuoba`) as a user of Raspberry
+    Pi Imager gets it: released, downloaded with a resume and flashed to a card (a loop device
+    of 8 GiB), then customised as Imager does it after writing (the catalog declares
+    init_format "systemd"): firstrun.sh and the cmdline.txt words on the boot partition. QEMU's
+    raspi4b boots the card and, like the board's firmware, reads cmdline.txt from it at every
+    boot: the first boot runs the script, which reboots; the second comes up as the user asked
+    (the login prompt shows the hostname, the serial checks pass) and the card holds each
+    setting."""
     _, img = build(project, "rpi4", 1, "-r", "tuoba")  # (the `built` fixture's: up to date)
     manifest = json.loads(
         img.with_name(img.name.removesuffix(".img") + ".manifest.json").read_text()
     )
     assert {"bpf", "containers", "security", "imager"} <= set(manifest["recipes"])
     boot_part, root_part = manifest["partitions"][0], manifest["partitions"][1]
-    # the card Imager wrote: the image's bytes, then its customisation (beside it what tuoba
-    # test boots with: the manifest, kernel and device tree)
-    card_dir = project / "imager-card"  # (tuoba_test: the project is two levels up)
-    card_dir.mkdir()
-    for f in img.parent.glob(img.name.removesuffix(".img") + ".*"):
-        if f.name.endswith((".manifest.json", ".Image", ".dtb")):
-            shutil.copy(f, card_dir / f.name)
-    card = card_dir / img.name
-    subprocess.run(["cp", "--sparse=always", str(img), str(card)], check=True)
     key = (img.parent / "ssh" / "tuoba_ed25519.pub").read_text().strip()
     hashed = subprocess.run(["openssl", "passwd", "-5", IMAGER["password"]],
                             capture_output=True, text=True, check=True)  # fmt: skip
     password_hash = hashed.stdout.strip()  # sha256-crypt, as Imager 1.x makes it
     psk = hashlib.pbkdf2_hmac("sha1", IMAGER["wifi"].encode(), IMAGER["ssid"].encode(),
                               4096, 32).hex()  # fmt: skip
-    original = imager_writes(card, boot_part["start"], firstrun_sh(key, password_hash, psk))
-
-    junit = card_dir / "rpi4-s1-report.xml"
-    kept = card_dir / "card-after.qcow2"
-    proc = tuoba_test(card, "rpi4", "--image", str(card), "--junit", str(junit), "--timeout",
-                      "600", "--card-size", "8G", "--keep-card", str(kept), "--ssh-key",
-                      str(img.parent / "ssh" / "tuoba_ed25519"),
-                      "-k", "not board_hostname")  # fmt: skip
+    junit = tmp_path / "rpi4-s1-report.xml"
+    kept = tmp_path / "card-after.qcow2"
+    with flashed_release(project, img.parent, "rpi4", 1, tmp_path, card_size=8 << 30) as card:
+        original = imager_writes(card.card, boot_part["start"],
+                                 firstrun_sh(key, password_hash, psk), tmp_path)  # fmt: skip
+        proc = tuoba_test(img, "rpi4", "--image", str(card.xz), "--card", str(card.card),
+                          "--junit", str(junit), "--timeout", "600", "--keep-card", str(kept),
+                          "--ssh-key", str(card.key), "-k", "not board_hostname")  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     said = " ".join(proc.stderr.split())
     assert "the guest rebooted; booting it again (boot 2)" in said
@@ -345,7 +352,7 @@ def test_imager_customisation_takes_effect_on_raspi4b(project: Path, tmp_path: P
     assert "systemd.run=" not in booted_with
 
     # the card as the guest left it
-    raw = card_dir / "card-after.img"
+    raw = tmp_path / "card-after.img"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(kept), str(raw)], check=True)
     assert fat_file(raw, boot_part["start"], "cmdline.txt").decode() == original + REGDOM
     gone = subprocess.run(["mtype", "-i", f"{raw}@@{boot_part['start']}", "::/firstrun.sh"],

@@ -62,3 +62,12 @@ def test_load_names_what_is_missing(tmp_path: Path) -> None:
     img.write_bytes(b"")
     with pytest.raises(InputError, match=r"has no manifest beside it \(a.manifest.json\)"):
         manifest.load(img)
+
+
+def test_a_release_image_finds_its_manifest_beside_it(tmp_path: Path) -> None:
+    """A downloaded release has NAME.img.xz, not NAME.img: its manifest is found the same."""
+    xz = tmp_path / "tuoba-x-s1-0.1.0.img.xz"
+    assert manifest.path_for(xz) == tmp_path / "tuoba-x-s1-0.1.0.manifest.json"
+    xz.write_bytes(b"")
+    manifest.path_for(xz).write_text(M.to_json())
+    assert manifest.load(xz) == M

@@ -45,6 +45,13 @@ from tuoba.plan import default_ssh_key
     help="Keep the card as the guest left it (a qcow2 overlay over the image) at this path: "
     "what first-boot work wrote, to inspect (qemu-img convert -O raw FILE card.img).",
 )
+@click.option(
+    "--card",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Boot the card the image was flashed to (a block device such as /dev/sdX or a loop "
+    "device, or an image file) instead of the image; the kernel, device tree and manifest still "
+    "come from beside --image (the built one, or a downloaded .img.xz). QEMU only reads the card.",
+)
 @click.option("-k", "keyword", help="Only run guest checks matching this pytest expression.")
 @click.pass_obj
 def command(
@@ -58,6 +65,7 @@ def command(
     keyword: str | None,
     card_size: str | None,
     keep_card: Path | None,
+    card: Path | None,
 ) -> None:
     """Boot an image in QEMU and run the guest checks its recipes select.
 
@@ -68,6 +76,10 @@ def command(
     Example:
       tuoba test --board qemu-aarch64 --junit report.xml
       tuoba test --board rpi4 --card-size 4G
+      tuoba download --board rpi4 --catalog URL --out dl/
+      tuoba flash dl/tuoba-rpi4-s1-1.0.img.xz --device /dev/sdX --ssh-key ~/.ssh/id_ed25519.pub
+      tuoba test --board rpi4 --image dl/tuoba-rpi4-s1-1.0.img.xz --card /dev/sdX \\
+          --ssh-key ~/.ssh/id_ed25519
     """
     card_bytes = None
     if card_size is not None:
@@ -92,5 +104,6 @@ def command(
         extra_pytest_args=("-k", keyword) if keyword else (),
         card_size=card_bytes,
         keep_card=keep_card.resolve() if keep_card else None,
+        card=card.resolve() if card else None,
     )
     ui.info(f"[green]all guest checks passed[/green] (guest up after {result.boot_seconds:.1f} s)")
