@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tuoba import manifest as manifests
 from tuoba import qemu, run, ui
@@ -33,6 +35,12 @@ def boot_spec(
 ) -> qemu.BootSpec:
     """How QEMU boots the image: the kernel, device tree and command line from the files beside
     it (as its manifest names them), the disk the image itself or a `card` it was flashed to."""
+    if card is None and image.name.endswith(".xz"):
+        raise InputError(
+            f"{image.name} is compressed: QEMU boots a disk, not the .xz of one",
+            hint=f"flash it and pass the card: tuoba flash {image.name} --device DEV, then "
+            "--card DEV (or unpack it: xz -dk)",
+        )
     boot = manifest.boot
     if boot.get("qemu") is None:
         raise InputError(
@@ -76,6 +84,10 @@ def check_card(card: Path, manifest: manifests.Manifest) -> None:
         raise InputError(f"no card at {card}: give a block device or an image file", hint=hint)
     proc = run.run([run.require("sfdisk"), "--json", str(card)], capture=True,
                    capture_stderr=True, check=False)  # fmt: skip
+    said = " ".join((proc.stderr or "").split())
+    if proc.returncode != 0 and "does not contain a recognized partition table" not in said:
+        why = said or f"sfdisk exited with {proc.returncode}"
+        raise InputError(f"cannot read the partition table of {card}: {why}", hint=hint)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise InputError(
             f"{card} has no partition table: it does not hold {manifest.name}", hint=hint
@@ -83,11 +95,16 @@ def check_card(card: Path, manifest: manifests.Manifest) -> None:
     table = json.loads(proc.stdout)["partitiontable"]
     sector = int(table.get("sectorsize", 512))
     disk_id = str(table.get("id", "")).lower().removeprefix("0x")
-    found = [
-        (int(p["start"]) * sector,
-         str(p.get("uuid") or f"{disk_id}-{number:02d}").lower())
-        for number, p in enumerate(table.get("partitions", []), start=1)
-    ]  # fmt: skip
+
+    def partuuid(p: dict[str, Any]) -> str:
+        """GPT: the partition's UUID; MBR: <disk id>-<number, 2 hex digits>, as the kernel
+        names it (the number is the node's: slots may be empty)."""
+        if p.get("uuid"):
+            return str(p["uuid"]).lower()
+        number = re.search(r"(\d+)$", str(p.get("node", "")))
+        return f"{disk_id}-{int(number[1]) if number else 0:02x}"
+
+    found = [(int(p["start"]) * sector, partuuid(p)) for p in table.get("partitions", [])]
     want = [(int(p["start"]), str(p["uuid"]).lower()) for p in manifest.partitions]
     if found[: len(want)] != want:
         show = ", ".join(f"{u} at {s >> 20} MiB" for s, u in want)

@@ -185,7 +185,12 @@ def disk_size(path: Path) -> int:
     """The size of an image file, or of a block device (a card, a loop device)."""
     if not is_block_device(path):
         return path.stat().st_size
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise InputError(
+            f"cannot read {path}: {e.strerror}", hint="reading a card needs root (or its group)"
+        ) from e
     try:
         return os.lseek(fd, 0, os.SEEK_END)
     finally:
@@ -195,9 +200,10 @@ def disk_size(path: Path) -> int:
 def card_size_for(spec: BootSpec) -> int:
     """The card QEMU attaches when none was asked for: the image's or the device's size. QEMU's
     SD cards are a power of two in size; a real card rarely is (an "8 GB" one holds 7.4 GiB), so
-    a block device on an SD drive is rounded up, the room after its end reading as zeros."""
+    on an SD drive a card (or a copy of one) is rounded up, the room after its end reading as
+    zeros. (Built images already are a power of two.)"""
     size = disk_size(spec.image)
-    if is_block_device(spec.image) and spec.qemu.drive == "sd" and size & (size - 1):
+    if spec.qemu.drive == "sd" and size & (size - 1):
         rounded = 1 << size.bit_length()
         ui.info(
             f"emulation: {spec.image} ({size >> 20} MiB) is attached as a {rounded >> 20} MiB "

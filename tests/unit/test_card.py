@@ -15,7 +15,7 @@ import pytest
 from tests.unit.test_manifest import M
 from tests.unit.test_qemu import spec
 from tuoba.errors import InputError
-from tuoba.guest import check_card
+from tuoba.guest import boot_spec, check_card
 from tuoba.qemu import card_size_for, disk_size, is_block_device
 
 MIB = 1 << 20
@@ -107,3 +107,22 @@ def test_an_image_file_is_attached_at_its_own_size(tmp_path: Path) -> None:
     img.write_bytes(bytes(3 * MIB))
     assert not is_block_device(img) and disk_size(img) == 3 * MIB
     assert card_size_for(dataclasses.replace(spec(), image=img)) == 3 * MIB
+
+
+def test_an_image_file_on_an_sd_slot_is_rounded_up_too(tmp_path: Path) -> None:
+    """A copy of a real card (dd of an "8 GB" one) boots like the card itself."""
+    img = tmp_path / "card-copy.img"
+    with img.open("wb") as f:
+        f.truncate(24 * MIB)
+    on_sd = dataclasses.replace(spec(), image=img)
+    on_sd = dataclasses.replace(on_sd, qemu=dataclasses.replace(on_sd.qemu, drive="sd"))
+    assert card_size_for(on_sd) == 32 * MIB
+
+
+def test_a_compressed_image_is_not_booted_as_a_disk(tmp_path: Path) -> None:
+    """A downloaded NAME.img.xz finds its manifest, but only a card it was flashed to boots."""
+    xz = tmp_path / "tuoba-x-s1-0.1.0.img.xz"
+    xz.write_bytes(b"\xfd7zXZ\0")
+    with pytest.raises(InputError, match=r"img\.xz is compressed: QEMU boots a disk") as e:
+        boot_spec(xz, M)
+    assert "--card DEV" in (e.value.hint or "")

@@ -43,7 +43,8 @@ from tuoba.plan import default_ssh_key
     "--keep-card",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Keep the card as the guest left it (a qcow2 overlay over the image) at this path: "
-    "what first-boot work wrote, to inspect (qemu-img convert -O raw FILE card.img).",
+    "what first-boot work wrote, to inspect (qemu-img convert -O raw FILE card.img; over a "
+    "--card, while that card is still attached).",
 )
 @click.option(
     "--card",
