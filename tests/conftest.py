@@ -159,7 +159,9 @@ def serve_files(server: FileServer) -> Iterator[str]:
         def do_GET(self) -> None:
             name = self.path.lstrip("/")
             server.requests.append((name, self.headers.get("Range")))
-            path = server.root / name
+            path = server.root / name.split("?")[0]
+            if path.is_dir():  # (a directory's index page, as web servers do)
+                path = path / "index.html"
             if not path.is_file():
                 self.send_error(404)
                 return
@@ -173,7 +175,7 @@ def serve_files(server: FileServer) -> Iterator[str]:
                 start = int(rng.removeprefix("bytes=").split("-")[0])
             self.send_response(206 if start else 200)
             self.send_header("ETag", etag)
-            kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data) - start))
             if start:

@@ -19,7 +19,7 @@ from typing import Any
 from tuoba import bootloader, disk, kbuild, oci, overlay, publish, run, sbom, sources, ui
 from tuoba.board import ImageSpec
 from tuoba.digest import digest
-from tuoba.errors import BuildError
+from tuoba.errors import BuildError, InputError
 from tuoba.manifest import Manifest
 from tuoba.plan import Plan
 from tuoba.recipe import KERNEL_FILES, Artifact
@@ -31,6 +31,7 @@ from tuoba.records import (
     KernelRecord,
     OverlayRecord,
     RootfsRecord,
+    VenvRecord,
 )
 
 SUFFIXES = (".img", ".img.xz", ".img.bmap", ".manifest.json")
@@ -51,6 +52,7 @@ class Made:
     kernel: KernelRecord
     overlays: OverlayRecord
     bpf: BpfRecord
+    venvs: VenvRecord
 
 
 def compose(
@@ -167,6 +169,7 @@ def _compose(plan: Plan, made: Made, audit: Audit, fstab_line: FstabLine, log: P
             n: p.public() | {"btf_sha256": made.bpf.btf_sha256}
             for n, p in made.bpf.programs.items()
         },
+        python={path: v.public() for path, v in made.venvs.venvs.items()},
         audit=audited,
         source_date_epoch=plan.source_date_epoch,
     )
@@ -201,6 +204,7 @@ def stage_tree(
     install_artifacts(staging, plan.artifacts, made.artifacts, made.overlays)
     install_programs(staging, made.bpf, made.overlays)
     install_kernel_files(staging, plan.kernel_files, kernel, made.overlays)
+    install_venvs(staging, made.venvs, made.overlays, log)
     overlay.apply_overlay(Path(made.overlays.tree), staging)
     write_oci_images(plan, staging, made.overlays)
     write_fstab(staging, parts, fstab_line)
@@ -315,6 +319,29 @@ def install_programs(root: Path, built: BpfRecord, overlays: OverlayRecord) -> N
                 root, install, Path(src), mode, f"bpf/{name}'s file", overlays,
                 "drop the overlay's file or rename the program's loader",
             )  # fmt: skip
+
+
+def install_venvs(root: Path, built: VenvRecord, overlays: OverlayRecord, log: Path) -> None:
+    """The recipes' Python venvs, at their paths (hard links when the cache shares the
+    filesystem). An overlay cannot put files inside one: the venv is the wheels' alone."""
+    for path, v in built.venvs.items():
+        inside = path.lstrip("/") + "/"
+        clash = next((f for f in overlays.files if f.startswith(inside)), None)
+        if clash is not None:
+            raise InputError(
+                f"an overlay puts /{clash} inside the Python venv {path}",
+                hint="pin a wheel for it in the recipe's wheels.yaml instead",
+            )
+        dest = root / path.lstrip("/")
+        if dest.exists() or dest.is_symlink():
+            raise InputError(
+                f"the Python venv {path} would replace what the root filesystem has there",
+                hint="give the venv a path of its own (wheels.yaml: venv)",
+            )
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tree = Path(v.tree) / path.lstrip("/")
+        same_fs = tree.stat().st_dev == root.stat().st_dev
+        run.run(["cp", "-al" if same_fs else "-a", str(tree), str(dest)], log=log)
 
 
 def install_kernel_files(

@@ -41,6 +41,8 @@ class Manifest:
     # guest checks of recipes this image was built without (a file not supplied): check file
     # -> why; `tuoba test` reports them as not run, with the reason
     not_run: dict[str, str] = dataclasses.field(default_factory=dict)
+    # the recipes' Python venvs: path -> the Python and each wheel (name, version, file, sha256)
+    python: dict[str, Any] = dataclasses.field(default_factory=dict)
     audit: list[dict[str, Any]] | None = None  # stage 2: the ELF audit
     # the time every file in the image is dated (SOURCE_DATE_EPOCH; tuoba.plan)
     source_date_epoch: int | None = None
@@ -76,7 +78,7 @@ class Manifest:
         missing = sorted(
             n
             for n in names - raw.keys()
-            if n not in ("audit", "schema", "bpf", "not_run", "source_date_epoch")
+            if n not in ("audit", "schema", "bpf", "not_run", "source_date_epoch", "python")
         )
         if missing:
             raise InputError(f"{where}: manifest lacks {', '.join(missing)}", hint=REBUILD)

@@ -26,6 +26,7 @@ from tuoba.kernel import Feature, feature_names, load_feature, load_fragment
 from tuoba.oci import OciImage
 from tuoba.recipe import Artifact, Recipe, Section, load_recipe, recipe_names
 from tuoba.remote import RemoteCache, objects_for, safe_url
+from tuoba.wheels import Venv
 
 DEFAULT_BOARD = "qemu-aarch64"
 IMAGE_CHECKS = "tests/image/"  # guest checks of every image (kernel, serial console)
@@ -110,6 +111,7 @@ class Plan:
     oci_images: tuple[OciImage, ...]  # container images made of the image's packages
     bpf_programs: tuple[bpf.Program, ...]  # bpf/ programs built for the image (the bpf step)
     kernel_files: tuple[str, ...]  # the built kernel's files the image keeps (recipe.KERNEL_FILES)
+    venvs: tuple[Venv, ...]  # stage 1: the recipes' Python venvs of pinned wheels (the venv step)
     release: str
     mirrors: tuple[str, ...]
     security_mirrors: tuple[str, ...]
@@ -196,6 +198,7 @@ class Plan:
             ),
             **({"bpf": [p.name for p in self.bpf_programs]} if self.bpf_programs else {}),
             **({"kernel_files": self.kernel_files} if self.kernel_files else {}),
+            **({"venvs": [dataclasses.asdict(v) for v in self.venvs]} if self.venvs else {}),
         }
 
 
@@ -313,6 +316,24 @@ def _check_features(
             )
         out.append(load_feature(data_dir, n, arch))
     return out
+
+
+def _check_venvs(recipes: list[Recipe], stage: int, arch: str) -> tuple[Venv, ...]:
+    """The recipes' Python venvs (stage 1: stage 2 has no Python), each at a path of its own
+    and for the board's architecture."""
+    if stage != 1:
+        return ()
+    by_path: dict[str, Venv] = {}
+    for r in recipes:
+        if r.venv is None:
+            continue
+        r.venv.check_arch(arch, r.name)
+        if (other := by_path.setdefault(r.venv.path, r.venv)) is not r.venv:
+            raise InputError(
+                f"{r.venv.where}: the venv {r.venv.path} is also {other.where}'s",
+                hint="give each recipe's venv a path of its own",
+            )
+    return tuple(by_path.values())
 
 
 def _check_artifacts(recipes: list[Recipe], stage: int) -> tuple[Artifact, ...]:
@@ -778,6 +799,7 @@ def resolve(req: Request) -> Plan:
         oci_images=oci_images,
         bpf_programs=programs,
         kernel_files=_check_kernel_files(board, recipes, docs, req.stage),
+        venvs=_check_venvs([r for r, _ in recipes], req.stage, board.arch),
         tests=tuple(
             dict.fromkeys(
                 [

@@ -41,6 +41,7 @@ from tuoba.config import (
 from tuoba.errors import InputError
 from tuoba.oci import OciImage
 from tuoba.sources import Source, parse_source
+from tuoba.wheels import Venv, load_venv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Recipe:
     sections: tuple[tuple[int, Section], ...]  # (stage, what it puts in); a stage absent: none
     artifacts: tuple[Artifact, ...] = ()  # from its sources.yaml
     includes: tuple[str, ...] = ()  # other recipes it brings in (an umbrella recipe)
+    venv: Venv | None = None  # its Python venv of pinned wheels (wheels.yaml; stage 1)
 
     def section(self, stage: int) -> Section | None:
         """What the recipe puts into a stage's image; None: it has no form for that stage."""
@@ -109,6 +111,7 @@ class Recipe:
             self,
             sections=tuple((n, s.for_arch(arch)) for n, s in self.sections),
             artifacts=tuple(a for a in self.artifacts if not a.arch or arch in a.arch),
+            venv=None if self.venv is None else self.venv.for_arch(arch),
         )
 
     def check_file(self, test: str) -> Path:
@@ -386,4 +389,6 @@ def load_recipe(data_dir: Path, recipe: str) -> tuple[Recipe, Doc]:
     sections = tuple((n, s) for n, s in given.items() if s is not None)
     if (directory / "sources.yaml").is_file():
         v["artifacts"] = load_artifacts(directory, f"recipes/{recipe}")
+    if (directory / "wheels.yaml").is_file():
+        v["venv"] = load_venv(directory, f"recipes/{recipe}")
     return Recipe(name=recipe, directory=directory, sections=sections, **v), doc

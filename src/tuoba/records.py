@@ -156,6 +156,26 @@ class BpfRecord(Record):
 
 
 @dataclasses.dataclass(frozen=True)
+class BuiltVenv:
+    """One recipe's Python venv made for the image: its tree (a cache entry) and what it holds."""
+
+    tree: str  # the venv's files at their paths in the image, under this directory
+    python: str
+    wheels: list[dict[str, str]]  # name, version, file, sha256
+
+    def public(self) -> dict[str, Any]:
+        return {"python": self.python, "wheels": self.wheels}
+
+
+@dataclasses.dataclass(frozen=True)
+class VenvRecord(Record):
+    """The recipes' Python venvs (wheels.yaml), by their path in the image."""
+
+    step = "venv"
+    venvs: dict[str, BuiltVenv]
+
+
+@dataclasses.dataclass(frozen=True)
 class OverlayRecord(Record):
     step = "overlay"
     files: dict[str, str]  # path in the image -> sha256, or "-> target" for a symlink

@@ -83,6 +83,19 @@ def cached(store: Store, sha256: str) -> Path | None:
     return next(iter(sorted(entry.data.iterdir())), None) if entry else None
 
 
+def cached_or_offline(store: Store, sha256: str, what: str, offline: bool) -> Path | None:
+    """The cached file with these bytes; None when it must be downloaded, which `offline`
+    forbids (an error naming `what`)."""
+    found = cached(store, sha256)
+    if found is None and offline:
+        raise BuildError(
+            f"{what} (sha256 {sha256[:12]}…) is not in the cache and --offline forbids "
+            "downloading it",
+            hint="run once without --offline to fill the cache",
+        )
+    return found
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -100,15 +113,9 @@ def fetch(
     timeout: float = 30.0,
 ) -> Path:
     """Return the cached, verified file for `source`, downloading it if needed."""
-    found = cached(store, source.sha256)
+    found = cached_or_offline(store, source.sha256, f"source '{source.name}'", offline)
     if found is not None:
         return found
-    if offline:
-        raise BuildError(
-            f"source '{source.name}' (sha256 {source.sha256[:12]}…) is not in the cache "
-            f"and --offline forbids downloading it",
-            hint="run once without --offline to fill the cache",
-        )
     urls = source.candidates(debian_mirrors)
     if not urls:
         raise InputError(

@@ -33,6 +33,8 @@ from tuoba import (
     sources,
     stages,
     ui,
+    venv,
+    wheels,
 )
 from tuoba.digest import digest
 from tuoba.errors import BuildError, TuobaError
@@ -303,6 +305,21 @@ def build_bpf(plan: Plan) -> None:
     )
 
 
+def build_venvs(plan: Plan) -> None:
+    """The recipes' Python venvs: their wheels fetched (pip, into the cache by hash) and
+    installed into a tree the image step copies in."""
+    root = read_record(plan, records.RootfsRecord)
+    built = {}
+    for v in plan.venvs:
+        files = {
+            w.file: wheels.fetch(w, v.python, plan.store, offline=plan.request.offline)
+            for w in v.wheels
+        }
+        tree = venv.build_venv(v, files, Path(root.tree), plan.store, log_path(plan, "venv"))
+        built[v.path] = records.BuiltVenv(str(tree), v.python, venv.listing(v))
+    write_record(plan, records.VenvRecord(venvs=built))
+
+
 def render(plan: Plan) -> None:
     key = plan.ssh_key.read_text().strip()
     dest = plan.build_dir / "overlay"
@@ -330,6 +347,7 @@ def build_image(plan: Plan) -> None:
         kernel=read_record(plan, records.KernelRecord),
         overlays=read_record(plan, records.OverlayRecord),
         bpf=read_record(plan, records.BpfRecord),
+        venvs=read_record(plan, records.VenvRecord),
     )
     record = image.compose(
         plan, made, audit=stage.audit, fstab_line=stage.fstab_line, log=log_path(plan, "image")
@@ -425,13 +443,22 @@ STEPS = (
     Step("rootfs", "Building the root filesystem ({how})", build_root, _rootfs_inputs),
     Step("kernel", "Preparing the kernel and checking its config", kernel, _kernel_inputs),
     Step("bpf", "Building the eBPF programs (bpf/)", build_bpf, _bpf_inputs),
+    Step(
+        "venv",
+        "Making the recipes' Python venvs",
+        build_venvs,
+        lambda plan: Inputs(
+            after=("rootfs",) if plan.venvs else (),
+            values=([dataclasses.asdict(v) for v in plan.venvs],),
+        ),
+    ),
     Step("overlay", "Rendering overlays", render, _overlay_inputs),
     Step(
         "image",
         "Composing the disk image",
         build_image,
         lambda plan: Inputs(
-            after=("fetch", "artifacts", "rootfs", "kernel", "bpf", "overlay"),
+            after=("fetch", "artifacts", "rootfs", "kernel", "bpf", "venv", "overlay"),
             values=(plan.image_inputs(), plan.source_date_epoch),
         ),
         _image_outputs,

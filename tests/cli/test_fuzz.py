@@ -54,6 +54,8 @@ def _targets() -> list[tuple[str, tuple[str, ...]]]:
             out.append((f"recipes/{recipe}/recipe.yaml", ("--recipe", recipe, "--stage", stage)))
         if (ROOT / "recipes" / recipe / "sources.yaml").is_file():
             out.append((f"recipes/{recipe}/sources.yaml", ("--recipe", recipe)))
+        if (ROOT / "recipes" / recipe / "wheels.yaml").is_file():
+            out.append((f"recipes/{recipe}/wheels.yaml", ("--recipe", recipe)))
     for recipe in sorted(p.parent.name for p in (TEST_RECIPES).glob("*/recipe.yaml")):
         out.append((f"recipes/{recipe}/sources.yaml", ("--recipe", recipe)))
     for package in sorted(p.parent.name for p in (ROOT / "userland").glob("*/package.yaml")):

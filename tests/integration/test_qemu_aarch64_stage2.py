@@ -156,7 +156,10 @@ def test_stage2_is_bit_reproducible(built: Stage2) -> None:
             f"{name}.Image"} <= set(report["identical"])  # fmt: skip
     assert report["shared"] == ["source", "tool", "kernel"]
     assert "bit-identical" in said
-    assert "second build: steps run: fetch, artifacts, rootfs, kernel, bpf, overlay, image" in said
+    assert (
+        "second build: steps run: fetch, artifacts, rootfs, kernel, bpf, venv, overlay, image"
+        in said
+    )
     assert not (built.out / ".reproducible").exists()
     m = built.manifest()
     assert m["source_date_epoch"] == report["source_date_epoch"]

@@ -1,0 +1,219 @@
+"""Guest checks for the `ai` recipe (stage 1, arm64): one small CNN, several frameworks, the
+same numbers.
+
+The check makes the model in the guest from seeded weights (no download of weights): a
+convolution (4 filters, 3x3, padded), ReLU, 2x2 max pooling, flatten, a dense layer (Gemm) and
+softmax, over a seeded batch of two 12x12 images. A numpy reference computes it in float64 with
+plain loops; the ONNX file is made with onnx's helpers. Each framework must give the
+reference's answer within its tolerance, and the same class for each image:
+
+- ONNX Runtime runs the ONNX file (CPU execution provider);
+- PyTorch computes the same layers with the same weights;
+- TVM imports the ONNX file (Relax's ONNX frontend), compiles it for this CPU with its LLVM
+  (`-mtriple=aarch64-linux-gnu -mcpu=cortex-a72`) and runs it on its Relax VM;
+- ARM NN (Debian's pyarmnn 20.08, system Python) is loaded with its CpuRef and CpuAcc backends.
+
+Each prints its inference time; under TCG only their ratios mean anything. Everything runs
+under the venv's Python except ARM NN. Limits are generous: importing TVM and PyTorch under TCG
+takes tens of seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.guest
+
+VENV = "/opt/tuoba/ai"
+WORK = "/tmp/tuoba-ai"
+
+# The model, its weights and the numpy reference: one module for every runner below.
+CNN = r'''
+import json, time
+import numpy as np
+
+SHAPE = (2, 1, 12, 12)
+SEED = 20261203
+
+
+def weights():
+    rng = np.random.default_rng(SEED)
+    return {
+        "conv_w": (rng.standard_normal((4, 1, 3, 3)) * 0.5).astype(np.float32),
+        "conv_b": (rng.standard_normal(4) * 0.1).astype(np.float32),
+        "fc_w": (rng.standard_normal((10, 144)) * 0.1).astype(np.float32),
+        "fc_b": (rng.standard_normal(10) * 0.1).astype(np.float32),
+        "x": rng.standard_normal(SHAPE).astype(np.float32),
+    }
+
+
+def reference(w):
+    """The CNN in float64 with plain loops: what every framework must agree with."""
+    x = w["x"].astype(np.float64)
+    n, _, h, wd = x.shape
+    p = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((n, 4, h, wd))
+    for k in range(4):
+        for i in range(3):
+            for j in range(3):
+                out[:, k] += float(w["conv_w"][k, 0, i, j]) * p[:, 0, i:i + h, j:j + wd]
+        out[:, k] += float(w["conv_b"][k])
+    out = np.maximum(out, 0.0)
+    out = out.reshape(n, 4, h // 2, 2, wd // 2, 2).max(axis=(3, 5))
+    logits = out.reshape(n, -1) @ w["fc_w"].astype(np.float64).T + w["fc_b"]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def save_onnx(w, path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["m"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["g"], transB=1),
+        helper.make_node("Softmax", ["g"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tuoba_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [SHAPE[0], 10])],
+        [numpy_helper.from_array(w[k], k) for k in ("conv_w", "conv_b", "fc_w", "fc_b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # (what every runtime here reads)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def report(framework, y, seconds, **extra):
+    w = weights()
+    ref = reference(w)
+    y = np.asarray(y, dtype=np.float64)
+    print(json.dumps({
+        "framework": framework,
+        "shape": list(y.shape),
+        "max_abs_err": float(np.abs(y - ref).max()),
+        "same_class": bool((y.argmax(axis=1) == ref.argmax(axis=1)).all()),
+        "ms": seconds * 1000.0,
+        **extra,
+    }))
+'''
+
+RUNNERS = {
+    "onnxruntime": r"""
+import time, cnn, onnxruntime as ort
+w = cnn.weights()
+s = ort.InferenceSession("/tmp/tuoba-ai/cnn.onnx", providers=["CPUExecutionProvider"])
+s.run(None, {"x": w["x"]})
+t = time.perf_counter(); y = s.run(None, {"x": w["x"]})[0]; t = time.perf_counter() - t
+cnn.report("onnxruntime", y, t, version=ort.__version__, providers=s.get_providers())
+""",
+    "pytorch": r"""
+import time, cnn, torch
+import torch.nn.functional as F
+w = {k: torch.from_numpy(v) for k, v in cnn.weights().items()}
+def forward(x):
+    c = F.relu(F.conv2d(x, w["conv_w"], w["conv_b"], padding=1))
+    m = F.max_pool2d(c, 2).flatten(1)
+    return F.softmax(F.linear(m, w["fc_w"], w["fc_b"]), dim=1)
+with torch.no_grad():
+    forward(w["x"])
+    t = time.perf_counter(); y = forward(w["x"]); t = time.perf_counter() - t
+cnn.report("pytorch", y.numpy(), t, version=torch.__version__,
+           cuda=torch.cuda.is_available())
+""",
+    "tvm": r"""
+import time, cnn, onnx, tvm
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+w = cnn.weights()
+mod = from_onnx(onnx.load("/tmp/tuoba-ai/cnn.onnx"), shape_dict={"x": list(cnn.SHAPE)})
+target = tvm.target.Target("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72")
+t = time.perf_counter(); ex = tvm.compile(mod, target=target); compile_s = time.perf_counter() - t
+vm = relax.VirtualMachine(ex, tvm.cpu())
+x = tvm.runtime.tensor(w["x"], tvm.cpu())
+vm["main"](x)
+t = time.perf_counter(); y = vm["main"](x); t = time.perf_counter() - t
+y = y[0] if isinstance(y, (list, tuple)) or type(y).__name__ == "Array" else y
+cnn.report("tvm", y.numpy(), t, version=tvm.__version__, compile_s=compile_s,
+           target=str(target))
+""",
+}
+
+ARMNN = r"""
+import json
+import pyarmnn as ann
+rt = ann.IRuntime(ann.CreationOptions())
+backends = sorted(str(b) for b in rt.GetDeviceSpec().GetSupportedBackends())
+print(json.dumps({"version": ann.ARMNN_VERSION, "backends": backends}))
+"""
+
+TOLERANCE = {"onnxruntime": 1e-5, "pytorch": 1e-5, "tvm": 1e-4}
+
+
+def ok(host: Any, command: str, limit: int = 900) -> str:
+    """Run `command` in the guest with a time limit; its output, or a failure that shows it."""
+    res = host.run(f"timeout {limit} sh -c {shlex.quote(command)}")
+    assert res.rc == 0, f"{command!r}: exit {res.rc}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return str(res.stdout)
+
+
+def put(host: Any, path: str, text: str) -> None:
+    host.check_output(f"printf '%s' {shlex.quote(text)} > {path}")
+
+
+@pytest.fixture(scope="module")
+def model(host: Any) -> Iterator[str]:
+    """The CNN's module and ONNX file in the guest, made by the venv's onnx and numpy."""
+    host.run(f"rm -rf {WORK} && mkdir -p {WORK}")
+    put(host, f"{WORK}/cnn.py", CNN)
+    ok(host, f"cd {WORK} && {VENV}/bin/python -c 'import cnn; cnn.save_onnx(cnn.weights(), "
+       f'"{WORK}/cnn.onnx")\'')  # fmt: skip
+    yield WORK
+    host.run(f"rm -rf {WORK}")
+
+
+def run_framework(host: Any, name: str) -> dict[str, Any]:
+    put(host, f"{WORK}/run_{name}.py", RUNNERS[name])
+    out = ok(host, f"cd {WORK} && {VENV}/bin/python run_{name}.py")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    print(json.dumps(result))  # (the latency, in the report's captured output)
+    return result
+
+
+def test_the_venv_holds_the_pinned_wheels(host: Any, manifest: dict[str, Any]) -> None:
+    """pip in the image sees exactly the distributions the manifest says were installed."""
+    wheels = manifest["python"][VENV]["wheels"]
+    listed = ok(host, f"{VENV}/bin/python -c 'import importlib.metadata as m, json; "
+                "print(json.dumps(sorted((d.metadata[\"Name\"].lower().replace(\"_\", \"-\"), "
+                "d.version) for d in m.distributions())))'")  # fmt: skip
+    got = {(n, v) for n, v in json.loads(listed)}
+    assert got == {(w["name"], w["version"]) for w in wheels}
+    assert ok(host, f"{VENV}/bin/python -c 'import sys; print(sys.prefix)'").strip() == VENV
+
+
+@pytest.mark.parametrize("framework", sorted(RUNNERS))
+def test_framework_agrees_with_numpy(host: Any, model: str, framework: str) -> None:
+    result = run_framework(host, framework)
+    assert result["shape"] == [2, 10]
+    assert result["same_class"], result
+    assert result["max_abs_err"] <= TOLERANCE[framework], result
+    if framework == "pytorch":
+        assert result["cuda"] is False and "+cu" not in result["version"]  # the CPU build
+
+
+def test_armnn_loads_with_its_cpu_backends(host: Any) -> None:
+    """ARM NN (Debian's, for the system Python) creates a runtime that offers its reference
+    and its NEON (Compute Library) backends."""
+    out = ok(host, f"python3 -c {shlex.quote(ARMNN)}")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert {"CpuRef", "CpuAcc"} <= set(result["backends"]), result
