@@ -10,7 +10,7 @@ reference's answer within its tolerance, and the same class for each image:
 - ONNX Runtime runs the ONNX file (CPU execution provider);
 - PyTorch computes the same layers with the same weights;
 - TVM imports the ONNX file (Relax's ONNX frontend), compiles it for this CPU with its LLVM
-  (`-mtriple=aarch64-linux-gnu -mcpu=cortex-a72`) and runs it on its Relax VM;
+  (`mtriple` aarch64-linux-gnu, `mcpu` cortex-a72) and runs it on its Relax VM;
 - ARM NN (Debian's pyarmnn 20.08, system Python) is loaded with its CpuRef and CpuAcc backends.
 
 Each prints its inference time; under TCG only their ratios mean anything. Everything runs
@@ -34,11 +34,12 @@ WORK = "/tmp/tuoba-ai"
 
 # The model, its weights and the numpy reference: one module for every runner below.
 CNN = r'''
-import json, time
+import json, os, statistics, time
 import numpy as np
 
 SHAPE = (2, 1, 12, 12)
 SEED = 20261203
+RUNS = int(os.environ.get("TUOBA_AI_RUNS", "5"))  # timed inferences (the median is reported)
 
 
 def weights():
@@ -94,7 +95,18 @@ def save_onnx(w, path):
     onnx.save(model, path)
 
 
-def report(framework, y, seconds, **extra):
+def timed(run):
+    """`run()` once to warm up, then RUNS times: (its last result, the times in seconds)."""
+    y = run()
+    times = []
+    for _ in range(RUNS):
+        t = time.perf_counter()
+        y = run()
+        times.append(time.perf_counter() - t)
+    return y, times
+
+
+def report(framework, y, times, **extra):
     w = weights()
     ref = reference(w)
     y = np.asarray(y, dtype=np.float64)
@@ -103,49 +115,58 @@ def report(framework, y, seconds, **extra):
         "shape": list(y.shape),
         "max_abs_err": float(np.abs(y - ref).max()),
         "same_class": bool((y.argmax(axis=1) == ref.argmax(axis=1)).all()),
-        "ms": seconds * 1000.0,
+        "ms": statistics.median(times) * 1000.0,
+        "samples_ms": [round(t * 1000.0, 3) for t in times],
         **extra,
     }))
 '''
 
+# Each runner times its imports (what a program pays to start) and RUNS inferences.
 RUNNERS = {
     "onnxruntime": r"""
-import time, cnn, onnxruntime as ort
+import time; t0 = time.perf_counter()
+import cnn, onnxruntime as ort
+import_s = time.perf_counter() - t0
 w = cnn.weights()
 s = ort.InferenceSession("/tmp/tuoba-ai/cnn.onnx", providers=["CPUExecutionProvider"])
-s.run(None, {"x": w["x"]})
-t = time.perf_counter(); y = s.run(None, {"x": w["x"]})[0]; t = time.perf_counter() - t
-cnn.report("onnxruntime", y, t, version=ort.__version__, providers=s.get_providers())
+y, times = cnn.timed(lambda: s.run(None, {"x": w["x"]})[0])
+cnn.report("onnxruntime", y, times, import_s=import_s, version=ort.__version__,
+           providers=s.get_providers())
 """,
     "pytorch": r"""
-import time, cnn, torch
+import time; t0 = time.perf_counter()
+import cnn, torch
 import torch.nn.functional as F
+import_s = time.perf_counter() - t0
 w = {k: torch.from_numpy(v) for k, v in cnn.weights().items()}
-def forward(x):
-    c = F.relu(F.conv2d(x, w["conv_w"], w["conv_b"], padding=1))
-    m = F.max_pool2d(c, 2).flatten(1)
-    return F.softmax(F.linear(m, w["fc_w"], w["fc_b"]), dim=1)
-with torch.no_grad():
-    forward(w["x"])
-    t = time.perf_counter(); y = forward(w["x"]); t = time.perf_counter() - t
-cnn.report("pytorch", y.numpy(), t, version=torch.__version__,
+def forward():
+    with torch.no_grad():
+        c = F.relu(F.conv2d(w["x"], w["conv_w"], w["conv_b"], padding=1))
+        m = F.max_pool2d(c, 2).flatten(1)
+        return F.softmax(F.linear(m, w["fc_w"], w["fc_b"]), dim=1)
+y, times = cnn.timed(forward)
+cnn.report("pytorch", y.numpy(), times, import_s=import_s, version=torch.__version__,
            cuda=torch.cuda.is_available())
 """,
     "tvm": r"""
-import time, cnn, onnx, tvm
+import time; t0 = time.perf_counter()
+import cnn, onnx, tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
+import_s = time.perf_counter() - t0
 w = cnn.weights()
 mod = from_onnx(onnx.load("/tmp/tuoba-ai/cnn.onnx"), shape_dict={"x": list(cnn.SHAPE)})
-target = tvm.target.Target("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72")
+target = tvm.target.Target(
+    {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
 t = time.perf_counter(); ex = tvm.compile(mod, target=target); compile_s = time.perf_counter() - t
 vm = relax.VirtualMachine(ex, tvm.cpu())
 x = tvm.runtime.tensor(w["x"], tvm.cpu())
-vm["main"](x)
-t = time.perf_counter(); y = vm["main"](x); t = time.perf_counter() - t
-y = y[0] if isinstance(y, (list, tuple)) or type(y).__name__ == "Array" else y
-cnn.report("tvm", y.numpy(), t, version=tvm.__version__, compile_s=compile_s,
-           target=str(target))
+def run():
+    y = vm["main"](x)
+    return y[0] if isinstance(y, (list, tuple)) or type(y).__name__ == "Array" else y
+y, times = cnn.timed(run)
+cnn.report("tvm", y.numpy(), times, import_s=import_s, version=tvm.__version__,
+           compile_s=compile_s, target=str(target))
 """,
 }
 
@@ -190,15 +211,20 @@ def run_framework(host: Any, name: str) -> dict[str, Any]:
     return result
 
 
+LIST_DISTRIBUTIONS = r"""
+import importlib.metadata as m, json, re, sys
+names = sorted((re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(), d.version)
+               for d in m.distributions())
+print(json.dumps({"prefix": sys.prefix, "distributions": names}))
+"""
+
+
 def test_the_venv_holds_the_pinned_wheels(host: Any, manifest: dict[str, Any]) -> None:
-    """pip in the image sees exactly the distributions the manifest says were installed."""
+    """The venv's Python sees exactly the distributions the manifest says were installed."""
     wheels = manifest["python"][VENV]["wheels"]
-    listed = ok(host, f"{VENV}/bin/python -c 'import importlib.metadata as m, json; "
-                "print(json.dumps(sorted((d.metadata[\"Name\"].lower().replace(\"_\", \"-\"), "
-                "d.version) for d in m.distributions())))'")  # fmt: skip
-    got = {(n, v) for n, v in json.loads(listed)}
-    assert got == {(w["name"], w["version"]) for w in wheels}
-    assert ok(host, f"{VENV}/bin/python -c 'import sys; print(sys.prefix)'").strip() == VENV
+    out = json.loads(ok(host, f"{VENV}/bin/python -c {shlex.quote(LIST_DISTRIBUTIONS)}"))
+    assert out["prefix"] == VENV
+    assert {tuple(d) for d in out["distributions"]} == {(w["name"], w["version"]) for w in wheels}
 
 
 @pytest.mark.parametrize("framework", sorted(RUNNERS))
