@@ -79,6 +79,16 @@ def run_context() -> dict[str, object]:
     }
 
 
+def guest_ssh(key: Path, port: int, command: str, timeout: float = 3600) -> str:
+    """Run `command` as root in a booted guest (its ssh forwarded to loopback `port`)."""
+    return subprocess.run(
+        ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", "root@127.0.0.1", command],
+        capture_output=True, text=True, check=True, timeout=timeout,
+    ).stdout  # fmt: skip
+
+
 def write_results(path: Path, results: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")

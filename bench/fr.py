@@ -21,14 +21,13 @@ import argparse
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import BOARD, ROOT, run_context, write_results
+from bench import BOARD, ROOT, guest_ssh, run_context, write_results
 
 from tuoba.guest import boot_spec
 from tuoba.manifest import load as load_manifest
@@ -66,12 +65,7 @@ def main() -> None:
         with booted(spec, Path(tmp) / "console.log") as guest:
 
             def ssh(command: str, timeout: float = 3600) -> str:
-                return subprocess.run(
-                    ["ssh", "-i", str(key), "-p", str(guest.ssh_port), "-o", "BatchMode=yes",
-                     "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                     "-o", "LogLevel=ERROR", "root@127.0.0.1", command],
-                    capture_output=True, text=True, check=True, timeout=timeout,
-                ).stdout  # fmt: skip
+                return guest_ssh(key, guest.ssh_port, command, timeout)
 
             ssh("systemctl is-system-running --wait || true", timeout=900)
             ssh(f"python3 -c {shlex.quote(MAKE.format(f=DATA, n=args.values))}")
