@@ -39,6 +39,7 @@ def invoke(project: Path, *args: str) -> tuple[int, str]:
         "cache",
         "release",
         "download",
+        "export",
         "flash",
     ],
 )

@@ -181,6 +181,7 @@ def _register() -> None:
         cache,
         doctor,
         download,
+        export,
         flash,
         kernel,
         recipes,
@@ -189,7 +190,8 @@ def _register() -> None:
     )
 
     for module in (
-        build, test, boot, flash, release, download, boards, recipes, kernel, cache, doctor
+        build, test, boot, flash, release, download, export, boards, recipes, kernel, cache,
+        doctor,
     ):  # fmt: skip
         with_global_options(module.command)
         cli.add_command(module.command)
