@@ -8,6 +8,11 @@
  * copyout folds it into the result and skips the copy. --copy lets the copy happen (the
  * program still computes), to compare. Exit status: 0 done, 1 the data or the file is bad,
  * 2 usage, 3 the running kernel lacks the hook.
+ *
+ * It loads its BPF program as a light skeleton (fr_skip.lskel.h, or fr_copy.lskel.h for
+ * --copy): the kernel runs a loader program that makes the maps and loads, relocates (CO-RE)
+ * and verifies the program; this side makes raw bpf() and perf_event_open() calls only
+ * (../common/tuoba_skel.h), no libbpf and no libelf.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,11 +29,11 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/types.h>
-#include <bpf/libbpf.h>
-#include <bpf/bpf.h>
 
 #include "fr.h"
-#include "fr.skel.h"
+#include "fr_copy.lskel.h"
+#include "fr_skip.lskel.h"
+#include "tuoba_skel.h"
 
 #define BUF_SIZE (256 * 1024)
 #define HOOK "copyout"
@@ -82,9 +87,17 @@ static void parse_filter(const char *text, struct fr_state *s)
 	s->constant = constant;
 }
 
-static int print_libbpf(enum libbpf_print_level level, const char *fmt, va_list ap)
+/* -v: the verifier's log of the program the skeleton loads (ctx: the skeleton's first member) */
+static char *log_on(struct bpf_loader_ctx *ctx)
 {
-	return verbose ? vfprintf(stderr, fmt, ap) : 0; /* (tuoba-fr says what failed itself) */
+	char *log;
+
+	if (!verbose)
+		return NULL;
+	log = tuoba_verifier_log(ctx);
+	if (!log)
+		die(1, NULL, "out of memory");
+	return log;
 }
 
 static void print_json_string(const char *text)
@@ -146,9 +159,11 @@ int main(int argc, char **argv)
 	};
 	struct fr_state s = { 0 };
 	int json = 0, copy = 0, opt, fd, err, reduce = -1;
-	const char *path;
-	struct fr_bpf *skel;
-	struct bpf_link *link;
+	const char *path, *step;
+	struct fr_skip_bpf *skip = NULL;
+	struct fr_copy_bpf *copier = NULL;
+	int prog_fd, callers_fd, perf_fd, link;
+	char *log;
 	struct timespec t0, t1;
 	unsigned char *buf;
 	uint64_t total = 0, key, untouched = 0;
@@ -209,12 +224,28 @@ int main(int argc, char **argv)
 		die(1, NULL, "out of memory");
 	memset(buf, 0xa5, BUF_SIZE); /* a pattern: what is still there was never copied over */
 
-	libbpf_set_print(print_libbpf);
-	skel = fr_bpf__open();
-	if (!skel)
-		die(1, NULL, "cannot open the BPF program: %s", strerror(errno));
-	bpf_program__set_autoload(copy ? skel->progs.fr_skip : skel->progs.fr_copy, false);
-	err = fr_bpf__load(skel);
+	/* one skeleton or the other: a light skeleton loads every program of its object, and the
+	 * one that skips the copy loads only on a kernel with CONFIG_BPF_KPROBE_OVERRIDE */
+	if (copy) {
+		copier = fr_copy_bpf__open();
+		if (!copier)
+			die(1, NULL, "cannot open the BPF program: %s", strerror(errno));
+		log = log_on(&copier->ctx);
+		err = fr_copy_bpf__load(copier);
+		prog_fd = copier->progs.fr_copy.prog_fd;
+		callers_fd = copier->maps.callers.map_fd;
+	} else {
+		skip = fr_skip_bpf__open();
+		if (!skip)
+			die(1, NULL, "cannot open the BPF program: %s", strerror(errno));
+		log = log_on(&skip->ctx);
+		err = fr_skip_bpf__load(skip);
+		prog_fd = skip->progs.fr_skip.prog_fd;
+		callers_fd = skip->maps.callers.map_fd;
+	}
+	if (err && log && log[0])
+		fprintf(stderr, "tuoba-fr: the verifier's log:\n%s\n", log);
+	free(log);
 	if (err && !copy)
 		die(3, "boot a TuobaOS kernel (CONFIG_BPF_KPROBE_OVERRIDE), or pass --copy to compute "
 		       "with the data copied; -v shows the verifier's log",
@@ -224,22 +255,20 @@ int main(int argc, char **argv)
 		die(3, "run it as root on a kernel with BPF and BTF (a TuobaOS kernel); -v shows the "
 		       "verifier's log",
 		    "the running kernel refused the BPF program (%s)", strerror(-err));
-	link = bpf_program__attach_kprobe(copy ? skel->progs.fr_copy : skel->progs.fr_skip, false,
-					  HOOK);
-	if (!link) {
+	link = tuoba_attach_kprobe(prog_fd, HOOK, &perf_fd, &step);
+	if (link < 0) {
 		err = errno;
 		die(3, "boot a TuobaOS kernel: it carries " PATCH " (copyout out of line and on the "
 		       "error-injection list) and CONFIG_BPF_KPROBE_OVERRIDE",
-		    "the running kernel has no filter->reduce hook: a BPF kprobe%s on %s failed (%s)",
-		    copy ? "" : " that skips the copy", HOOK, strerror(err));
+		    "the running kernel has no filter->reduce hook: a BPF kprobe%s on %s failed (%s: %s)",
+		    copy ? "" : " that skips the copy", HOOK, step, strerror(err));
 	}
 
 	s.buf = (uint64_t)(uintptr_t)buf;
 	s.len = BUF_SIZE;
 	key = ((uint64_t)getpid() << 32) | (uint32_t)syscall(SYS_gettid);
-	err = bpf_map__update_elem(skel->maps.callers, &key, sizeof(key), &s, sizeof(s), BPF_ANY);
-	if (err)
-		die(1, NULL, "cannot register with the BPF program: %s", strerror(-err));
+	if (skel_map_update_elem(callers_fd, &key, &s, BPF_ANY) < 0)
+		die(1, NULL, "cannot register with the BPF program: %s", strerror(errno));
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while ((got = read(fd, buf, BUF_SIZE)) > 0)
@@ -248,11 +277,13 @@ int main(int argc, char **argv)
 	if (got < 0)
 		die(1, NULL, "cannot read %s: %s", path, strerror(errno));
 
-	err = bpf_map__lookup_elem(skel->maps.callers, &key, sizeof(key), &s, sizeof(s), 0);
-	bpf_link__destroy(link);
-	fr_bpf__destroy(skel);
+	err = tuoba_map_lookup_elem(callers_fd, &key, &s) < 0 ? errno : 0;
+	close(link);
+	close(perf_fd);
+	fr_copy_bpf__destroy(copier);
+	fr_skip_bpf__destroy(skip);
 	if (err)
-		die(1, NULL, "cannot read the result from the BPF program: %s", strerror(-err));
+		die(1, NULL, "cannot read the result from the BPF program: %s", strerror(err));
 	if (s.bytes_seen != total)
 		die(1, "tuoba-fr computes on regular files read through the page cache",
 		    "the kernel's program saw %" PRIu64 " of the %" PRIu64 " bytes read from %s",

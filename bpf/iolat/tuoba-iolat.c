@@ -10,6 +10,10 @@
  * (systemd turns it on for a unit with IOAccounting=yes; container engines do for theirs).
  * Exit status: 0 done, 1 a failure (said on stderr; not root, say), 2 usage, 3 the kernel
  * lacks the hooks.
+ *
+ * It loads its BPF programs as a light skeleton (iolat.lskel.h): the kernel runs a loader
+ * program that makes the maps and loads, relocates (CO-RE) and verifies the programs; this
+ * side makes raw bpf() calls only (../common/tuoba_skel.h), no libbpf and no libelf.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,11 +29,10 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/types.h>
-#include <bpf/libbpf.h>
-#include <bpf/bpf.h>
 
 #include "iolat.h"
-#include "iolat.skel.h"
+#include "iolat.lskel.h"
+#include "tuoba_skel.h"
 
 #define CGROUP_ROOT "/sys/fs/cgroup"
 #define MAX_KEYS 4096
@@ -52,15 +55,6 @@ static void die(int code, const char *hint, const char *fmt, ...)
 	exit(code);
 }
 
-static int print_libbpf(enum libbpf_print_level level, const char *fmt, va_list ap)
-{
-	if (level == LIBBPF_DEBUG && verbose < 2)
-		return 0;
-	if (!verbose)
-		return 0;
-	return vfprintf(stderr, fmt, ap);
-}
-
 static void on_signal(int sig)
 {
 	(void)sig;
@@ -74,7 +68,7 @@ static void usage(FILE *to)
 	      "  -d, --duration SECONDS  run this long (default: until Ctrl-C)\n"
 	      "  -c, --cgroup PATH       only this cgroup (a directory under " CGROUP_ROOT ")\n"
 	      "  -j, --json              one JSON document instead of the histograms\n"
-	      "  -v, --verbose           libbpf's messages (twice: its debug output too)\n",
+	      "  -v, --verbose           the verifier's log when the kernel refuses a program\n",
 	      to);
 }
 
@@ -170,6 +164,7 @@ int main(int argc, char **argv)
 	const char *only = NULL;
 	long duration = -1;
 	int json = 0, opt, err, is_cgroup;
+	char *log = NULL;
 	struct iolat_bpf *skel;
 	struct iolat_key *keys, key, next;
 	struct iolat_hist h;
@@ -206,8 +201,6 @@ int main(int argc, char **argv)
 	}
 	if (optind != argc)
 		die(2, "see tuoba-iolat --help", "unexpected argument '%s'", argv[optind]);
-	libbpf_set_print(print_libbpf);
-
 	skel = iolat_bpf__open();
 	if (!skel)
 		die(1, NULL, "cannot open the BPF program: %s", strerror(errno));
@@ -229,17 +222,21 @@ int main(int argc, char **argv)
 			    "--cgroup '%s': %s is not a cgroup v2 directory", only, full);
 		skel->rodata->only_cgroup = st.st_ino;
 	}
+	if (verbose && !(log = tuoba_verifier_log(&skel->ctx)))
+		die(1, NULL, "out of memory");
 	err = iolat_bpf__load(skel);
+	if (err && log && log[0])
+		fprintf(stderr, "tuoba-iolat: the verifier's log:\n%s\n", log);
+	free(log);
 	if (err == -EPERM || err == -EACCES)
 		die(1, "run it as root (loading BPF programs needs CAP_BPF and CAP_PERFMON)",
 		    "not allowed to load the BPF program: %s", strerror(-err));
 	if (err)
-		die(3, "the kernel needs BTF and the block tracepoints (the bpf feature); run with -v for libbpf's reasons",
+		die(3, "the kernel needs BTF and the block tracepoints (the bpf feature); run with -v for the verifier's log",
 		    "the running kernel refused the program: %s", strerror(-err));
-	err = iolat_bpf__attach(skel);
-	if (err)
-		die(3, "the kernel needs tp_btf on block_rq_issue and block_rq_complete; run with -v",
-		    "cannot attach to the block tracepoints: %s", strerror(-err));
+	if (iolat_bpf__attach(skel) < 0)
+		die(3, "the kernel needs tp_btf on block_rq_issue and block_rq_complete",
+		    "cannot attach to the block tracepoints: %s", strerror(errno));
 
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
@@ -248,17 +245,19 @@ int main(int argc, char **argv)
 	for (long waited = 0; !stop && (duration < 0 || waited < duration * 10); waited++)
 		usleep(100000);
 	iolat_bpf__detach(skel); /* the maps hold still while they are read */
+	/* (detach leaves the closed fds in the skeleton: destroy would close them again) */
+	memset(&skel->links, 0, sizeof(skel->links));
 
 	keys = calloc(MAX_KEYS, sizeof(*keys));
 	if (!keys)
 		die(1, NULL, "out of memory");
-	for (err = bpf_map__get_next_key(skel->maps.hists, NULL, &next, sizeof(next)); !err && nkeys < MAX_KEYS;
-	     err = bpf_map__get_next_key(skel->maps.hists, &key, &next, sizeof(next))) {
+	for (err = tuoba_map_get_next_key(skel->maps.hists.map_fd, NULL, &next); !err && nkeys < MAX_KEYS;
+	     err = tuoba_map_get_next_key(skel->maps.hists.map_fd, &key, &next)) {
 		keys[nkeys++] = next;
 		key = next;
 	}
 	for (__u32 i = 0; i < 2; i++)
-		bpf_map__lookup_elem(skel->maps.lost, &i, sizeof(i), &lost[i], sizeof(lost[i]), 0);
+		tuoba_map_lookup_elem(skel->maps.lost.map_fd, &i, &lost[i]);
 	nftw(CGROUP_ROOT, collect, 32, FTW_PHYS);
 	qsort(keys, nkeys, sizeof(*keys), by_path);
 
@@ -268,7 +267,7 @@ int main(int argc, char **argv)
 		const char *path = cgroup_path(keys[i].cgroup);
 		int top = 0;
 
-		if (bpf_map__lookup_elem(skel->maps.hists, &keys[i], sizeof(keys[i]), &h, sizeof(h), 0))
+		if (tuoba_map_lookup_elem(skel->maps.hists.map_fd, &keys[i], &h))
 			continue;
 		shown++;
 		for (int s = 0; s < IOLAT_SLOTS; s++)

@@ -1,36 +1,59 @@
 """TuobaOS's own eBPF programs (`bpf/<name>/`), and building them for one image.
 
-    bpf/<name>/program.yaml   what it is: description, loader (the command it installs),
-                              kernel_features it needs, kernel_symbols it attaches to, arch
-    bpf/<name>/<name>.bpf.c   the BPF side, CO-RE: it includes vmlinux.h, which is made for
-                              each build from that build's kernel BTF, never checked in
-    bpf/<name>/<loader>.c     the user-space side: includes <name>.skel.h (bpftool's skeleton)
-    bpf/<name>/*.h            headers both sides share
+    bpf/<name>/program.yaml     what it is: description, loader (the command it installs),
+                                kernel_features it needs, kernel_symbols it attaches to, arch,
+                                objects (its BPF objects; default: one, <name>)
+    bpf/<name>/<object>.bpf.c   the BPF side, CO-RE: it includes vmlinux.h, which is made for
+                                each build from that build's kernel BTF, never checked in
+    bpf/<name>/<loader>.c       the user-space side: includes <object>.lskel.h, the object's
+                                light skeleton, for each object it loads
+    bpf/<name>/*.h              headers both sides share
+    bpf/common/*.h              headers every loader may include (tuoba_skel.h: the bpf() and
+                                perf_event_open() calls the light skeletons do not make)
 
-For an image the bpf step makes, per program: vmlinux.h (`bpftool btf dump`), the object
-(`clang -target bpf`), the skeleton (`bpftool gen skeleton`) and the loader, cross-compiled by
-clang with the stage-1 root tree as its sysroot, so it links against the image's own libbpf
-(Debian's; the recipe brings libbpf-dev). The results are cached by the kernel's BTF, the
-programs' files, the compilers and the tree's libbpf.
+A light skeleton (`bpftool gen skeleton -L`) carries the object's maps, programs and CO-RE
+relocations as a loader program (BPF_PROG_TYPE_SYSCALL) that the kernel runs, so the loader
+makes raw bpf() calls and needs only libbpf's headers (<bpf/skel_internal.h>): no libbpf and
+no libelf at run time. It loads every program of its object: a loader that chooses between
+programs has an object for each (`objects:`).
+
+For an image the bpf step makes, per program: vmlinux.h (`bpftool btf dump`), each object
+(`clang -target bpf`) and its light skeleton, and the loader, cross-compiled by clang with the
+stage-1 root tree as its sysroot (its C library, and libbpf's headers from the image's
+libbpf-dev). The image's `<name>.bpf.o`, for bpftool and for reading, is the object, or the
+objects linked into one (`bpftool gen object`). The results are cached by the kernel's BTF,
+the programs' files, the compilers and the headers the loaders are built with.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
 from tuoba import arch as arches
 from tuoba import run, sources, ui
 from tuoba.cache import Store
-from tuoba.config import Field, load_yaml, matching, name_list, parse_mapping, string
+from tuoba.config import Field, list_of, load_yaml, matching, name_list, parse_mapping, string
 from tuoba.digest import digest
 from tuoba.errors import BuildError, InputError
 from tuoba.kernel import feature_names
 
 INSTALL_DIR = "/usr/bin"  # loaders
 OBJECT_DIR = "/usr/lib/tuoba/bpf"  # the BPF objects, for bpftool and for reading
-LIBBPF_HEADER = "usr/include/bpf/libbpf.h"  # in the sysroot: libbpf-dev is in the image
+COMMON = "common"  # bpf/common/: headers for every loader
+# In the sysroot (libbpf-dev is in the image): what a light skeleton includes
+SKEL_HEADER = "usr/include/bpf/skel_internal.h"
+# The headers the programs and loaders are built with, besides their own and the C library's:
+# libbpf's (both sides) and the uapi ones defining the bpf() and perf_event_open() calls. The
+# cache key covers them (the loaders link against nothing but the C library).
+HEADERS = (
+    "usr/include/bpf",
+    "usr/include/linux/bpf.h",
+    "usr/include/linux/bpf_common.h",
+    "usr/include/linux/perf_event.h",
+)
 BPF_TOOLS = ("clang", "ld.lld", "bpftool", "llvm-strip")
 
 
@@ -43,9 +66,12 @@ class Program:
     kernel_features: tuple[str, ...]
     kernel_symbols: tuple[str, ...]  # kernel functions it attaches to (System.map has them)
     arch: tuple[str, ...]  # the architectures it runs on (empty: every one)
+    objects: tuple[str, ...]  # its BPF objects: <object>.bpf.c, each with a light skeleton
 
     def files(self) -> list[Path]:
-        return sorted(p for p in self.directory.iterdir() if p.is_file())
+        """What it is built from: its own directory's files and bpf/common/'s."""
+        dirs = (self.directory, self.directory.parent / COMMON)
+        return sorted(p for d in dirs if d.is_dir() for p in d.iterdir() if p.is_file())
 
     @property
     def install(self) -> str:
@@ -69,6 +95,12 @@ _loader = matching(
     "a command name",
     hint="lower-case letters, digits and -, like tuoba-fr",
 )
+# (its light skeleton is the C struct <object>_bpf)
+_object = matching(
+    r"[a-z][a-z0-9_]{0,39}",
+    "an object name",
+    hint="lower-case letters, digits and _ (a C name), like fr_skip",
+)
 
 
 def load_program(data_dir: Path, name: str) -> Program:
@@ -90,8 +122,10 @@ def load_program(data_dir: Path, name: str) -> Program:
             Field("kernel_features", name_list, (), help="kernel features it needs"),
             Field("kernel_symbols", name_list, (), help="kernel functions it attaches to"),
             Field("arch", name_list, (), help="the architectures it runs on (default: all)"),
+            Field("objects", list_of(_object), (),
+                  help="its BPF objects, each <object>.bpf.c (default: one, the program's name)"),
         ],
-    )
+    )  # fmt: skip
     for i, a in enumerate(v["arch"]):
         if a not in arches.ARCHES:
             raise doc.error(("arch", i), f"unknown arch '{a}' (known: {', '.join(arches.ARCHES)})")
@@ -100,12 +134,24 @@ def load_program(data_dir: Path, name: str) -> Program:
         if f not in known:
             raise doc.error(("kernel_features", i), f"unknown feature '{f}'",
                             hint=f"known: {', '.join(known) or 'none'}")  # fmt: skip
-    prog = Program(name=name, directory=directory, **v)
-    for need in (f"{name}.bpf.c", f"{prog.loader}.c"):
-        if not (directory / need).is_file():
-            raise doc.error((), f"bpf/{name}/ has no {need}",
-                            hint=f"a program is {name}.bpf.c (BPF side) and {prog.loader}.c "
-                            "(its loader)")  # fmt: skip
+    for i, o in enumerate(v["objects"]):
+        if o in v["objects"][:i]:
+            raise doc.error(("objects", i), f"the object '{o}' is named twice")
+        if not (directory / f"{o}.bpf.c").is_file():
+            raise doc.error(("objects", i), f"bpf/{name}/ has no {o}.bpf.c",
+                            hint="each object is built from its own <object>.bpf.c")  # fmt: skip
+        if o == name and len(v["objects"]) > 1:
+            raise doc.error(("objects", i), f"the object '{o}' is named like the program",
+                            hint=f"the image's {name}.bpf.o is its objects linked into one: "
+                            "name them otherwise")  # fmt: skip
+    prog = Program(name=name, directory=directory, **(v | {"objects": v["objects"] or (name,)}))
+    if not v["objects"] and not (directory / f"{name}.bpf.c").is_file():
+        raise doc.error((), f"bpf/{name}/ has no {name}.bpf.c",
+                        hint=f"a program is {name}.bpf.c (BPF side) and {prog.loader}.c (its "
+                        "loader), or objects: [...] each with its <object>.bpf.c")  # fmt: skip
+    if not (directory / f"{prog.loader}.c").is_file():
+        raise doc.error((), f"bpf/{name}/ has no {prog.loader}.c",
+                        hint=f"its loader {prog.loader} is built from {prog.loader}.c")  # fmt: skip
     return prog
 
 
@@ -115,7 +161,40 @@ def load_program(data_dir: Path, name: str) -> Program:
 @dataclasses.dataclass(frozen=True)
 class Built:
     loader: Path
-    object: Path
+    object: Path  # for the image: the program's object, or its objects linked into one
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What a program is compiled for: the kernel's name of the architecture (the BPF side's
+    __TARGET_ARCH_, for PT_REGS_*) and the loader's clang --target and --sysroot (None: the
+    build host's own compiler target and root)."""
+
+    kernel_arch: str
+    clang_target: str | None = None
+    sysroot: Path | None = None
+
+    @property
+    def include(self) -> Path:
+        return (self.sysroot or Path("/")) / "usr/include"
+
+
+def image_target(arch: str, tree: Path) -> Target:
+    a = arches.of(arch)
+    return Target(kernel_arch=a.kernel, clang_target=a.clang_target, sysroot=tree)
+
+
+# the kernel's names of the build host's architectures (os.uname().machine)
+HOST_KERNEL_ARCH = {"x86_64": "x86", "aarch64": "arm64", "armv7l": "arm", "armv8l": "arm"}
+
+
+def host_target() -> Target:
+    """The build host itself (the test suite runs the loaders on the host's kernel)."""
+    machine = os.uname().machine
+    if machine not in HOST_KERNEL_ARCH:
+        raise BuildError(f"no BPF target for this host's architecture {machine}",
+                         hint=f"known: {', '.join(HOST_KERNEL_ARCH)}")  # fmt: skip
+    return Target(kernel_arch=HOST_KERNEL_ARCH[machine])
 
 
 def _tool_ids() -> dict[str, str]:
@@ -123,6 +202,15 @@ def _tool_ids() -> dict[str, str]:
         "clang": run.output(["clang", "--version"]).splitlines()[0],
         "bpftool": run.output(["bpftool", "version"]).splitlines()[0],
     }
+
+
+def header_ids(root: Path) -> dict[str, str]:
+    """sha256 of each of the HEADERS in the tree `root` (a missing one is absent)."""
+    files: list[Path] = []
+    for name in HEADERS:
+        path = root / name
+        files += sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    return {str(f.relative_to(root)): sources.sha256_file(f) for f in files if f.is_file()}
 
 
 def build(
@@ -148,42 +236,43 @@ def build(
             hint="remove it so that it is built again: "
             f"tuoba cache rm kernel/{kernel_dir.parent.name}",
         )
-    libbpf = tree / LIBBPF_HEADER
-    if not libbpf.is_file():
+    if not (tree / SKEL_HEADER).is_file():
         raise BuildError(
-            f"the root filesystem has no /{LIBBPF_HEADER}: the loaders link against the image's "
-            "libbpf",
+            f"the root filesystem has no /{SKEL_HEADER}: the loaders are built with the "
+            "image's libbpf headers",
             hint="add libbpf-dev to the packages of the recipe that asks for the program",
         )
-    so = sorted((tree / "usr/lib").glob("*/libbpf.so.*.*"))
+    data_dir = programs[0].directory.parent
     inputs = {
         "arch": arch,
         "btf": sources.sha256_file(btf),
         "tools": _tool_ids(),
-        "libbpf": [p.name for p in so] + [sources.sha256_file(libbpf)],
-        "programs": {p.name: {f.name: sources.sha256_file(f) for f in p.files()} for p in programs},
+        "headers": header_ids(tree),
+        "programs": {
+            p.name: {str(f.relative_to(data_dir)): sources.sha256_file(f) for f in p.files()}
+            for p in programs
+        },
     }
     key = digest(inputs)
+    target = image_target(arch, tree)
     if (entry := store.get("bpf", key)) is None:
         what = f"eBPF programs {', '.join(p.name for p in programs)} ({arch})"
         with store.make("bpf", key, what=what, inputs=inputs) as tmp:
             _check_symbols(programs, kernel_dir / "System.map")
             with ui.step("Generating vmlinux.h from the kernel's BTF"):
-                header = tmp / "vmlinux.h"
-                with header.open("wb") as f:
-                    run.run(["bpftool", "btf", "dump", "file", str(btf), "format", "c"],
-                            stdout_file=f)  # fmt: skip
+                make_vmlinux_h(btf, tmp)
             for p in programs:
                 with ui.step(f"Compiling bpf/{p.name} and its loader {p.loader}"):
-                    _build_one(p, tmp, tree, arch, log)
+                    compile_program(p, tmp, target, log=log)
         entry = store.get("bpf", key)
         assert entry is not None  # (just made)
     else:
         ui.info(f"  reusing eBPF programs built for these inputs: {entry.data}")
-    return {
-        p.name: Built(loader=entry.data / p.loader, object=entry.data / f"{p.name}.bpf.o")
-        for p in programs
-    }
+    return {p.name: _built(p, entry.data) for p in programs}
+
+
+def _built(p: Program, out: Path) -> Built:
+    return Built(loader=out / p.loader, object=out / f"{p.name}.bpf.o")
 
 
 def _check_symbols(programs: tuple[Program, ...], system_map: Path) -> None:
@@ -199,23 +288,46 @@ def _check_symbols(programs: tuple[Program, ...], system_map: Path) -> None:
                 )
 
 
-def _build_one(p: Program, out: Path, tree: Path, arch: str, log: Path) -> None:
-    a = arches.of(arch)
-    obj = out / f"{p.name}.bpf.o"
+def make_vmlinux_h(btf: Path, out: Path) -> Path:
+    """vmlinux.h in `out`, every type of the kernel whose BTF is `btf` (raw, or an ELF file;
+    /sys/kernel/btf/vmlinux is the running kernel's)."""
+    header = out / "vmlinux.h"
+    with header.open("wb") as f:
+        run.run(["bpftool", "btf", "dump", "file", str(btf), "format", "c"], stdout_file=f)
+    return header
+
+
+def compile_program(p: Program, out: Path, target: Target, *, log: Path | None = None) -> Built:
+    """The program's objects, their light skeletons and its loader, in `out` (which has the
+    vmlinux.h of the kernel it is for)."""
+    include = ["-I", str(out), "-I", str(p.directory), "-I", str(p.directory.parent / COMMON)]
+    objects = []
+    for name in p.objects:
+        obj = out / f"{name}.bpf.o"
+        run.run(
+            ["clang", "-target", "bpf", "-O2", "-g", f"-D__TARGET_ARCH_{target.kernel_arch}",
+             *include, "-idirafter", str(target.include), "-Wall", "-Werror",
+             "-c", str(p.directory / f"{name}.bpf.c"), "-o", str(obj)],
+            log=log,
+        )  # fmt: skip
+        # no DWARF in the object (BTF, which CO-RE needs, stays)
+        run.run(["llvm-strip", "-g", str(obj)], log=log)
+        with (out / f"{name}.lskel.h").open("wb") as f:
+            run.run(["bpftool", "gen", "skeleton", "-L", str(obj), "name", f"{name}_bpf"],
+                    stdout_file=f)  # fmt: skip
+        objects.append(obj)
+    result = _built(p, out)
+    if objects != [result.object]:
+        # the image's one object: the program's objects linked by libbpf's static linker
+        run.run(["bpftool", "gen", "object", str(result.object), *map(str, objects)], log=log)
+    cross = [f"--target={target.clang_target}"] if target.clang_target else []
+    if target.sysroot:
+        cross += [f"--sysroot={target.sysroot}", "--gcc-toolchain=/usr"]
+    # the light skeletons include libbpf's headers only: the loader links against nothing but
+    # the C library
     run.run(
-        ["clang", "-target", "bpf", "-O2", "-g", f"-D__TARGET_ARCH_{a.kernel}",
-         "-I", str(out), "-I", str(p.directory), "-idirafter", str(tree / "usr/include"),
-         "-Wall", "-Werror", "-c", str(p.directory / f"{p.name}.bpf.c"), "-o", str(obj)],
+        ["clang", *cross, "-fuse-ld=lld", "-O2", "-Wall", "-Werror", *include,
+         "-o", str(result.loader), str(p.directory / f"{p.loader}.c")],
         log=log,
     )  # fmt: skip
-    # no DWARF in the object the image carries (BTF, which CO-RE needs, stays)
-    run.run(["llvm-strip", "-g", str(obj)], log=log)
-    skel = out / f"{p.name}.skel.h"
-    with skel.open("wb") as f:
-        run.run(["bpftool", "gen", "skeleton", str(obj), "name", f"{p.name}_bpf"], stdout_file=f)
-    run.run(
-        ["clang", f"--target={a.clang_target}", f"--sysroot={tree}", "--gcc-toolchain=/usr",
-         "-fuse-ld=lld", "-O2", "-Wall", "-Werror", "-I", str(out), "-I", str(p.directory),
-         "-o", str(out / p.loader), str(p.directory / f"{p.loader}.c"), "-lbpf"],
-        log=log,
-    )  # fmt: skip
+    return result

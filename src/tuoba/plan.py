@@ -444,7 +444,7 @@ def _check_programs(
     stage: int,
 ) -> tuple[bpf.Program, ...]:
     """The bpf/ programs the recipes ask for: each exists, runs on the board's architecture
-    and kernel, and the image has the libbpf its loader links against."""
+    and kernel, and the image has the libbpf headers its loader is compiled with."""
     out: dict[str, bpf.Program] = {}
     known = bpf.program_names(data_dir)
     features = feature_names(data_dir)
@@ -474,8 +474,8 @@ def _check_programs(
             if "libbpf-dev" not in packages:
                 raise docs[r.name].error(
                     where,
-                    f"bpf/{name}'s loader links against the image's libbpf, and the image "
-                    "has no libbpf-dev",
+                    f"bpf/{name}'s loader is compiled with the image's libbpf headers, and "
+                    "the image has no libbpf-dev",
                     hint="add libbpf-dev to the recipe's packages",
                 )
             for n in prog.kernel_features:

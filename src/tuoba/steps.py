@@ -269,7 +269,7 @@ KERNEL_SOURCES: dict[str, Callable[[Plan], None]] = {
 
 def build_bpf(plan: Plan) -> None:
     """The bpf/ programs the recipes ask for, compiled against this image's kernel (its BTF)
-    and root tree (the loaders' libbpf)."""
+    and root tree (the loaders' libbpf headers: light skeletons, no libbpf at run time)."""
     if not plan.bpf_programs:
         write_record(plan, records.BpfRecord(programs={}))
         return

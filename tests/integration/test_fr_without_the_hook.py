@@ -1,7 +1,8 @@
 """tuoba-fr on a kernel that lacks its hook: the build host's own kernel (no TuobaOS patch:
 copyout is inlined there, and not on the error-injection list). The loader is built for the
-host from the same sources (bpf/fr) against the host's BTF and libbpf, and must say in one
-sentence what is missing and exit 3, in both modes, after the kernel really refused it."""
+host from the same sources (bpf/fr), by the bpf step's own compile function, against the host's
+BTF and libbpf headers (a light skeleton: no libbpf at run time), and must say in one sentence
+what is missing and exit 3, in both modes, after the kernel really refused it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tuoba import bpf, elfaudit
+
 ROOT = Path(__file__).resolve().parents[2]
-FR = ROOT / "bpf" / "fr"
 HOST_BTF = Path("/sys/kernel/btf/vmlinux")
 
 pytestmark = [
@@ -25,24 +27,11 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def host_fr(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fr-host")
-    with (out / "vmlinux.h").open("wb") as f:
-        subprocess.run(["bpftool", "btf", "dump", "file", str(HOST_BTF), "format", "c"],
-                       stdout=f, check=True)  # fmt: skip
-    arch = {"x86_64": "x86", "aarch64": "arm64"}[os.uname().machine]
-    subprocess.run(
-        ["clang", "-target", "bpf", "-O2", "-g", f"-D__TARGET_ARCH_{arch}", "-I", str(out),
-         "-I", str(FR), "-c", str(FR / "fr.bpf.c"), "-o", str(out / "fr.bpf.o")],
-        check=True,
-    )  # fmt: skip
-    with (out / "fr.skel.h").open("wb") as f:
-        subprocess.run(["bpftool", "gen", "skeleton", str(out / "fr.bpf.o"), "name", "fr_bpf"],
-                       stdout=f, check=True)  # fmt: skip
-    subprocess.run(
-        ["clang", "-O2", "-Wall", "-Werror", "-I", str(out), "-I", str(FR), "-o",
-         str(out / "tuoba-fr"), str(FR / "tuoba-fr.c"), "-lbpf"],
-        check=True,
-    )  # fmt: skip
-    return out / "tuoba-fr"
+    bpf.make_vmlinux_h(HOST_BTF, out)
+    built = bpf.compile_program(bpf.load_program(ROOT, "fr"), out, bpf.host_target())
+    # a light skeleton's loader needs no libbpf (nor libelf) at run time: the C library only
+    assert elfaudit.inspect(built.loader)["needed"] == ["libc.so.6"]
+    return built.loader
 
 
 def has_hook() -> bool:

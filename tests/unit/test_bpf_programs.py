@@ -83,13 +83,18 @@ def test_the_fr_program_is_read(project: Path) -> None:
     prog = bpf.load_program(project, "fr")
     assert prog.loader == "tuoba-fr" and prog.install == "/usr/bin/tuoba-fr"
     assert prog.kernel_symbols == ("copyout",) and prog.arch == ("arm64",)
-    assert {"fr.bpf.c", "tuoba-fr.c", "fr.h", "program.yaml"} <= {f.name for f in prog.files()}
+    # one object (and light skeleton) per mode: a light skeleton loads all of its programs
+    assert prog.objects == ("fr_skip", "fr_copy")
+    files = {f.relative_to(project / "bpf").as_posix() for f in prog.files()}
+    assert {"fr/fr_skip.bpf.c", "fr/fr_copy.bpf.c", "fr/fr.bpf.h", "fr/tuoba-fr.c", "fr/fr.h",
+            "fr/program.yaml", "common/tuoba_skel.h"} <= files  # fmt: skip
 
 
 def test_the_iolat_program_is_read(project: Path) -> None:
     prog = bpf.load_program(project, "iolat")
     assert prog.loader == "tuoba-iolat" and prog.kernel_symbols == ()
     assert prog.kernel_features == ("bpf", "containers")  # (BLK_CGROUP: bios carry a blkcg)
+    assert prog.objects == ("iolat",)  # (the default: one object, named like the program)
     assert {"iolat.bpf.c", "tuoba-iolat.c", "iolat.h"} <= {f.name for f in prog.files()}
 
 
@@ -146,6 +151,14 @@ def test_the_armhf_image_gets_no_fr(project: Path, tmp_path: Path) -> None:
          "bpf/fr/program.yaml:10 -> arch[0]: unknown arch 'mips'"),
         (("kernel_features: [bpf, readpath]", "kernel_features: [bpf, nope]"),
          "bpf/fr/program.yaml:7 -> kernel_features[1]: unknown feature 'nope'"),
+        (("objects: [fr_skip, fr_copy]", "objects: [fr_skip, Fr-Copy]"),
+         "bpf/fr/program.yaml:14 -> objects[1]: 'Fr-Copy' is not an object name"),
+        (("objects: [fr_skip, fr_copy]", "objects: [fr_skip, fr_skip]"),
+         "bpf/fr/program.yaml:14 -> objects[1]: the object 'fr_skip' is named twice"),
+        (("objects: [fr_skip, fr_copy]", "objects: [fr_skip, fr_nope]"),
+         "bpf/fr/program.yaml:14 -> objects[1]: bpf/fr/ has no fr_nope.bpf.c"),
+        (("objects: [fr_skip, fr_copy]", "objects: fr_skip"),
+         "bpf/fr/program.yaml:14 -> objects: expected a list, got a string"),
     ],
 )  # fmt: skip
 def test_a_bad_program_description_is_located(
@@ -157,6 +170,26 @@ def test_a_bad_program_description_is_located(
     with pytest.raises(InputError) as e:
         resolve(request(project))
     assert e.value.message.startswith(message)
+
+
+def test_an_object_named_like_its_program_is_refused_among_several(project: Path) -> None:
+    """The image's fr.bpf.o is fr's objects linked into one: no object may be called fr."""
+    f = project / "bpf/fr/program.yaml"
+    f.write_text(f.read_text().replace("objects: [fr_skip, fr_copy]", "objects: [fr, fr_copy]"))
+    (project / "bpf/fr/fr.bpf.c").write_text('#include "fr.bpf.h"\n')
+    with pytest.raises(InputError) as e:
+        bpf.load_program(project, "fr")
+    assert e.value.message.startswith(
+        "bpf/fr/program.yaml:14 -> objects[0]: the object 'fr' is named like the program"
+    )
+
+
+def test_a_program_without_objects_needs_its_own_bpf_c(project: Path) -> None:
+    (project / "bpf/iolat/iolat.bpf.c").unlink()
+    with pytest.raises(InputError) as e:
+        bpf.load_program(project, "iolat")
+    assert "bpf/iolat/ has no iolat.bpf.c" in e.value.message
+    assert "objects: [...]" in (e.value.hint or "")
 
 
 def test_a_program_without_its_loader_source_is_refused(project: Path) -> None:
@@ -187,7 +220,7 @@ def test_a_tree_without_libbpf_is_named(project: Path, tmp_path: Path) -> None:
         bpf.build((bpf.load_program(project, "fr"),), kernel_dir=kernel, btf_file="vmlinux.btf",
                   tree=tmp_path / "tree", arch="arm64", store=Store(tmp_path / "cache"),
                   log=tmp_path / "log")  # fmt: skip
-    assert "the root filesystem has no /usr/include/bpf/libbpf.h" in e.value.message
+    assert "the root filesystem has no /usr/include/bpf/skel_internal.h" in e.value.message
     assert e.value.hint == "add libbpf-dev to the packages of the recipe that asks for the program"
 
 

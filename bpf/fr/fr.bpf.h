@@ -1,6 +1,11 @@
-// SPDX-License-Identifier: GPL-2.0
+/* SPDX-License-Identifier: GPL-2.0 */
 /*
- * In-kernel filter -> reduce on the read path (the kernel side of tuoba-fr).
+ * In-kernel filter -> reduce on the read path (the kernel side of tuoba-fr), shared by its
+ * two BPF objects: fr_skip.bpf.c (reduce mode) and fr_copy.bpf.c (--copy). They are two
+ * objects, not two programs of one, because tuoba-fr loads a light skeleton, which loads every
+ * program of its object, and the program that skips the copy (bpf_override_return) loads and
+ * attaches only on a kernel with CONFIG_BPF_KPROBE_OVERRIDE and copyout on the error-injection
+ * list: --copy must not need either.
  *
  * A kprobe on copyout(to, from, n) -- kept out of line and on the error-injection list by
  * kernel/patches/0001 -- sees each piece of file data the kernel copies to a user buffer.
@@ -11,6 +16,9 @@
  * copyout's return value with 0 ("nothing left to copy"), so the copy never happens: only
  * the result, read from the map at the end, reaches user space.
  */
+#ifndef TUOBA_FR_BPF_H
+#define TUOBA_FR_BPF_H
+
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -19,12 +27,14 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Weak: the image's fr.bpf.o is both objects linked into one (`bpftool gen object`), where
+ * each map is then one, shared by the two programs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
 	__type(key, __u64);
 	__type(value, struct fr_state);
-} callers SEC(".maps");
+} callers SEC(".maps") __weak;
 
 struct chunk {
 	__u8 data[FR_CHUNK];
@@ -35,7 +45,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct chunk);
-} scratch SEC(".maps");
+} scratch SEC(".maps") __weak;
 
 struct walk {
 	struct fr_state *s;
@@ -107,17 +117,4 @@ copy:
 	return 0;
 }
 
-/* Reduce mode: the data is not copied to the caller. */
-SEC("kprobe/copyout")
-int fr_skip(struct pt_regs *ctx)
-{
-	return on_copyout(ctx, 1);
-}
-
-/* Copy mode (--copy): the data still reaches the caller (for comparison, and for kernels
- * whose copyout is traceable but not on the error-injection list). */
-SEC("kprobe/copyout")
-int fr_copy(struct pt_regs *ctx)
-{
-	return on_copyout(ctx, 0);
-}
+#endif
