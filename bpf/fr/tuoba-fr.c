@@ -246,6 +246,10 @@ int main(int argc, char **argv)
 	if (err && log && log[0])
 		fprintf(stderr, "tuoba-fr: the verifier's log:\n%s\n", log);
 	free(log);
+	/* the verifier refuses with EACCES too: who runs it decides which failure this is */
+	if (err && geteuid() != 0)
+		die(1, "run it as root (loading BPF programs needs CAP_BPF and CAP_PERFMON)",
+		    "not allowed to load the BPF program: %s", strerror(-err));
 	if (err && !copy)
 		die(3, "boot a TuobaOS kernel (CONFIG_BPF_KPROBE_OVERRIDE), or pass --copy to compute "
 		       "with the data copied; -v shows the verifier's log",

@@ -22,7 +22,8 @@ For an image the bpf step makes, per program: vmlinux.h (`bpftool btf dump`), ea
 stage-1 root tree as its sysroot (its C library, and libbpf's headers from the image's
 libbpf-dev). The image's `<name>.bpf.o`, for bpftool and for reading, is the object, or the
 objects linked into one (`bpftool gen object`). The results are cached by the kernel's BTF,
-the programs' files, the compilers and the headers the loaders are built with.
+the programs' files, the tools (bpftool whole: its libbpf writes the loader program), the root
+tree's inputs digest (the sysroot of both sides) and the headers named below.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ COMMON = "common"  # bpf/common/: headers for every loader
 # In the sysroot (libbpf-dev is in the image): what a light skeleton includes
 SKEL_HEADER = "usr/include/bpf/skel_internal.h"
 # The headers the programs and loaders are built with, besides their own and the C library's:
-# libbpf's (both sides) and the uapi ones defining the bpf() and perf_event_open() calls. The
-# cache key covers them (the loaders link against nothing but the C library).
+# libbpf's (both sides: the BPF side takes them from the sysroot with -isystem, ahead of the
+# host's /usr/include) and the uapi ones defining the bpf() and perf_event_open() calls. The
+# cache key covers them by content, besides the tree's digest (the loaders link against
+# nothing but the C library).
 HEADERS = (
     "usr/include/bpf",
     "usr/include/linux/bpf.h",
@@ -197,10 +200,18 @@ def host_target() -> Target:
     return Target(kernel_arch=HOST_KERNEL_ARCH[machine])
 
 
+# bump when compile_program's commands change (its flags are not otherwise in the key)
+BUILD_REV = 2
+
+
 def _tool_ids() -> dict[str, str]:
+    """What builds the programs: clang, lld and llvm-strip by version, and bpftool whole (its
+    libbpf writes the light skeleton's loader program: `bpftool version` names both)."""
     return {
         "clang": run.output(["clang", "--version"]).splitlines()[0],
-        "bpftool": run.output(["bpftool", "version"]).splitlines()[0],
+        "ld.lld": run.output(["ld.lld", "--version"]).splitlines()[0],
+        "llvm-strip": run.output(["llvm-strip", "--version"]).strip(),
+        "bpftool": run.output(["bpftool", "version"]).strip(),
     }
 
 
@@ -219,12 +230,15 @@ def build(
     kernel_dir: Path,
     btf_file: str,
     tree: Path,
+    tree_digest: str,
     arch: str,
     store: Store,
     log: Path,
 ) -> dict[str, Built]:
     """Each program built against the kernel in `kernel_dir` (its raw BTF and System.map) and
-    the root tree `tree` (the sysroot of its loader); from the cache when nothing changed."""
+    the root tree `tree` (the sysroot of both sides: its C library and libbpf's headers; the
+    tree's own inputs digest `tree_digest` stands for all of it in the key); from the cache
+    when nothing changed."""
     if not programs:
         return {}
     for tool in BPF_TOOLS:
@@ -245,8 +259,10 @@ def build(
     data_dir = programs[0].directory.parent
     inputs = {
         "arch": arch,
+        "rev": BUILD_REV,
         "btf": sources.sha256_file(btf),
         "tools": _tool_ids(),
+        "sysroot": tree_digest,
         "headers": header_ids(tree),
         "programs": {
             p.name: {str(f.relative_to(data_dir)): sources.sha256_file(f) for f in p.files()}
@@ -306,7 +322,7 @@ def compile_program(p: Program, out: Path, target: Target, *, log: Path | None =
         obj = out / f"{name}.bpf.o"
         run.run(
             ["clang", "-target", "bpf", "-O2", "-g", f"-D__TARGET_ARCH_{target.kernel_arch}",
-             *include, "-idirafter", str(target.include), "-Wall", "-Werror",
+             *include, "-isystem", str(target.include), "-Wall", "-Werror",
              "-c", str(p.directory / f"{name}.bpf.c"), "-o", str(obj)],
             log=log,
         )  # fmt: skip

@@ -74,7 +74,8 @@ class Case:
     service: bool = False  # one of the recipes' services (described together)
 
     def step(self) -> str:
-        # lava-test-case evals what follows --shell: one quoted word keeps it whole
+        # lava-test-case evals what follows --shell (`eval "$*"`): quoted, so that run.sh
+        # does not expand its $(…) first
         return f"lava-test-case {self.name} --shell {shlex.quote(self.command)}"
 
 
@@ -214,6 +215,16 @@ def _has_package(m: manifest.Manifest, name: str) -> bool:
 def _dq(text: str) -> str:
     """A shell double-quoted word for a literal value."""
     return '"' + re.sub(r'(["$`\\])', r"\\\1", text) + '"'
+
+
+def _wait_for_boot(m: manifest.Manifest) -> list[str]:
+    """Stage 1's console autologin shell comes up before the boot is done (serial-getty waits
+    only for systemd-user-sessions), so the steps first wait for it, as `tuoba test` waits for
+    "Startup finished". Not a case of its own: `|| true`, since a degraded system is the
+    failed-units case's to report, and lava-test-runner runs the steps under `sh -e`."""
+    if not _has_package(m, "systemd"):
+        return []  # stage 2: busybox init has started everything before the console's shell
+    return ["systemctl is-system-running --wait >/dev/null || true"]
 
 
 def guest_cases(m: manifest.Manifest, enabled: tuple[str, ...]) -> list[Case]:
@@ -448,7 +459,10 @@ def make_job(
         deploy = {"to": kind.to, "images": {"image": disk}}
         boot = {"method": kind.boot}
     deploy["timeout"] = {"minutes": kind.deploy_minutes}
-    boot |= {"prompts": [_prompt(m.hostname)], "timeout": {"minutes": kind.boot_minutes}}
+    boot |= {"prompts": [_prompt(m.hostname)], "timeout": {"minutes": kind.boot_minutes},
+             # LAVA first waits for the kernel's banner ("Linux version …"), which the image's
+             # `quiet` command line keeps off the console: an empty message skips that wait
+             "parameters": {"kernel-start-message": ""}}  # fmt: skip
     definition = {
         "metadata": {
             "format": "Lava-Test Test Definition 1.0",
@@ -456,7 +470,7 @@ def make_job(
             "description": describe(m, cases),
             "scope": ["functional"],
         },
-        "run": {"steps": [c.step() for c in cases]},
+        "run": {"steps": [*_wait_for_boot(m), *(c.step() for c in cases)]},
     }
     test = {
         "timeout": {"minutes": kind.test_minutes},

@@ -282,6 +282,7 @@ def build_bpf(plan: Plan) -> None:
         kernel_dir=kernel_rec.built,
         btf_file=kbuild.BTF_FILE,
         tree=Path(root.tree),
+        tree_digest=root.digest,
         arch=plan.board.arch,
         store=plan.store,
         log=log,

@@ -166,8 +166,12 @@ def test_job_for_every_board_and_stage_is_valid_lava(project: Path, board: str, 
 
     (definition,) = test["definitions"]
     steps = definition["repository"]["run"]["steps"]
+    if stage == 1:  # first the wait for the end of the boot, then only cases
+        wait = steps.pop(0)
+        assert wait == "systemctl is-system-running --wait >/dev/null || true"
     names = [s.split()[1] for s in steps]
     assert all(s.startswith("lava-test-case ") and " --shell " in s for s in steps)
+    assert boot["parameters"] == {"kernel-start-message": ""}  # `quiet`: no banner to wait for
     assert {"kernel-release", "root-ext4-rw", "hostname", "btf"} <= set(names)
     if stage == 1:
         assert "no-failed-units" in names and "service-ssh" in names

@@ -50,7 +50,7 @@ def test_fr_is_two_objects_each_a_light_skeleton_and_one_loader_without_libbpf(
     ]  # fmt: skip
     for c in compiles:
         assert "-D__TARGET_ARCH_arm64" in c and str(project / "bpf/common") in c
-        assert c[c.index("-idirafter") + 1] == str(tree / "usr/include")
+        assert c[c.index("-isystem") + 1] == str(tree / "usr/include")
     skeletons = [c for c in commands if c[:3] == ["bpftool", "gen", "skeleton"]]
     assert [c[3:] for c in skeletons] == [
         ["-L", str(tmp_path / "out/fr_skip.bpf.o"), "name", "fr_skip_bpf"],
@@ -80,7 +80,7 @@ def test_a_program_of_one_object_is_its_own_image_object(
     assert ["-L", str(tmp_path / "iolat.bpf.o"), "name", "iolat_bpf"] in [c[3:] for c in commands]
     # the build host's own compiler and root
     assert commands[-1][:3] == ["clang", "-fuse-ld=lld", "-O2"]
-    assert commands[0][commands[0].index("-idirafter") + 1] == "/usr/include"
+    assert commands[0][commands[0].index("-isystem") + 1] == "/usr/include"
 
 
 def test_the_host_target_is_named_by_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,11 +92,12 @@ def test_the_host_target_is_named_by_the_kernel(monkeypatch: pytest.MonkeyPatch)
     assert e.value.message == "no BPF target for this host's architecture riscv64"
 
 
-def test_the_cache_key_covers_the_headers_and_bpf_common(
+def test_the_cache_key_covers_the_sysroot_headers_and_bpf_common(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Built again when libbpf's headers, the uapi headers of the calls the loaders make or
-    bpf/common/ change; reused when nothing they are built with did."""
+    """Built again when the root tree (its inputs digest: its C library among them), libbpf's
+    headers, the uapi headers of the calls the loaders make or bpf/common/ change; reused when
+    nothing they are built with did."""
     made: list[Path] = []
 
     def fake_compile(p: bpf.Program, out: Path, target: bpf.Target, **kw: Any) -> bpf.Built:
@@ -115,16 +116,20 @@ def test_the_cache_key_covers_the_headers_and_bpf_common(
     tree = tree_with_headers(tmp_path / "tree")
     store = Store(tmp_path / "cache")
     programs = (bpf.load_program(project, "iolat"),)
+    tree_digest = "tree-1"
 
     def build() -> int:
-        bpf.build(programs, kernel_dir=kernel, btf_file="vmlinux.btf", tree=tree, arch="arm64",
-                  store=store, log=tmp_path / "log")  # fmt: skip
+        bpf.build(programs, kernel_dir=kernel, btf_file="vmlinux.btf", tree=tree,
+                  tree_digest=tree_digest, arch="arm64", store=store,
+                  log=tmp_path / "log")  # fmt: skip
         return len(made)
 
     assert build() == 1
     assert build() == 1
-    (tree / "usr/include/stdio.h").write_text("/* not a header the key covers */\n")
+    (tree / "usr/include/stdio.h").write_text("/* the tree's digest stands for it */\n")
     assert build() == 1
+    tree_digest = "tree-2"  # another root tree (its packages changed)
+    assert build() == 2
     for changed in (tree / "usr/include/bpf/bpf_helpers.h", tree / "usr/include/linux/perf_event.h",
                     project / "bpf/common/tuoba_skel.h"):  # fmt: skip
         changed.write_text(changed.read_text() + "/* changed */\n")

@@ -206,6 +206,7 @@ def test_a_kernel_without_its_btf_file_is_named(project: Path, tmp_path: Path) -
     kernel.mkdir(parents=True)
     with pytest.raises(BuildError) as e:
         bpf.build((bpf.load_program(project, "fr"),), kernel_dir=kernel, btf_file="vmlinux.btf",
+                  tree_digest="t",
                   tree=tmp_path / "tree", arch="arm64", store=Store(tmp_path / "cache"),
                   log=tmp_path / "log")  # fmt: skip
     assert e.value.message.startswith(f"the kernel in {kernel} has no vmlinux.btf")
@@ -218,6 +219,7 @@ def test_a_tree_without_libbpf_is_named(project: Path, tmp_path: Path) -> None:
     (kernel / "vmlinux.btf").write_bytes(b"\x9f\xeb")
     with pytest.raises(BuildError) as e:
         bpf.build((bpf.load_program(project, "fr"),), kernel_dir=kernel, btf_file="vmlinux.btf",
+                  tree_digest="t",
                   tree=tmp_path / "tree", arch="arm64", store=Store(tmp_path / "cache"),
                   log=tmp_path / "log")  # fmt: skip
     assert "the root filesystem has no /usr/include/bpf/skel_internal.h" in e.value.message
@@ -225,5 +227,6 @@ def test_a_tree_without_libbpf_is_named(project: Path, tmp_path: Path) -> None:
 
 
 def test_no_programs_build_nothing(tmp_path: Path) -> None:
-    assert bpf.build((), kernel_dir=tmp_path, btf_file="x", tree=tmp_path, arch="arm64",
-                     store=Store(tmp_path / "cache"), log=tmp_path / "log") == {}  # fmt: skip
+    assert bpf.build((), kernel_dir=tmp_path, btf_file="x", tree=tmp_path, tree_digest="t",
+                     arch="arm64", store=Store(tmp_path / "cache"),
+                     log=tmp_path / "log") == {}  # fmt: skip
