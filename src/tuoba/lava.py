@@ -43,7 +43,7 @@ from tuoba import arch as arches
 from tuoba import manifest, publish
 from tuoba.board import Board, load_board
 from tuoba.errors import InputError
-from tuoba.plan import image_name
+from tuoba.plan import image_name, overlay_trees
 from tuoba.qemu import emulated_cmdline
 from tuoba.recipe import load_recipe
 
@@ -310,21 +310,18 @@ def console_overlay(data_dir: Path, m: manifest.Manifest) -> bytes:
 
 
 def overlay_file(data_dir: Path, m: manifest.Manifest, rel: str) -> str | None:
-    """A file as the image's overlays leave it (the recipes' shared overlays, then their own,
-    in the recipes' order: the last one wins), or None."""
-    found: str | None = None
+    """A file as the image's overlays leave it (the plan's overlay trees: the last one that
+    has it wins), or None."""
+    board, _ = load_board(data_dir, m.board)
+    recipes = []
     for name in m.recipes:
         recipe, _ = load_recipe(data_dir, name)
-        section = recipe.for_arch(m.arch).section(m.stage)
-        if section is None:
-            continue
-        dirs = [data_dir / "overlays" / o for o in section.overlays]
-        if (own := recipe.own_overlay(m.stage)) is not None:
-            dirs.append(own[1])
-        for d in dirs:
-            if (d / rel).is_file():
-                found = (d / rel).read_text()
-    return found
+        if (section := recipe.for_arch(m.arch).section(m.stage)) is not None:
+            recipes.append((recipe, section))
+    for tree in reversed(overlay_trees(data_dir, board, recipes, m.stage)):
+        if (tree.path / rel).is_file():
+            return (tree.path / rel).read_text()
+    return None
 
 
 def console_inittab(inittab: str, image: str) -> str:

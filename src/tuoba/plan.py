@@ -595,6 +595,21 @@ STAGES: dict[int, StageRules] = {
 }
 
 
+def overlay_trees(
+    data_dir: Path, board: Board, recipes: list[tuple[Recipe, Section]], stage: int
+) -> list[Overlay]:
+    """The overlay trees an image gets, in the order they are applied (a later file wins):
+    the board's own, then each recipe's shared overlays and its own, in the recipes' order."""
+    overlays = [Overlay(f"board:{board.name}", board.directory / "overlay",
+                        f"boards/{board.name}/overlay")]  # fmt: skip
+    overlays = [o for o in overlays if o.path.is_dir()]
+    for r, sec in recipes:
+        overlays += [Overlay(o, data_dir / "overlays" / o) for o in sec.overlays]
+        if (own := r.own_overlay(stage)) is not None:
+            overlays.append(Overlay(own[0], own[1], str(own[1].relative_to(data_dir))))
+    return overlays
+
+
 def resolve(req: Request) -> Plan:
     data_dir = Path(req.data_dir)
     if req.stage not in STAGES:
@@ -747,13 +762,7 @@ def resolve(req: Request) -> Plan:
     suites = _check_suites(recipes, docs, req.stage)
     packages += [p for p, _ in suites]
     oci_images = _check_oci_images(recipes, docs, packages, req.stage)
-    overlays = [Overlay(f"board:{board.name}", board.directory / "overlay",
-                        f"boards/{board.name}/overlay")]  # fmt: skip
-    overlays = [o for o in overlays if o.path.is_dir()]
-    for r, sec in recipes:
-        overlays += [Overlay(o, data_dir / "overlays" / o) for o in sec.overlays]
-        if (own := r.own_overlay(req.stage)) is not None:
-            overlays.append(Overlay(own[0], own[1], str(own[1].relative_to(data_dir))))
+    overlays = overlay_trees(data_dir, board, recipes, req.stage)
 
     artifacts = _check_artifacts([r for r, _ in recipes], req.stage)
     artifacts = _given_artifacts(artifacts, given, board)
