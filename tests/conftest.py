@@ -26,6 +26,24 @@ DATA_PARTS = (
 )  # fmt: skip
 
 
+# `./dev test` runs the suite on two pytest-xdist workers, a module at a time each (--dist
+# loadfile, in collection order): the integration modules go first, longest first, so the one
+# that takes longest (the developer image's) starts at once and the other worker takes the
+# rest beside it, then the quick tier. zynq's comes second: with a cold cache it builds the
+# armhf kernel and root while the first module builds the arm64 ones, which rpi's would wait for.
+FIRST = (
+    "test_qemu_aarch64.py", "test_zynq_board.py", "test_rpi.py", "test_rebuilds.py",
+    "test_qemu_aarch64_stage2.py",
+    "test_uboot_board.py", "test_vendor_boot_boards.py", "test_flash.py",
+    "test_download_page.py", "test_recipe_sources.py", "test_fr_without_the_hook.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable: file order kept)
+
+
 def plan_request(project: Path, **kw: object) -> Request:
     """A build request for resolving plans in tests: qemu-aarch64, stage 1, recipe base, a
     mirror that is never contacted; `kw` replaces any field."""

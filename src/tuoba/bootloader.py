@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tuoba import disk, run, sources, ui
-from tuoba.board import Board
+from tuoba.board import Board, UBootSpec
 from tuoba.cache import Store
 from tuoba.errors import BuildError, InputError
 from tuoba.records import KernelRecord
@@ -254,9 +254,14 @@ class UBoot(Extlinux):
             [u.source.sha256, u.bl31.sha256, u.bl31_path, u.defconfig, u.output, compiler]
         )
         digest = hashlib.sha256(key.encode()).hexdigest()
-        if (entry := self.store.get("u-boot", digest)) is not None:
-            return entry.data / u.output
-        work = self.store.work("u-boot")
+        with self.store.making("u-boot", digest) as entry:
+            if entry is not None:
+                return entry.data / u.output
+            with self.store.using("u-boot") as work:
+                return self._make(u, digest, compiler, work, log)
+
+    def _make(self, u: UBootSpec, digest: str, compiler: str, work: Path, log: Path) -> Path:
+        """Build U-Boot in the working tree `work` and publish it as entry u-boot/`digest`."""
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         with ui.step(f"Building U-Boot {u.defconfig} (BL31 from {u.bl31.name}; {compiler})"):

@@ -14,6 +14,9 @@ same entry at once both succeed and leave one. Layout under the cache directory:
     work/<name>/                          working trees kept between builds for speed (the
                                           kernel's incremental build, ccache, downloaded .debs);
                                           not entries: nothing else depends on them
+    work/.locks/                          a lock file per entry being made and per working
+                                          tree in use (builds share the cache: two that need
+                                          the same one take turns)
 
 Where entries are kept is a `Backend`: this module has the local one; a remote cache is one
 more implementation of the same four methods.
@@ -33,7 +36,7 @@ from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from tuoba import run
+from tuoba import lock, run
 from tuoba.errors import BuildError, InputError
 
 LAYOUT = 1
@@ -288,10 +291,40 @@ class Store:
         return work
 
     def work(self, name: str) -> Path:
-        """A working directory kept between builds (not an entry)."""
+        """A working directory kept between builds (not an entry). One that builds would both
+        write (not ccache's: it locks its own files) is used under `using`."""
         d = self.root / "work" / name
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    @contextlib.contextmanager
+    def using(self, name: str) -> Iterator[Path]:
+        """The working directory `name`, for this build alone: another build that needs it at
+        the same time waits (builds share the cache, not its working trees)."""
+        with self._lock(f"work-{name}", f"the cache's working directory {name}", "is in use by"):
+            yield self.work(name)
+
+    @contextlib.contextmanager
+    def making(self, kind: str, key: str) -> Iterator[Entry | None]:
+        """For an entry that is costly to make: yields it when the cache has it, else holds the
+        right to make it for the block and yields None. A second build that needs the same entry
+        meanwhile waits, then takes what the first published instead of making it again."""
+        if (entry := self.get(kind, key)) is not None:
+            yield entry
+            return
+        _check_name(kind, key)
+        with self._lock(f"{kind}-{key}", f"the cache entry {kind}/{key[:12]}…", "is being made by"):
+            yield self.get(kind, key)
+
+    def _lock(self, name: str, what: str, doing: str) -> contextlib.AbstractContextManager[int]:
+        locks = self.root / "work" / LOCKS
+        locks.mkdir(parents=True, exist_ok=True)
+        return lock.held(locks / f"{name}.lock", what, "tuoba build", doing=doing)
+
+    def clear_locks(self) -> None:
+        """Remove the lock files of entries and working trees: only while the cache is held
+        alone (no build is running to hold one)."""
+        shutil.rmtree(self.root / "work" / LOCKS, ignore_errors=True)
 
     def entries(self) -> list[Entry]:
         return list(self.backend.entries())
@@ -307,6 +340,9 @@ class Store:
             marks.mkdir(exist_ok=True)
             (marks / self.label).touch()
 
+
+# Under work/: the lock files of entries being made and of working trees in use.
+LOCKS = ".locks"
 
 LEFTOVER = re.compile(r"\.[0-9a-f]+\.(?:tmp|removing)-(\d+)")
 

@@ -124,6 +124,10 @@ CONSOLE_READY: dict[int, tuple[str, ...]] = {
 }
 
 
+# The checks' ssh: testinfra runs one `ssh` per command, and asks for connection sharing
+# (ControlMaster auto) but names no socket, so each of the hundreds of commands made a new
+# connection (a key exchange and a login, slow in an emulated guest). ControlPath gives the
+# socket: the first command's connection carries the rest.
 SSH_CONFIG = """\
 Host *
   User root
@@ -132,6 +136,7 @@ Host *
   LogLevel ERROR
   IdentitiesOnly yes
   ConnectTimeout 20
+  ControlPath {control_dir}/%C
 """
 
 
@@ -176,7 +181,7 @@ def check_image(
 
     with tempfile.TemporaryDirectory(prefix="tuoba-test-") as tmp:
         ssh_config = Path(tmp) / "ssh_config"
-        ssh_config.write_text(SSH_CONFIG)
+        ssh_config.write_text(SSH_CONFIG.format(control_dir=tmp))
         with qemu.booted(spec, console_log, timeout=timeout, keep_card=keep_card) as guest:
             ssh_args = [
                 f"--hosts=ssh://root@127.0.0.1:{guest.ssh_port}",

@@ -173,7 +173,9 @@ def toolchain_id() -> str:
 def unpack_source(ks: KernelSource, tarball: Path, store: Store) -> Path:
     """The pinned source, unpacked and patched (in the cache; read-only use)."""
     key = ks.tree_key
-    if (entry := store.get("kernel-src", key)) is None:
+    with store.making("kernel-src", key) as entry:
+        if entry is not None:
+            return entry.data
         what = f"Linux {ks.version} source tree" + (
             f" with {len(ks.patches)} TuobaOS patch(es)" if ks.patches else ""
         )
@@ -185,9 +187,9 @@ def unpack_source(ks: KernelSource, tarball: Path, store: Store) -> Path:
             run.run(["tar", "-xf", str(tarball), "-C", str(tmp), "--strip-components=1"])
             for patch in ks.patches:
                 apply_patch(ks, patch, tmp)
-        entry = store.get("kernel-src", key)
-        assert entry is not None  # (just made)
-    return entry.data
+        made = store.get("kernel-src", key)
+        assert made is not None  # (just made)
+        return made.data
 
 
 def apply_patch(ks: KernelSource, patch: Patch, tree: Path) -> None:
@@ -398,12 +400,34 @@ def build_kernel(
     if board_dts:  # (absent from the key when there are none: earlier builds stay valid)
         inputs["board_dts"] = {p.name: sources.sha256_file(p) for p in board_dts}
     key = digest(inputs)
-    if (entry := store.get("kernel", key)) is not None:
-        ui.info(f"  reusing kernel built for these inputs: {entry.data}")
-        return _record(entry.data)
+    with store.making("kernel", key) as entry:
+        if entry is not None:
+            ui.info(f"  reusing kernel built for these inputs: {entry.data}")
+            return _record(entry.data)
+        src = unpack()
+        with store.using(f"kernel-build-{flavour}") as build:
+            return _make_kernel(
+                store, key, inputs, requested, src, build, arch=arch, flavour=flavour,
+                dtbs=dtbs, board_dts=board_dts, log=log,
+            )  # fmt: skip
 
-    src = unpack()
-    build = store.work(f"kernel-build-{flavour}")
+
+def _make_kernel(
+    store: Store,
+    key: str,
+    inputs: dict[str, Any],
+    requested: dict[str, Option],
+    src: Path,
+    build: Path,
+    *,
+    arch: str,
+    flavour: str,
+    dtbs: tuple[str, ...],
+    board_dts: tuple[Path, ...],
+    log: Path,
+) -> dict[str, Any]:
+    """Configure, assert, compile and publish the kernel `key` in the working tree `build`."""
+    text: str = inputs["config"]
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     allconfig = build / "tuoba.allconfig"

@@ -1,15 +1,22 @@
-"""Exclusive use of a directory by one build at a time (the cache, an output directory).
+"""Who may use a directory, or make a thing, at a time.
 
-Two builds into the same out/ or cache would write the same entries and build directories
-(the kernel's out-of-tree directory, staging trees): the second one waits for the first,
-saying whom it waits for. The lock is an flock on a file inside the directory, released by
-the kernel when its holder exits, even after kill -9: no stale lock survives a crash."""
+- An output directory: one build at a time (two would write the same artifacts and staging
+  trees); the second waits, saying whom it waits for.
+- The cache: builds share it (`shared`): its entries are published with one rename, and what
+  two builds would both write is locked on its own (`Store.making`, `Store.using`: an entry
+  being made, a working directory such as the kernel's out-of-tree build). What changes the
+  cache under running builds (`tuoba cache rm`, `prune`, `pull`, `doctor --fix`) takes it
+  alone (`exclusive`), waiting for the builds and making new ones wait.
+
+A lock is an flock on a file, released by the kernel when its holder exits, even after kill -9:
+no stale lock survives a crash."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,22 +28,43 @@ LOCK_NAME = ".tuoba.lock"
 
 @contextlib.contextmanager
 def exclusive(directory: Path, what: str, holder: str = "tuoba build") -> Iterator[int]:
-    """Hold the directory's lock for the block; yields the lock's file descriptor (a child
+    """Hold the directory's lock alone for the block; yields the lock's file descriptor (a child
     given it with pass_fds holds the lock as long as it lives). `holder` is what a waiting
     process is told holds it."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK_NAME
+    with held(directory / LOCK_NAME, f"{what} {directory}", holder) as fd:
+        yield fd
+
+
+@contextlib.contextmanager
+def shared(directory: Path, what: str, holder: str = "tuoba build") -> Iterator[int]:
+    """Hold the directory's lock with any other shared holders (builds), while no exclusive
+    holder has it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with held(directory / LOCK_NAME, f"{what} {directory}", holder, shared=True) as fd:
+        yield fd
+
+
+@contextlib.contextmanager
+def held(
+    path: Path, what: str, holder: str, shared: bool = False, doing: str = "is in use by"
+) -> Iterator[int]:
+    """The flock of the file at `path` (made if need be), exclusive unless `shared`; a process
+    that must wait says so once: "waiting: WHAT DOING HOLDER"."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
-            ui.info(f"waiting: {what} {directory} is in use by {_holder(fd)}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        # Written before the old text is cut off, so the file is never empty while held.
-        text = f"{holder} (pid {os.getpid()})\n".encode()
-        os.pwrite(fd, text, 0)
-        os.ftruncate(fd, len(text))
+            ui.info(f"waiting: {what} {doing} {_holder(fd)}")
+            fcntl.flock(fd, mode)
+        # Written before the old text is cut off, so the file is never empty while held. A shared
+        # holder writes itself only in place of one that is gone: a waiter is told one of them.
+        if not shared or _named_pid(os.pread(fd, 64, 0)) is None:
+            text = f"{holder} (pid {os.getpid()})\n".encode()
+            os.pwrite(fd, text, 0)
+            os.ftruncate(fd, len(text))
         yield fd
     finally:
         os.close(fd)  # releases the lock
@@ -47,8 +75,22 @@ def _holder(fd: int) -> str:
     not have written yet (or, by a lock file of an older tuoba, have emptied it): ask again
     for a moment."""
     for _ in range(40):
-        current = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        current = os.pread(fd, 64, 0).decode(errors="replace").strip("\0 \n")
         if current:
             return current
         time.sleep(0.05)
     return "another process"
+
+
+def _named_pid(text: bytes) -> int | None:
+    """The pid a lock file names, if that process is still running."""
+    m = re.search(rb"\(pid (\d+)\)", text)
+    if m is None:
+        return None
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return int(m.group(1))

@@ -16,7 +16,7 @@ from typing import Any
 
 from tuoba import arch as arches
 from tuoba import host, records, run
-from tuoba.cache import Store
+from tuoba.cache import Entry, Store
 from tuoba.digest import digest
 from tuoba.errors import BuildError
 from tuoba.plan import Plan
@@ -165,29 +165,11 @@ def build_rootfs(plan: Plan, log: Path) -> RootfsRecord:
     key = rootfs_digest(plan, mkosi_version)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
-    if (entry := store.get("rootfs", key)) is None:
-        if plan.request.offline:
-            raise BuildError(
-                f"no cached root filesystem for these inputs ({key[:12]}…) and --offline "
-                "forbids installing packages",
-                hint="run the build once without --offline to fill the cache",
-            )
-        names = [r.name for r in plan.recipes]
-        what = f"Debian {plan.board.arch} root filesystem ({', '.join(names)})"
-        inputs = {"mkosi": mkosi_version, "arch": plan.board.arch, "recipes": names}
-        site = host.mkosi_dir(plan.data_dir, store, offline=plan.request.offline)
-        with store.make("rootfs", key, what=what, inputs=inputs) as data:
-            _mkosi_build(plan, store, site, key, log, data)
-            record = {
-                "digest": key,
-                "packages": dpkg_packages(data / "tree"),
-                "mkosi": mkosi_version,
-            }
-            (data / "rootfs.json").write_text(json.dumps(record, indent=2))
-        entry = store.get("rootfs", key)
-        assert entry is not None  # (just made)
-    else:
-        log.write_text(f"reused cached rootfs {entry.data}\n")
+    with store.making("rootfs", key) as entry:
+        if entry is None:
+            entry = _make_rootfs(plan, store, key, mkosi_version, log)
+        else:
+            log.write_text(f"reused cached rootfs {entry.data}\n")
     try:
         rec = json.loads((entry.data / "rootfs.json").read_text())
         return records.from_dict(
@@ -198,6 +180,30 @@ def build_rootfs(plan: Plan, log: Path) -> RootfsRecord:
             f"the cached root filesystem {key[:12]}… has an unreadable record ({e})",
             hint=f"remove the entry and build again: tuoba cache rm rootfs/{key[:12]}",
         ) from e
+
+
+def _make_rootfs(plan: Plan, store: Store, key: str, mkosi_version: str, log: Path) -> Entry:
+    if plan.request.offline:
+        raise BuildError(
+            f"no cached root filesystem for these inputs ({key[:12]}…) and --offline "
+            "forbids installing packages",
+            hint="run the build once without --offline to fill the cache",
+        )
+    names = [r.name for r in plan.recipes]
+    what = f"Debian {plan.board.arch} root filesystem ({', '.join(names)})"
+    inputs = {"mkosi": mkosi_version, "arch": plan.board.arch, "recipes": names}
+    site = host.mkosi_dir(plan.data_dir, store, offline=plan.request.offline)
+    with store.make("rootfs", key, what=what, inputs=inputs) as data:
+        _mkosi_build(plan, store, site, key, log, data)
+        record = {
+            "digest": key,
+            "packages": dpkg_packages(data / "tree"),
+            "mkosi": mkosi_version,
+        }
+        (data / "rootfs.json").write_text(json.dumps(record, indent=2))
+    entry = store.get("rootfs", key)
+    assert entry is not None  # (just made)
+    return entry
 
 
 def work_dirs(store: Store, key: str) -> tuple[Path, Path]:
@@ -219,21 +225,14 @@ def _mkosi_build(plan: Plan, store: Store, site: Path, key: str, log: Path, data
     (work / "mkosi.conf").write_text(mkosi_conf(plan, work / "out", workspace))
     (work / "mkosi.sandbox/etc/apt/sources.list.d/mkosi.sources").write_text(apt_sources(plan))
     try:
-        run.run(
-            [
-                sys.executable,
-                "-m",
-                "mkosi",
-                "--directory",
-                str(work),
-                "--package-cache-dir",
-                str(store.work("mkosi-packages")),
-                "--force",
-                "build",
-            ],
-            env={"PYTHONPATH": str(site)},
-            log=log,
-        )
+        # (apt locks the package cache without waiting: two mkosi runs at once take turns)
+        with store.using("mkosi-packages") as packages:
+            run.run(
+                [sys.executable, "-m", "mkosi", "--directory", str(work),
+                 "--package-cache-dir", str(packages), "--force", "build"],
+                env={"PYTHONPATH": str(site)},
+                log=log,
+            )  # fmt: skip
         tree = work / "out" / "tree"
         # Build-time host keys would be identical in every image; they are made on first boot.
         for key_file in (tree / "etc/ssh").glob("ssh_host_*"):

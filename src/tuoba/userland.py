@@ -290,16 +290,17 @@ def build_toolchain(
             "code": CODE,
         }
     )
-    if (entry := store.get("toolchain", key)) is None:
-        what = f"clang + musl {spec.musl.version} toolchain for {triple}"
-        inputs = {"arch": arch, "clang": clang, "kernel": kernel_id}
-        with (
-            store.make("toolchain", key, what=what, inputs=inputs) as out,
-            _scratch(store, key[:16]) as work,
-        ):
-            _make_toolchain(spec, arch, key, clang, kernel_src(), tarballs, out, work, log)
-        entry = store.get("toolchain", key)
-        assert entry is not None  # (just made)
+    with store.making("toolchain", key) as entry:
+        if entry is None:
+            what = f"clang + musl {spec.musl.version} toolchain for {triple}"
+            inputs = {"arch": arch, "clang": clang, "kernel": kernel_id}
+            with (
+                store.make("toolchain", key, what=what, inputs=inputs) as out,
+                _scratch(store, key[:16]) as work,
+            ):
+                _make_toolchain(spec, arch, key, clang, kernel_src(), tarballs, out, work, log)
+            entry = store.get("toolchain", key)
+            assert entry is not None  # (just made)
     return Toolchain(triple, entry.data / "sysroot", entry.data / "resource", key, clang)
 
 
@@ -594,25 +595,26 @@ def build_package(
     key = digest(
         {"toolchain": tc.digest, "source": pkg.source, "files": pkg.files_digest(), "code": CODE}
     )
-    if (entry := store.get("package", key)) is None:
-        what = f"{pkg.name} {pkg.version} for {tc.triple} (clang, musl)"
-        inputs = {"name": pkg.name, "version": pkg.version, "toolchain": tc.digest}
-        with (
-            store.make("package", key, what=what, inputs=inputs) as out,
-            _scratch(store, key[:16]) as work,
-        ):
-            if tarball is not None:
-                src = unpack(pkg, tarball, work / "src")
-            else:
-                src = work / "src"
-                src.mkdir(parents=True)
-            dest = out / "dest"
-            dest.mkdir()
-            with ui.step(f"{pkg.name} {pkg.version} (clang, {tc.triple})"):
-                builder(pkg, src, tc, dest, log)
-            (out / "package.json").write_text(json.dumps(inputs, indent=2))
-        entry = store.get("package", key)
-        assert entry is not None  # (just made)
+    with store.making("package", key) as entry:
+        if entry is None:
+            what = f"{pkg.name} {pkg.version} for {tc.triple} (clang, musl)"
+            inputs = {"name": pkg.name, "version": pkg.version, "toolchain": tc.digest}
+            with (
+                store.make("package", key, what=what, inputs=inputs) as out,
+                _scratch(store, key[:16]) as work,
+            ):
+                if tarball is not None:
+                    src = unpack(pkg, tarball, work / "src")
+                else:
+                    src = work / "src"
+                    src.mkdir(parents=True)
+                dest = out / "dest"
+                dest.mkdir()
+                with ui.step(f"{pkg.name} {pkg.version} (clang, {tc.triple})"):
+                    builder(pkg, src, tc, dest, log)
+                (out / "package.json").write_text(json.dumps(inputs, indent=2))
+            entry = store.get("package", key)
+            assert entry is not None  # (just made)
     return entry.data / "dest"
 
 

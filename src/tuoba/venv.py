@@ -70,16 +70,16 @@ def build_venv(
             "code": CODE,
         }
     )
-    entry = store.get("venv", key)
-    if entry is None:
-        what = f"Python venv {venv.path} ({len(venv.wheels)} wheels)"
-        inputs = {"path": venv.path, "wheels": [w.file for w in venv.wheels]}
-        with store.make("venv", key, what=what, inputs=inputs) as data:
-            with ui.step(what):
-                _make(venv, wheels, data / "tree", log)
-            (data / "wheels.json").write_text(json.dumps(listing(venv), indent=2) + "\n")
-        entry = store.get("venv", key)
-        assert entry is not None  # (just made)
+    with store.making("venv", key) as entry:
+        if entry is None:
+            what = f"Python venv {venv.path} ({len(venv.wheels)} wheels)"
+            inputs = {"path": venv.path, "wheels": [w.file for w in venv.wheels]}
+            with store.make("venv", key, what=what, inputs=inputs) as data:
+                with ui.step(what):
+                    _make(venv, wheels, data / "tree", log)
+                (data / "wheels.json").write_text(json.dumps(listing(venv), indent=2) + "\n")
+            entry = store.get("venv", key)
+            assert entry is not None  # (just made)
     return entry.data / "tree"
 
 

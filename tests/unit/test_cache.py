@@ -9,6 +9,7 @@ import subprocess
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -214,3 +215,71 @@ def test_a_mirror_gives_only_the_kinds_it_is_asked_for_and_takes_nothing(tmp_pat
     make(second, "kernel", KEY2, "vmlinux, again")
     assert [e.ref for e in first.entries()] == [f"kernel/{KEY2}", f"source/{KEY}"]
     assert (first.get("kernel", KEY2).data / "f").read_text() == "vmlinux"  # type: ignore[union-attr]
+
+
+def _make_once_in_child(root: str, made: str, text: str, inside: Any, go: Any) -> None:
+    """What a costly step does: take the entry if the cache has it (or gets it while this one
+    waits), else make it, noting in `made` that it did (and, for the test, saying it is inside
+    and making it only once told to)."""
+    store = Store(Path(root))
+    with store.making("kernel", KEY) as entry:
+        if entry is None:
+            with Path(made).open("a") as f:
+                f.write(text)
+            inside.set()
+            go.wait(30)
+            make(store, "kernel", KEY, text)
+
+
+def test_an_entry_two_builds_need_at_once_is_made_once(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Builds share the cache: the second that needs an entry being made waits for it, saying
+    so, and takes the first one's instead of making it again."""
+    made = tmp_path / "made"
+    ctx = multiprocessing.get_context("fork")
+    inside, go = ctx.Event(), ctx.Event()
+    args = (str(tmp_path / "cache"), str(made))
+    first = ctx.Process(target=_make_once_in_child, args=(*args, "a", inside, go))
+    first.start()
+    assert inside.wait(30)
+    second = ctx.Process(target=_make_once_in_child, args=(*args, "b", inside, go))
+    second.start()
+    time.sleep(1.0)  # (the second asks meanwhile, and waits)
+    go.set()
+    for p in (first, second):
+        p.join(60)
+        assert p.exitcode == 0
+    assert made.read_text() == "a"  # made once, by the first
+    entry = Store(tmp_path / "cache").get("kernel", KEY)
+    assert entry is not None and (entry.data / "f").read_text() == "a"
+    said = " ".join(capfd.readouterr().err.split())
+    assert f"waiting: the cache entry kernel/{KEY[:12]}… is being made by tuoba build" in said
+    with Store(tmp_path / "cache").making("kernel", KEY) as again:  # there: no lock, no wait
+        assert again is not None
+
+
+def _use_in_child(root: str, log: str) -> None:
+    with Store(Path(root)).using("kernel-build-arm64") as d:
+        with Path(log).open("a") as f:
+            f.write(f"in {d.name}\n")
+        time.sleep(0.5)
+        with Path(log).open("a") as f:
+            f.write("out\n")
+
+
+def test_a_working_tree_is_used_by_one_build_at_a_time(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_use_in_child, args=(str(tmp_path / "c"), str(log))) for _ in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert log.read_text() == "in kernel-build-arm64\nout\n" * 2  # never both inside
+    store = Store(tmp_path / "c")
+    assert list((tmp_path / "c" / "work" / ".locks").iterdir())
+    store.clear_locks()
+    assert not (tmp_path / "c" / "work" / ".locks").exists()
+    assert {e.meta.kind for e in store.entries()} == set()  # lock files are not entries

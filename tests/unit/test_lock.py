@@ -66,3 +66,41 @@ def test_a_holder_that_has_not_written_yet_is_asked_again(tmp_path: Path) -> Non
         late.join()
     finally:
         os.close(fd)
+
+
+SHARE = """
+import sys
+from pathlib import Path
+from tuoba import lock
+with lock.shared(Path(sys.argv[1]), "the cache"):
+    print("held", flush=True)
+    sys.stdin.readline()  # until told to let go
+"""
+
+
+def test_builds_share_the_cache_and_maintenance_waits_for_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Builds hold the cache shared: a second build does not wait for the first; what changes
+    the cache under builds (tuoba cache rm, prune) holds it alone, so it waits for them."""
+    import threading
+
+    holder = subprocess.Popen([sys.executable, "-c", SHARE, str(tmp_path)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with lock.shared(tmp_path, "the cache"):  # (held by the other build meanwhile)
+        pass
+    assert "waiting" not in capsys.readouterr().err
+
+    def let_go() -> None:
+        assert holder.stdin is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+
+    timer = threading.Timer(0.5, let_go)
+    timer.start()
+    with lock.exclusive(tmp_path, "the cache", holder="tuoba cache prune"):
+        assert holder.wait(timeout=10) == 0  # it had to let go first
+    timer.join()
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"waiting: the cache {tmp_path} is in use by tuoba build (pid {holder.pid})" in said

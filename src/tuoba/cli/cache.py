@@ -142,6 +142,8 @@ def prune(
             if not dry_run:
                 shutil.rmtree(stale, ignore_errors=True)
             click.echo(f"{'would remove' if dry_run else 'removed'} {stale.name} (half made)")
+        if not dry_run:
+            store.clear_locks()  # (no build holds one: the cache is held alone)
     freed = cache.human_size(sum(e.meta.size for e in doomed) + half_made)
     verb = "would free" if dry_run else "freed"
     n = len(doomed)
