@@ -58,6 +58,7 @@ HEADERS = (
     "usr/include/linux/perf_event.h",
 )
 BPF_TOOLS = ("clang", "ld.lld", "bpftool", "llvm-strip")
+SOURCE_NAME = "/usr/src/tuoba/bpf"  # what the objects' line info calls bpf/
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,20 +172,49 @@ class Built:
 class Target:
     """What a program is compiled for: the kernel's name of the architecture (the BPF side's
     __TARGET_ARCH_, for PT_REGS_*) and the loader's clang --target and --sysroot (None: the
-    build host's own compiler target and root)."""
+    build host's own compiler target and root). `cc`, when given, is the loader's whole
+    compiler command instead (stage 2: the musl toolchain's clang, linking statically), and
+    `libbpf` the directory holding libbpf's headers (bpf/*.h) when the sysroot has none."""
 
     kernel_arch: str
     clang_target: str | None = None
     sysroot: Path | None = None
+    cc: tuple[str, ...] = ()
+    libbpf: Path | None = None
 
     @property
     def include(self) -> Path:
         return (self.sysroot or Path("/")) / "usr/include"
 
+    @property
+    def includes(self) -> tuple[Path, ...]:
+        """Where both sides find the headers beside their own: libbpf's, then the C library's
+        and the kernel's uapi ones."""
+        return (*(p for p in (self.libbpf,) if p), self.include)
+
+    def loader_cc(self) -> list[str]:
+        if self.cc:
+            return list(self.cc)
+        cross = [f"--target={self.clang_target}"] if self.clang_target else []
+        if self.sysroot:
+            cross += [f"--sysroot={self.sysroot}", "--gcc-toolchain=/usr"]
+        return ["clang", *cross, "-fuse-ld=lld"]
+
 
 def image_target(arch: str, tree: Path) -> Target:
+    """Stage 1: the image's root tree is the sysroot (glibc, and libbpf-dev's headers)."""
     a = arches.of(arch)
     return Target(kernel_arch=a.kernel, clang_target=a.clang_target, sysroot=tree)
+
+
+def musl_target(arch: str, cc: list[str], sysroot: Path, libbpf: Path) -> Target:
+    """Stage 2: the loaders built by the stage-2 toolchain's clang (`cc`: musl, compiler-rt),
+    statically; libbpf's headers from its pinned source (userland/libbpf)."""
+    a = arches.of(arch)
+    return Target(
+        kernel_arch=a.kernel, clang_target=a.clang_target, sysroot=sysroot,
+        cc=(*cc, "-static"), libbpf=libbpf,
+    )  # fmt: skip
 
 
 # the kernel's names of the build host's architectures (os.uname().machine)
@@ -201,7 +231,7 @@ def host_target() -> Target:
 
 
 # bump when compile_program's commands change (its flags are not otherwise in the key)
-BUILD_REV = 2
+BUILD_REV = 4
 
 
 def _tool_ids() -> dict[str, str]:
@@ -224,21 +254,36 @@ def header_ids(root: Path) -> dict[str, str]:
     return {str(f.relative_to(root)): sources.sha256_file(f) for f in files if f.is_file()}
 
 
+def target_ids(target: Target) -> dict[str, object]:
+    """What the key knows of a target: its compiler command, and the headers it reads by
+    content (the sysroot's, and libbpf's when they come from elsewhere)."""
+    ids: dict[str, object] = {
+        "cc": target.loader_cc(),
+        "headers": header_ids(target.sysroot or Path("/")),
+    }
+    if target.libbpf is not None:
+        ids["libbpf"] = {
+            str(f.relative_to(target.libbpf)): sources.sha256_file(f)
+            for f in sorted(target.libbpf.rglob("*")) if f.is_file()
+        }  # fmt: skip
+    return ids
+
+
 def build(
     programs: tuple[Program, ...],
     *,
     kernel_dir: Path,
     btf_file: str,
-    tree: Path,
+    target: Target,
     tree_digest: str,
     arch: str,
     store: Store,
     log: Path,
 ) -> dict[str, Built]:
-    """Each program built against the kernel in `kernel_dir` (its raw BTF and System.map) and
-    the root tree `tree` (the sysroot of both sides: its C library and libbpf's headers; the
-    tree's own inputs digest `tree_digest` stands for all of it in the key); from the cache
-    when nothing changed."""
+    """Each program built against the kernel in `kernel_dir` (its raw BTF and System.map) for
+    `target` (image_target: the stage-1 root tree as the sysroot of both sides, its C library
+    and libbpf's headers; musl_target: stage 2's), the digest `tree_digest` of what made the
+    sysroot standing for all of it in the key; from the cache when nothing changed."""
     if not programs:
         return {}
     for tool in BPF_TOOLS:
@@ -250,7 +295,7 @@ def build(
             hint="remove it so that it is built again: "
             f"tuoba cache rm kernel/{kernel_dir.parent.name}",
         )
-    if not (tree / SKEL_HEADER).is_file():
+    if not any((d / SKEL_HEADER.removeprefix("usr/include/")).is_file() for d in target.includes):
         raise BuildError(
             f"the root filesystem has no /{SKEL_HEADER}: the loaders are built with the "
             "image's libbpf headers",
@@ -263,14 +308,13 @@ def build(
         "btf": sources.sha256_file(btf),
         "tools": _tool_ids(),
         "sysroot": tree_digest,
-        "headers": header_ids(tree),
+        "target": target_ids(target),
         "programs": {
             p.name: {str(f.relative_to(data_dir)): sources.sha256_file(f) for f in p.files()}
             for p in programs
         },
     }
     key = digest(inputs)
-    target = image_target(arch, tree)
     if (entry := store.get("bpf", key)) is None:
         what = f"eBPF programs {', '.join(p.name for p in programs)} ({arch})"
         with store.make("bpf", key, what=what, inputs=inputs) as tmp:
@@ -317,12 +361,20 @@ def compile_program(p: Program, out: Path, target: Target, *, log: Path | None =
     """The program's objects, their light skeletons and its loader, in `out` (which has the
     vmlinux.h of the kernel it is for)."""
     include = ["-I", str(out), "-I", str(p.directory), "-I", str(p.directory.parent / COMMON)]
+    # The BTF line info (and any __FILE__) names the sources as /usr/src/tuoba/bpf/<name>/…,
+    # the generated headers as …/bpf/build/ and the system's as /usr/include: no place on the
+    # build host goes into the image, and a build from another checkout or cache gives the same
+    # bytes. (Absolute: a relative name would be joined to the compiler's working directory.)
+    include += [f"-ffile-prefix-map={p.directory.parent}={SOURCE_NAME}",
+                f"-ffile-prefix-map={out}={SOURCE_NAME}/build",
+                *(f"-ffile-prefix-map={d}=/usr/include" for d in target.includes)]  # fmt: skip
     objects = []
     for name in p.objects:
         obj = out / f"{name}.bpf.o"
         run.run(
             ["clang", "-target", "bpf", "-O2", "-g", f"-D__TARGET_ARCH_{target.kernel_arch}",
-             *include, "-isystem", str(target.include), "-Wall", "-Werror",
+             *include, *(a for d in target.includes for a in ("-isystem", str(d))),
+             "-Wall", "-Werror",
              "-c", str(p.directory / f"{name}.bpf.c"), "-o", str(obj)],
             log=log,
         )  # fmt: skip
@@ -336,13 +388,11 @@ def compile_program(p: Program, out: Path, target: Target, *, log: Path | None =
     if objects != [result.object]:
         # the image's one object: the program's objects linked by libbpf's static linker
         run.run(["bpftool", "gen", "object", str(result.object), *map(str, objects)], log=log)
-    cross = [f"--target={target.clang_target}"] if target.clang_target else []
-    if target.sysroot:
-        cross += [f"--sysroot={target.sysroot}", "--gcc-toolchain=/usr"]
     # the light skeletons include libbpf's headers only: the loader links against nothing but
     # the C library
+    libbpf = ["-isystem", str(target.libbpf)] if target.libbpf else []
     run.run(
-        ["clang", *cross, "-fuse-ld=lld", "-O2", "-Wall", "-Werror", *include,
+        [*target.loader_cc(), "-O2", "-Wall", "-Werror", *include, *libbpf,
          "-o", str(result.loader), str(p.directory / f"{p.loader}.c")],
         log=log,
     )  # fmt: skip

@@ -1,5 +1,6 @@
-"""The stage-2 ELF audit: every ELF file in the image must be for the board's architecture,
-linked statically or against musl's loader, and carry no mark of GCC or glibc.
+"""The stage-2 ELF audit: every ELF file in the image must be for the board's architecture
+(or, a bpf/ program's object, for the kernel's BPF machine), linked statically or against
+musl's loader, and carry no mark of GCC or glibc.
 
 The table (file, type, linker, compiler, size) goes into the image's manifest.
 """
@@ -64,7 +65,9 @@ def inspect(path: Path) -> dict[str, Any]:
 def problems(info: dict[str, Any], arch: str, musl_loader: str) -> list[str]:
     found = []
     machine = arches.of(arch).elf_machine
-    if info["machine"] != machine:
+    if info["machine"] == "EM_BPF" and info["type"] == "ET_REL":
+        pass  # a bpf/ program's object: the kernel's BPF machine is its target, on every board
+    elif info["machine"] != machine:
         found.append(f"built for {info['machine']}, the board is {arch} ({machine})")
     if info["interp"] not in (None, f"/lib/{musl_loader}"):
         found.append(f"loader {info['interp']} (only static or /lib/{musl_loader})")

@@ -55,7 +55,7 @@ class Section:
     services: tuple[str, ...] = ()  # systemd units (stage 1)
     tests: tuple[str, ...] = ()
     oci_images: tuple[OciImage, ...] = ()  # container images made of its packages (stage 1)
-    bpf: tuple[str, ...] = ()  # eBPF programs under bpf/ (stage 1)
+    bpf: tuple[str, ...] = ()  # eBPF programs under bpf/
     # Debian packages from another suite of the image's release (stage 1), e.g.
     # {bookworm-backports: [suricata]}: (suite, packages)
     suites: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -230,9 +230,10 @@ SECTION_FIELDS: dict[int, list[Field]] = {
         Field("builds", name_list, (), help="packages under userland/ built by LLVM against musl"),
         OVERLAYS,
         TESTS,
+        Field("bpf", name_list, (), help="eBPF programs under bpf/, loaders built against musl"),
     ],
 }
-ARCH_FIELDS = {1}  # the stages whose sections take per-arch replacements
+ARCH_FIELDS = {1, 2}  # the stages whose sections take per-arch replacements
 
 
 def _section(stage: int) -> Callable[[Doc, tuple[PathPart, ...], Any], Section]:

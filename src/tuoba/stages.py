@@ -89,7 +89,9 @@ class Llvm(Stage):
         return f"stage 2: clang + musl for {self.plan.board.arch}, from source"
 
     def sources(self) -> list[sources.Source]:
-        return userland.all_sources(self.plan.data_dir, self.plan.builds)
+        # (libbpf's headers for the bpf step: its programs are built like the userland)
+        headers = (userland.LIBBPF,) if self.plan.bpf_programs else ()
+        return userland.all_sources(self.plan.data_dir, (*self.plan.builds, *headers))
 
     def input_files(self) -> tuple[Path, ...]:
         """Its userland is built from the package data under userland/ (sources, configs)."""

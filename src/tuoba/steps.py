@@ -33,6 +33,7 @@ from tuoba import (
     sources,
     stages,
     ui,
+    userland,
     venv,
     wheels,
 )
@@ -277,11 +278,20 @@ def build_bpf(plan: Plan) -> None:
     root = read_record(plan, records.RootfsRecord)
     log = log_path(plan, "bpf")
     log.unlink(missing_ok=True)
+    if root.toolchain:  # stage 2: the loaders built like its userland, by clang against musl
+        tc = userland.cached_toolchain(plan.store, root.toolchain)
+        pkg = userland.load_package(plan.data_dir, userland.LIBBPF)
+        assert pkg.source is not None  # (a pinned source: the package's data says so)
+        tarball = read_record(plan, records.FetchRecord).path(pkg.source.name)
+        headers = userland.build_package(pkg, tc, tarball, plan.store, log)
+        target = bpf.musl_target(plan.board.arch, tc.cc, tc.sysroot, headers / "usr/include")
+    else:  # stage 1: the image's own root tree is the sysroot
+        target = bpf.image_target(plan.board.arch, Path(root.tree))
     built = bpf.build(
         plan.bpf_programs,
         kernel_dir=kernel_rec.built,
         btf_file=kbuild.BTF_FILE,
-        tree=Path(root.tree),
+        target=target,
         tree_digest=root.digest,
         arch=plan.board.arch,
         store=plan.store,
@@ -416,7 +426,7 @@ def _bpf_inputs(plan: Plan) -> Inputs:
     if not plan.bpf_programs:
         return Inputs()
     return Inputs(
-        after=("rootfs", "kernel"),
+        after=("fetch", "rootfs", "kernel"),  # (stage 2: libbpf's source, from the fetch step)
         files=tuple(f for p in plan.bpf_programs for f in p.files()),
         values=([p.name for p in plan.bpf_programs],),
     )

@@ -188,6 +188,23 @@ class Toolchain:
         }
 
 
+def cached_toolchain(store: Store, made: dict[str, Any]) -> Toolchain:
+    """The toolchain the stage-2 root step made (its record's `toolchain`: triple, digest,
+    clang), from the cache."""
+    entry = store.get("toolchain", made["digest"])
+    if entry is None:
+        raise BuildError(
+            f"the stage-2 toolchain {made['digest'][:12]}… is no longer in the cache",
+            hint="build again: the root step makes it again",
+        )
+    return Toolchain(made["triple"], entry.data / "sysroot", entry.data / "resource",
+                     made["digest"], made["clang"])  # fmt: skip
+
+
+# libbpf's headers (userland/libbpf): what the bpf step compiles stage 2's bpf/ programs with
+LIBBPF = "libbpf"
+
+
 def jobs() -> str:
     return f"-j{(os.cpu_count() or 1) + 1}"
 
@@ -552,6 +569,27 @@ def build_c(pkg: Package, src: Path, tc: Toolchain, dest: Path, log: Path) -> No
     _links(pkg, dest)
 
 
+def build_headers(pkg: Package, src: Path, tc: Toolchain, dest: Path, log: Path) -> None:
+    """Headers other builds compile against (not an image's: nothing here is installed by a
+    recipe's `builds`), copied from the source tree as its own `make install_headers` would."""
+    into = dest / merged_usr(pkg.options["into"]).lstrip("/")
+    into.mkdir(parents=True)
+    for header in pkg.options["headers"]:
+        if not (src / header).is_file():
+            raise BuildError(
+                f"{pkg.name} {pkg.version}'s source has no {header}",
+                hint=f"fix headers: in userland/{pkg.name}/package.yaml",
+            )
+        shutil.copyfile(src / header, into / Path(header).name)
+
+
+def _absolute(doc: Doc, path: tuple[PathPart, ...], value: Any) -> str:
+    s = string(doc, path, value)
+    if not s.startswith("/") or ".." in s.split("/"):
+        raise doc.error(path, f"'{s}' is not an absolute path", hint="like /usr/include/bpf")
+    return s
+
+
 def _links_field(doc: Doc, path: tuple[PathPart, ...], value: Any) -> dict[str, str]:
     return mapping_of(doc, path, value, string)
 
@@ -573,6 +611,13 @@ BUILDERS: dict[str, tuple[list[Field], Builder | None]] = {
             Field("links", _links_field, {}, help="symlink -> what it points to"),
         ],
         build_autotools,
+    ),
+    "headers": (
+        [
+            Field("headers", path_list, help="header files of the source tree"),
+            Field("into", _absolute, help="the directory they are copied to"),
+        ],
+        build_headers,
     ),
     "c": (
         [

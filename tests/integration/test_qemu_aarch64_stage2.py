@@ -42,7 +42,23 @@ S2_CHECKS = {
     f"test_no_gnu_marks_inside[{H}-libgcc_s]",
     f"test_programs_are_static_or_musl[{H}]",
     f"test_clang_built_the_programs[{H}]",
+    f"test_bpf_objects_are_audited_as_bpf[{H}]",
     f"test_bpf_program_loads_and_runs[{H}]",
+    # bpf/fr and bpf/iolat, their loaders static musl programs
+    *(
+        f"test_s2_fr_matches_the_hosts_answer[{H}-{case}]"
+        for case in (
+            "gt-5000-sum",
+            "le--250000-count",
+            "ge-999000-min",
+            "lt-0-max",
+            "eq-123456-exists",
+        )
+    ),
+    f"test_s2_fr_mean_and_copy_mode[{H}]",
+    f"test_s2_fr_concurrent_callers_get_their_own_answers[{H}]",
+    f"test_s2_fr_bad_input_is_one_sentence_and_a_failure[{H}]",
+    f"test_s2_iolat_counts_reads_for_the_root_cgroup[{H}]",
 }
 MIB = 1 << 20
 
@@ -69,13 +85,18 @@ def test_manifest_lists_what_llvm_built_and_the_audit(built: Stage2) -> None:
     assert all(p["built_by"].startswith("Debian clang version") for p in pkgs.values())
     assert all(p["target"] == "aarch64-linux-musl" for p in pkgs.values())
     audit = {row["file"]: row for row in m["audit"]}  # type: ignore[attr-defined]
-    for program in ("usr/bin/busybox", "usr/sbin/dropbearmulti", "usr/bin/tuoba-bpf-check"):
+    for program in ("usr/bin/busybox", "usr/sbin/dropbearmulti", "usr/bin/tuoba-bpf-check",
+                    "usr/bin/tuoba-fr", "usr/bin/tuoba-iolat"):  # fmt: skip
         assert audit[program]["linker"] == "static", program
         assert "clang version" in audit[program]["compiler"], program
+    for obj in ("usr/lib/tuoba/bpf/fr.bpf.o", "usr/lib/tuoba/bpf/iolat.bpf.o"):
+        assert audit[obj]["type"] == "REL", obj  # the kernel's BPF machine's: audited as such
+    assert set(m["bpf"]) == {"fr", "iolat"}  # type: ignore[arg-type]
     assert all("GCC" not in row["compiler"] for row in audit.values())
     modules = [f for f in audit if f.endswith(".ko")]
     assert modules and all(audit[f]["linker"] == "relocatable" for f in modules)
-    for tarball in ("musl_1.2.3.orig.tar.gz", "busybox_1.35.0.orig.tar.bz2"):
+    for tarball in ("musl_1.2.3.orig.tar.gz", "busybox_1.35.0.orig.tar.bz2",
+                    "libbpf_1.1.2.orig.tar.gz"):  # fmt: skip
         assert tarball in m["sources"]  # type: ignore[operator]
 
 

@@ -83,6 +83,36 @@ def test_a_program_of_one_object_is_its_own_image_object(
     assert commands[0][commands[0].index("-isystem") + 1] == "/usr/include"
 
 
+def test_stage_2_loaders_are_static_musl_programs_with_libbpfs_own_headers(
+    project: Path, tmp_path: Path, commands: list[list[str]]
+) -> None:
+    """Stage 2: the loader by the musl toolchain's clang, statically; both sides find libbpf's
+    headers (userland/libbpf) before the toolchain's sysroot; no host path in the objects."""
+    cc = ["clang", "--target=aarch64-linux-musl", "--sysroot=/tc/sysroot", "-fuse-ld=lld"]
+    target = bpf.musl_target("arm64", cc, Path("/tc/sysroot"), Path("/pkg/usr/include"))
+    prog = bpf.load_program(project, "iolat")
+    bpf.compile_program(prog, tmp_path, target)
+    loader = commands[-1]
+    assert loader[: len(cc) + 1] == [*cc, "-static"]
+    assert loader[loader.index("-isystem") + 1] == "/pkg/usr/include"
+    compile_ = commands[0]
+    isystem = [compile_[i + 1] for i, a in enumerate(compile_) if a == "-isystem"]
+    assert isystem == ["/pkg/usr/include", "/tc/sysroot/usr/include"]
+    assert f"-ffile-prefix-map={project / 'bpf'}={bpf.SOURCE_NAME}" in compile_
+    assert f"-ffile-prefix-map={tmp_path}={bpf.SOURCE_NAME}/build" in compile_
+    assert bpf.target_ids(target)["cc"] == [*cc, "-static"]
+    # the key reads libbpf's headers by content
+    headers = tmp_path / "libbpf"
+    (headers / "bpf").mkdir(parents=True)
+    (headers / "bpf/skel_internal.h").write_text("/* 1.1.2 */\n")
+    other = bpf.musl_target("arm64", cc, tmp_path / "none", headers)
+    before = bpf.target_ids(other)
+    assert before["libbpf"] == {"bpf/skel_internal.h": bpf.sources.sha256_file(
+        headers / "bpf/skel_internal.h")}  # fmt: skip
+    (headers / "bpf/skel_internal.h").write_text("/* 1.4.6 */\n")
+    assert bpf.target_ids(other) != before
+
+
 def test_the_host_target_is_named_by_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bpf.os, "uname", lambda: types.SimpleNamespace(machine="aarch64"))
     assert bpf.host_target() == bpf.Target(kernel_arch="arm64")
@@ -119,7 +149,8 @@ def test_the_cache_key_covers_the_sysroot_headers_and_bpf_common(
     tree_digest = "tree-1"
 
     def build() -> int:
-        bpf.build(programs, kernel_dir=kernel, btf_file="vmlinux.btf", tree=tree,
+        bpf.build(programs, kernel_dir=kernel, btf_file="vmlinux.btf",
+                  target=bpf.image_target("arm64", tree),
                   tree_digest=tree_digest, arch="arm64", store=store,
                   log=tmp_path / "log")  # fmt: skip
         return len(made)

@@ -207,7 +207,8 @@ def test_a_kernel_without_its_btf_file_is_named(project: Path, tmp_path: Path) -
     with pytest.raises(BuildError) as e:
         bpf.build((bpf.load_program(project, "fr"),), kernel_dir=kernel, btf_file="vmlinux.btf",
                   tree_digest="t",
-                  tree=tmp_path / "tree", arch="arm64", store=Store(tmp_path / "cache"),
+                  target=bpf.image_target("arm64", tmp_path / "tree"), arch="arm64",
+                  store=Store(tmp_path / "cache"),
                   log=tmp_path / "log")  # fmt: skip
     assert e.value.message.startswith(f"the kernel in {kernel} has no vmlinux.btf")
     assert e.value.hint == "remove it so that it is built again: tuoba cache rm kernel/abc123"
@@ -220,13 +221,15 @@ def test_a_tree_without_libbpf_is_named(project: Path, tmp_path: Path) -> None:
     with pytest.raises(BuildError) as e:
         bpf.build((bpf.load_program(project, "fr"),), kernel_dir=kernel, btf_file="vmlinux.btf",
                   tree_digest="t",
-                  tree=tmp_path / "tree", arch="arm64", store=Store(tmp_path / "cache"),
+                  target=bpf.image_target("arm64", tmp_path / "tree"), arch="arm64",
+                  store=Store(tmp_path / "cache"),
                   log=tmp_path / "log")  # fmt: skip
     assert "the root filesystem has no /usr/include/bpf/skel_internal.h" in e.value.message
     assert e.value.hint == "add libbpf-dev to the packages of the recipe that asks for the program"
 
 
 def test_no_programs_build_nothing(tmp_path: Path) -> None:
-    assert bpf.build((), kernel_dir=tmp_path, btf_file="x", tree=tmp_path, tree_digest="t",
+    assert bpf.build((), kernel_dir=tmp_path, btf_file="x",
+                     target=bpf.image_target("arm64", tmp_path), tree_digest="t",
                      arch="arm64", store=Store(tmp_path / "cache"),
                      log=tmp_path / "log") == {}  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_config import request
-from tuoba import elfaudit, userland
+from tuoba import elfaudit, stages, userland
 from tuoba.errors import BuildError, InputError
 from tuoba.kernel import parse_config
 from tuoba.plan import resolve
@@ -26,6 +26,8 @@ def test_stage2_plan_builds_from_source_and_installs_no_debian_package(project: 
         "recipes/base/checks/test_login.py",
         "recipes/base/checks/test_s2base.py",
         "recipes/bpf/checks/test_s2bpf.py",
+        "recipes/bpf/checks/test_s2fr.py",
+        "recipes/bpf/checks/test_s2iolat.py",
         "tests/image/test_kernel.py",
     )
     assert plan.image_name.startswith("tuoba-qemu-aarch64-s2-")
@@ -166,6 +168,44 @@ def test_audit_table_for_clean_files(tmp_path: Path) -> None:
     assert elfaudit.problems(info, "arm64", "ld-musl-aarch64.so.1") == []
     info["interp"] = "/lib/ld-musl-aarch64.so.1"
     assert elfaudit.problems(info, "arm64", "ld-musl-aarch64.so.1") == []
+
+
+def test_audit_lets_bpf_objects_through_and_only_relocatable_ones() -> None:
+    """A bpf/ program's object is for the kernel's BPF machine, on every board; an executable
+    for it is no such object."""
+    info = {"type": "ET_REL", "machine": "EM_BPF", "interp": None, "needed": [],
+            "versions": [], "comment": []}  # fmt: skip
+    assert elfaudit.problems(info, "arm64", "ld-musl-aarch64.so.1") == []
+    info["type"] = "ET_EXEC"
+    assert elfaudit.problems(info, "arm64", "ld-musl-aarch64.so.1") == [
+        "built for EM_BPF, the board is arm64 (EM_AARCH64)"
+    ]
+
+
+def test_stage2_bpf_programs_and_libbpfs_headers(project: Path) -> None:
+    """Stage 2 builds the bpf recipe's programs (their loaders against musl, libbpf's headers
+    from userland/libbpf, whose source the build fetches)."""
+    plan = resolve(request(project, stage=2, recipes=("base", "bpf")))
+    assert [p.name for p in plan.bpf_programs] == ["fr", "iolat"]
+    assert "libbpf_1.1.2.orig.tar.gz" in {s.name for s in stages.of(plan).sources()}
+    pkg = userland.load_package(project, userland.LIBBPF)
+    assert pkg.build == "headers" and pkg.options["into"] == "/usr/include/bpf"
+    assert "src/skel_internal.h" in pkg.options["headers"]
+
+
+def test_headers_are_copied_into_their_directory(tmp_path: Path, project: Path) -> None:
+    pkg = userland.load_package(project, userland.LIBBPF)
+    src = tmp_path / "src"
+    for h in pkg.options["headers"]:
+        (src / h).parent.mkdir(parents=True, exist_ok=True)
+        (src / h).write_text(f"/* {h} */\n")
+    dest = tmp_path / "dest"
+    userland.build_headers(pkg, src, None, dest, tmp_path / "log")  # type: ignore[arg-type]
+    assert (dest / "usr/include/bpf/skel_internal.h").read_text() == "/* src/skel_internal.h */\n"
+    (src / "src/bpf.h").unlink()
+    with pytest.raises(BuildError) as e:
+        userland.build_headers(pkg, src, None, tmp_path / "dest2", tmp_path / "log")  # type: ignore[arg-type]
+    assert e.value.message == "libbpf 1.1.2's source has no src/bpf.h"
 
 
 def test_an_umbrella_recipe_brings_in_its_includes(project: Path) -> None:

@@ -60,16 +60,26 @@ def test_no_gnu_marks_inside(host: Any, elf_files: list[str], mark: str) -> None
     assert cmd.rc == 1 and cmd.stdout == "", f"files carrying {mark!r}: {cmd.stdout}"
 
 
+def programs(elf_files: list[str]) -> list[str]:
+    """The ELF files the CPU runs: not kernel modules, not bpf/ programs' objects (the kernel's
+    BPF machine is theirs: the build's audit lets only relocatable EM_BPF objects through)."""
+    return [f for f in elf_files if not f.endswith((".ko", ".bpf.o"))]
+
+
+def test_bpf_objects_are_audited_as_bpf(elf_files: list[str], manifest: dict[str, Any]) -> None:
+    audited = {row["file"]: row for row in manifest["audit"]}
+    rows = [audited[f] for f in elf_files if f.endswith(".bpf.o")]
+    assert all(r["type"] == "REL" and r["linker"] == "relocatable" for r in rows), rows
+
+
 def test_programs_are_static_or_musl(host: Any, elf_files: list[str]) -> None:
     """A dynamically linked program names its loader in PT_INTERP: only musl's may appear."""
-    programs = [f for f in elf_files if not f.endswith(".ko")]
-    cmd = host.run("cd / && grep -l -F -e /lib/ld- " + " ".join(programs))
+    cmd = host.run("cd / && grep -l -F -e /lib/ld- " + " ".join(programs(elf_files)))
     linked = cmd.stdout.split()
     for f in linked:
         assert host.run("grep -q -F -e /lib/ld-musl- /%s", f).rc == 0, f
 
 
 def test_clang_built_the_programs(host: Any, elf_files: list[str]) -> None:
-    programs = [f for f in elf_files if not f.endswith(".ko")]
-    cmd = host.run("cd / && grep -L -F -e 'clang version' " + " ".join(programs))
+    cmd = host.run("cd / && grep -L -F -e 'clang version' " + " ".join(programs(elf_files)))
     assert cmd.stdout == "", f"programs without clang's .comment: {cmd.stdout}"
