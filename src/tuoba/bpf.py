@@ -255,12 +255,14 @@ def header_ids(root: Path) -> dict[str, str]:
 
 
 def target_ids(target: Target) -> dict[str, object]:
-    """What the key knows of a target: its compiler command, and the headers it reads by
-    content (the sysroot's, and libbpf's when they come from elsewhere)."""
-    ids: dict[str, object] = {
-        "cc": target.loader_cc(),
-        "headers": header_ids(target.sysroot or Path("/")),
-    }
+    """What the key knows of a target: its compiler command (without the places of this
+    machine's cache), and the headers it reads by content (the sysroot's, and libbpf's when
+    they come from elsewhere)."""
+    cc = target.loader_cc()
+    if target.sysroot is not None:  # (where the cache is on this machine is no input: the
+        # sysroot's own digest, tree_digest, stands for it)
+        cc = [a.replace(str(target.sysroot.parent), "SYSROOT_DIR") for a in cc]
+    ids: dict[str, object] = {"cc": cc, "headers": header_ids(target.sysroot or Path("/"))}
     if target.libbpf is not None:
         ids["libbpf"] = {
             str(f.relative_to(target.libbpf)): sources.sha256_file(f)
@@ -299,7 +301,9 @@ def build(
         raise BuildError(
             f"the root filesystem has no /{SKEL_HEADER}: the loaders are built with the "
             "image's libbpf headers",
-            hint="add libbpf-dev to the packages of the recipe that asks for the program",
+            hint="add libbpf-dev to the packages of the recipe that asks for the program"
+            if target.libbpf is None
+            else f"{target.libbpf} should hold libbpf's headers (userland/libbpf)",
         )
     data_dir = programs[0].directory.parent
     inputs = {

@@ -41,9 +41,11 @@ def build(plan: Plan, explain: bool = False) -> BuildResult:
     """One build at a time per output directory (a second one waits); builds share the cache,
     taking turns only for an entry both would make or a working tree both would use (lock.py)."""
     with contextlib.ExitStack() as locks:
-        fds = [locks.enter_context(lock.shared(plan.cache_dir, "the cache"))]
-        if plan.out_dir.resolve() != plan.cache_dir.resolve():  # (flock twice: a self-deadlock)
-            fds.append(locks.enter_context(lock.exclusive(plan.out_dir, "the output")))
+        if plan.out_dir.resolve() == plan.cache_dir.resolve():  # (one lock file: held alone)
+            fds = [locks.enter_context(lock.exclusive(plan.cache_dir, "the cache and output"))]
+        else:
+            fds = [locks.enter_context(lock.shared(plan.cache_dir, "the cache")),
+                   locks.enter_context(lock.exclusive(plan.out_dir, "the output"))]  # fmt: skip
         return _build(plan, explain, tuple(fds))
 
 

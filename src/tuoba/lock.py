@@ -5,8 +5,9 @@
 - The cache: builds share it (`shared`): its entries are published with one rename, and what
   two builds would both write is locked on its own (`Store.making`, `Store.using`: an entry
   being made, a working directory such as the kernel's out-of-tree build). What changes the
-  cache under running builds (`tuoba cache rm`, `prune`, `pull`, `doctor --fix`) takes it
-  alone (`exclusive`), waiting for the builds and making new ones wait.
+  cache under running builds (`tuoba cache rm`, `prune`, `push`, `pull`, `doctor --fix`)
+  takes it alone (`exclusive`): it waits for the builds running (flock prefers no one: a build
+  that starts meanwhile may go first), and a build started while it runs waits for it.
 
 A lock is an flock on a file, released by the kernel when its holder exits, even after kill -9:
 no stale lock survives a crash."""

@@ -225,8 +225,9 @@ def _mkosi_build(plan: Plan, store: Store, site: Path, key: str, log: Path, data
     (work / "mkosi.conf").write_text(mkosi_conf(plan, work / "out", workspace))
     (work / "mkosi.sandbox/etc/apt/sources.list.d/mkosi.sources").write_text(apt_sources(plan))
     try:
-        # (apt locks the package cache without waiting: two mkosi runs at once take turns)
-        with store.using("mkosi-packages") as packages:
+        # (apt locks its package cache without waiting: two mkosi runs for one architecture
+        # take turns; another architecture's has a cache of its own)
+        with store.using(f"mkosi-packages-{plan.board.arch}") as packages:
             run.run(
                 [sys.executable, "-m", "mkosi", "--directory", str(work),
                  "--package-cache-dir", str(packages), "--force", "build"],

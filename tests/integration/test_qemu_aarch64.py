@@ -119,15 +119,17 @@ def expected_checks(manifest: dict[str, object]) -> set[str]:
 
 
 class Project:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cache: Path | None = None) -> None:
         self.root = root
         self.out = root / "out"
+        self.cache = cache  # None: the shared cache
 
     def cmd(self, *args: str) -> list[str]:
         return [
             sys.executable, "-m", "tuoba",
             "--data-dir", str(self.root),
             "--out", str(self.out),
+            *(("--cache-dir", str(self.cache)) if self.cache else ()),
             *args,
         ]  # fmt: skip
 

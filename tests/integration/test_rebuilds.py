@@ -2,8 +2,8 @@
 (`base` alone, 2 GiB). The cache, incremental rebuilds, interrupted, killed, concurrent and
 full-disk builds are one code path whatever the recipes; on this small image each rebuild costs
 seconds, not the developer image's minutes. A private copy of the project (editing an overlay
-here never touches the checkout), the shared cache (~/.cache/tuoba or TUOBA_CACHE_DIR). Tests
-run in file order and build on each other.
+here never touches the checkout) and a cache of its own, hard links of the shared cache's
+entries (~/.cache/tuoba or TUOBA_CACHE_DIR). Tests run in file order and build on each other.
 """
 
 from __future__ import annotations
@@ -25,10 +25,25 @@ from tests.integration.test_qemu_aarch64 import BOARD, Project, steps_run
 pytestmark = pytest.mark.integration
 
 
+def private_cache(dest: Path) -> Path:
+    """A cache of this module's own whose entries are hard links of the shared cache's (an
+    entry is never written once made; working trees are not copied): what the tests here remove
+    from it (`tuoba cache rm`) is still there for the module on the other pytest-xdist worker,
+    and what that one makes meanwhile does not hide a removal from these."""
+    shared = Path(os.environ.get("TUOBA_CACHE_DIR") or Path.home() / ".cache" / "tuoba")
+    for kind in sorted((shared / "store").glob("*/")):
+        entries = [str(e) for e in sorted(kind.iterdir()) if not e.name.startswith(".")]
+        if entries:
+            (dest / "store" / kind.name).mkdir(parents=True)
+            subprocess.run(["cp", "-al", *entries, str(dest / "store" / kind.name)], check=True)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """The board without its default stack: an image of `base` alone."""
-    project = Project(base_only(copy_project(tmp_path_factory.mktemp("qemu-base") / "project")))
+    """The board without its default stack: an image of `base` alone, on a cache of its own."""
+    base = tmp_path_factory.mktemp("qemu-base")
+    project = Project(base_only(copy_project(base / "project")), private_cache(base / "cache"))
     project.tuoba("build", "--board", BOARD)
     assert project.manifest()["recipes"] == ["base"]
     return project
@@ -192,7 +207,7 @@ def test_full_disk_while_writing_the_image_loses_nothing(small: Project, tmp_pat
                     str(disk)], check=True)  # fmt: skip
     try:
         cmd = [sys.executable, "-m", "tuoba", "--data-dir", str(small.root), "--out", str(disk),
-               "build", "--board", BOARD]  # fmt: skip
+               "--cache-dir", str(small.cache), "build", "--board", BOARD]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         said = " ".join(proc.stderr.split())
         assert proc.returncode == 4, proc.stderr

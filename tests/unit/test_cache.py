@@ -245,16 +245,19 @@ def test_an_entry_two_builds_need_at_once_is_made_once(
     assert inside.wait(30)
     second = ctx.Process(target=_make_once_in_child, args=(*args, "b", inside, go))
     second.start()
-    time.sleep(1.0)  # (the second asks meanwhile, and waits)
+    said, deadline = "", time.monotonic() + 30
+    waiting = f"waiting: the cache entry kernel/{KEY[:12]}… is being made by tuoba build"
+    while waiting not in said and time.monotonic() < deadline:  # (the second asks, and waits)
+        time.sleep(0.05)
+        said += " ".join(capfd.readouterr().err.split()) + " "
     go.set()
     for p in (first, second):
         p.join(60)
         assert p.exitcode == 0
+    assert waiting in said
     assert made.read_text() == "a"  # made once, by the first
     entry = Store(tmp_path / "cache").get("kernel", KEY)
     assert entry is not None and (entry.data / "f").read_text() == "a"
-    said = " ".join(capfd.readouterr().err.split())
-    assert f"waiting: the cache entry kernel/{KEY[:12]}… is being made by tuoba build" in said
     with Store(tmp_path / "cache").making("kernel", KEY) as again:  # there: no lock, no wait
         assert again is not None
 
