@@ -264,10 +264,7 @@ def target_ids(target: Target) -> dict[str, object]:
         cc = [a.replace(str(target.sysroot.parent), "SYSROOT_DIR") for a in cc]
     ids: dict[str, object] = {"cc": cc, "headers": header_ids(target.sysroot or Path("/"))}
     if target.libbpf is not None:
-        ids["libbpf"] = {
-            str(f.relative_to(target.libbpf)): sources.sha256_file(f)
-            for f in sorted(target.libbpf.rglob("*")) if f.is_file()
-        }  # fmt: skip
+        ids["libbpf"] = sources.tree_sha256(target.libbpf)
     return ids
 
 

@@ -27,23 +27,26 @@ from tuoba import ui
 LOCK_NAME = ".tuoba.lock"
 
 
-@contextlib.contextmanager
-def exclusive(directory: Path, what: str, holder: str = "tuoba build") -> Iterator[int]:
+def exclusive(
+    directory: Path, what: str, holder: str = "tuoba build"
+) -> contextlib.AbstractContextManager[int]:
     """Hold the directory's lock alone for the block; yields the lock's file descriptor (a child
     given it with pass_fds holds the lock as long as it lives). `holder` is what a waiting
     process is told holds it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with held(directory / LOCK_NAME, f"{what} {directory}", holder) as fd:
-        yield fd
+    return held(_lock_file(directory), f"{what} {directory}", holder)
 
 
-@contextlib.contextmanager
-def shared(directory: Path, what: str, holder: str = "tuoba build") -> Iterator[int]:
+def shared(
+    directory: Path, what: str, holder: str = "tuoba build"
+) -> contextlib.AbstractContextManager[int]:
     """Hold the directory's lock with any other shared holders (builds), while no exclusive
     holder has it."""
+    return held(_lock_file(directory), f"{what} {directory}", holder, shared=True)
+
+
+def _lock_file(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    with held(directory / LOCK_NAME, f"{what} {directory}", holder, shared=True) as fd:
-        yield fd
+    return directory / LOCK_NAME
 
 
 @contextlib.contextmanager

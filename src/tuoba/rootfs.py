@@ -21,7 +21,7 @@ from tuoba.digest import digest
 from tuoba.errors import BuildError
 from tuoba.plan import Plan
 from tuoba.records import RootfsRecord
-from tuoba.sources import sha256_file
+from tuoba.sources import tree_sha256
 
 
 def skeleton_dir(plan: Plan) -> Path:
@@ -31,11 +31,6 @@ def skeleton_dir(plan: Plan) -> Path:
 def files_under(root: Path) -> tuple[Path, ...]:
     """Every file under root, sorted (none when root is not a directory)."""
     return tuple(sorted(p for p in root.rglob("*") if p.is_file())) if root.is_dir() else ()
-
-
-def tree_files(root: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under root (for signatures)."""
-    return {str(p.relative_to(root)): sha256_file(p) for p in files_under(root)}
 
 
 def inputs(plan: Plan) -> dict[str, Any]:
@@ -55,7 +50,7 @@ def rootfs_digest(plan: Plan, mkosi_version: str) -> str:
     return digest(
         {
             "inputs": inputs(plan),
-            "skeleton": tree_files(skeleton_dir(plan)),
+            "skeleton": tree_sha256(skeleton_dir(plan)),
             "mkosi": mkosi_version,
             "format": 1,  # bump when the post-processing below changes
         }

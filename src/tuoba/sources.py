@@ -104,6 +104,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def tree_sha256(root: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under root (none when root is not a directory)."""
+    if not root.is_dir():
+        return {}
+    files = sorted(f for f in root.rglob("*") if f.is_file())
+    return {str(f.relative_to(root)): sha256_file(f) for f in files}
+
+
 def fetch(
     source: Source,
     store: Store,
