@@ -23,8 +23,21 @@ def test_unit_started(console: str, unit: str) -> None:
 # containerd and fail2ban order after) fails there by design, after its timeout. It is named
 # here and nothing else is excused.
 NO_NETWORK_IN_EMULATION = "Failed to start systemd-networkd-wait-online.service"
+# systemd's own status line for it, which it prints once a boot is slow (ShowStatus=auto: under
+# a loaded emulator, not always), shortens the middle to the console's width:
+# "[FAILED] Failed to start systemd-ne…Wait for Network to be Configured."
+NO_NETWORK_STATUS = f"{NO_NETWORK_IN_EMULATION} - Wait for Network to be Configured."
+
+
+def excused(line: str) -> bool:
+    """The failure of the unit named above, in the journal's words or the status line's."""
+    text = line.strip().removeprefix("[FAILED] ")
+    if NO_NETWORK_IN_EMULATION in text:
+        return True
+    head, dots, tail = text.partition("…")
+    return bool(dots) and NO_NETWORK_STATUS.startswith(head) and NO_NETWORK_STATUS.endswith(tail)
 
 
 def test_no_failed_units(console: str) -> None:
     failed = [ln for ln in console.splitlines() if "Failed to start" in ln or "FAILED" in ln]
-    assert [ln for ln in failed if NO_NETWORK_IN_EMULATION not in ln] == []
+    assert [ln for ln in failed if not excused(ln)] == []
