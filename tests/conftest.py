@@ -287,3 +287,24 @@ def flashed_release(
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
+
+
+# A loader built for the build host and run on its own kernel: root, and the kernel's BTF.
+HOST_BTF = Path("/sys/kernel/btf/vmlinux")
+host_bpf = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root"),
+    pytest.mark.skipif(not HOST_BTF.exists(), reason="the host kernel has no BTF to build against"),
+]
+
+
+def snoop_checks(h: str) -> set[str]:
+    """The guest checks of bpf/snoop (recipes/bpf/checks/test_snoop.py), the same in both
+    stages, as JUnit names them for host `h`."""
+    bad = ("zero-duration", "zero-pid", "no-such-pid", "failed-without-opens", "pid-and-command")
+    return {
+        f"test_snoop_follows_a_command_and_its_children[{h}]",
+        f"test_snoop_failed_keeps_only_the_failed_opens[{h}]",
+        f"test_snoop_sees_every_process_without_a_command[{h}]",
+        *(f"test_snoop_bad_arguments_are_one_sentence[{h}-{case}]" for case in bad),
+    }

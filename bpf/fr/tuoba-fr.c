@@ -35,6 +35,9 @@
 #include "fr_skip.lskel.h"
 #include "tuoba_skel.h"
 
+#define TUOBA_PROG "tuoba-fr"
+#include "tuoba_cli.h"
+
 #define BUF_SIZE (256 * 1024)
 #define HOOK "copyout"
 #define PATCH "kernel/patches/0001-iov_iter-copyout-visible-to-bpf.patch"
@@ -43,20 +46,6 @@ static const char *const ops[] = { "all", "gt", "ge", "lt", "le", "eq", "ne" };
 static const char *const reduces[] = { "sum", "count", "min", "max", "mean", "exists" };
 static const char *const formats[] = { "text", "int64" };
 static int verbose;
-
-static void die(int code, const char *hint, const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs("tuoba-fr: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	if (hint)
-		fprintf(stderr, "  hint: %s\n", hint);
-	exit(code);
-}
 
 static int lookup(const char *const *names, int count, const char *word)
 {
@@ -98,20 +87,6 @@ static char *log_on(struct bpf_loader_ctx *ctx)
 	if (!log)
 		die(1, NULL, "out of memory");
 	return log;
-}
-
-static void print_json_string(const char *text)
-{
-	putchar('"');
-	for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
-		if (*c == '"' || *c == '\\')
-			printf("\\%c", *c);
-		else if (*c < 0x20)
-			printf("\\u%04x", *c);
-		else
-			putchar(*c);
-	}
-	putchar('"');
 }
 
 static const char *describe(const struct fr_state *s, char *out, size_t size)
@@ -322,7 +297,7 @@ int main(int argc, char **argv)
 		snprintf(value, sizeof(value), json ? "null" : "none");
 	if (json) {
 		printf("{\"file\": ");
-		print_json_string(path);
+		json_string(path, SIZE_MAX);
 		printf(", \"reduce\": \"%s\", \"filter\": {\"op\": \"%s\", \"value\": %" PRId64
 		       "}, \"format\": \"%s\", \"result\": %s, \"sum\": %" PRId64 ", \"count\": %" PRIu64
 		       ", \"bytes_read\": %" PRIu64 ", \"bytes_seen_in_kernel\": %" PRIu64

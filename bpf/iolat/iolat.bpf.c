@@ -45,20 +45,8 @@ struct {
 } hists SEC(".maps");
 
 /* lost: [0] requests not stamped (the map was full), [1] histograms not made (full) */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost SEC(".maps");
-
-static void count_lost(__u32 which)
-{
-	__u64 *n = bpf_map_lookup_elem(&lost, &which);
-
-	if (n)
-		__sync_fetch_and_add(n, 1);
-}
+#define TUOBA_LOST_REASONS 2
+#include "tuoba_lost.bpf.h"
 
 static __u64 owner(struct request *rq)
 {

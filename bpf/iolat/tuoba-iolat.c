@@ -34,26 +34,15 @@
 #include "iolat.lskel.h"
 #include "tuoba_skel.h"
 
+#define TUOBA_PROG "tuoba-iolat"
+#include "tuoba_cli.h"
+
 #define CGROUP_ROOT "/sys/fs/cgroup"
 #define MAX_KEYS 4096
 
 static const char *const op_names[] = { "read", "write", "other" };
 static volatile sig_atomic_t stop;
 static int verbose;
-
-static void die(int code, const char *hint, const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs("tuoba-iolat: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	if (hint)
-		fprintf(stderr, "  hint: %s\n", hint);
-	exit(code);
-}
 
 static void on_signal(int sig)
 {
@@ -122,20 +111,6 @@ static const char *cgroup_path(__u64 id)
 		if (cgs[i].id == id)
 			return cgs[i].path;
 	return NULL;
-}
-
-static void json_string(const char *s)
-{
-	putchar('"');
-	for (; *s; s++) {
-		if (*s == '"' || *s == '\\')
-			printf("\\%c", *s);
-		else if ((unsigned char)*s < 0x20)
-			printf("\\u%04x", *s);
-		else
-			putchar(*s);
-	}
-	putchar('"');
 }
 
 static int by_path(const void *a, const void *b)
@@ -224,17 +199,8 @@ int main(int argc, char **argv)
 	}
 	if (verbose && !(log = tuoba_verifier_log(&skel->ctx)))
 		die(1, NULL, "out of memory");
-	err = iolat_bpf__load(skel);
-	if (err && log && log[0])
-		fprintf(stderr, "tuoba-iolat: the verifier's log:\n%s\n", log);
-	free(log);
-	/* the verifier refuses with EACCES too: who runs it decides which failure this is */
-	if (err && geteuid() != 0)
-		die(1, "run it as root (loading BPF programs needs CAP_BPF and CAP_PERFMON)",
-		    "not allowed to load the BPF program: %s", strerror(-err));
-	if (err)
-		die(3, "the kernel needs BTF and the block tracepoints (the bpf feature); run with -v for the verifier's log",
-		    "the running kernel refused the program: %s", strerror(-err));
+	load_result(iolat_bpf__load(skel), log,
+		    "the kernel needs BTF and the block tracepoints (the bpf feature); run with -v for the verifier's log");
 	if (iolat_bpf__attach(skel) < 0)
 		die(3, "the kernel needs tp_btf on block_rq_issue and block_rq_complete",
 		    "cannot attach to the block tracepoints: %s", strerror(errno));
@@ -277,7 +243,7 @@ int main(int argc, char **argv)
 		if (json) {
 			printf("%s\n  {\"cgroup\": ", shown > 1 ? "," : "");
 			if (path)
-				json_string(path);
+				json_string(path, SIZE_MAX);
 			else
 				printf("null");
 			printf(", \"cgroup_id\": %llu, \"op\": \"%s\", \"count\": %llu, \"bytes\": %llu, "

@@ -6,22 +6,17 @@ what is missing and exit 3, in both modes, after the kernel really refused it.""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import HOST_BTF, host_bpf
 from tuoba import bpf, elfaudit
 
 ROOT = Path(__file__).resolve().parents[2]
-HOST_BTF = Path("/sys/kernel/btf/vmlinux")
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root"),
-    pytest.mark.skipif(not HOST_BTF.exists(), reason="the host kernel has no BTF to build against"),
-]
+pytestmark = host_bpf
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project, flashed_release, needs_root
+from tests.conftest import copy_project, flashed_release, needs_root, snoop_checks
 
 pytestmark = pytest.mark.integration
 
@@ -59,11 +59,15 @@ BPF_CHECKS = {
     f"test_fr_concurrent_callers_get_their_own_answers[{H}]",
     f"test_fr_bad_input_is_one_sentence_and_a_failure[{H}]",
     f"test_fr_int64_extremes_and_overflow[{H}]",
+    f"test_fr_an_empty_file_has_no_values[{H}]",
+    f"test_fr_a_file_larger_than_its_page_cache_share[{H}]",
     # bpf/iolat: block I/O latency per cgroup
     f"test_iolat_counts_a_services_direct_reads_for_its_cgroup[{H}]",
     f"test_iolat_bad_arguments_are_one_sentence[{H}-zero-duration]",
     f"test_iolat_bad_arguments_are_one_sentence[{H}-no-such-cgroup]",
     f"test_iolat_bad_arguments_are_one_sentence[{H}-extra-argument]",
+    # bpf/snoop: exec and open tracing (the same checks in both stages)
+    *snoop_checks(H),
 }
 CONTAINER_CHECKS = {
     f"test_cgroup_v2_is_mounted[{H}]",

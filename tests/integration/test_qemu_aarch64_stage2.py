@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project, flashed_release, needs_root
+from tests.conftest import copy_project, flashed_release, needs_root, snoop_checks
 from tests.integration.test_qemu_aarch64 import BOARD, KERNEL_CHECKS, H, Project
 from tuoba.disk import data_ranges
 
@@ -44,7 +44,7 @@ S2_CHECKS = {
     f"test_clang_built_the_programs[{H}]",
     f"test_bpf_objects_are_audited_as_bpf[{H}]",
     f"test_bpf_program_loads_and_runs[{H}]",
-    # bpf/fr and bpf/iolat, their loaders static musl programs
+    # bpf/fr, bpf/iolat and bpf/snoop, their loaders static musl programs
     *(
         f"test_s2_fr_matches_the_hosts_answer[{H}-{case}]"
         for case in (
@@ -58,7 +58,10 @@ S2_CHECKS = {
     f"test_s2_fr_mean_and_copy_mode[{H}]",
     f"test_s2_fr_concurrent_callers_get_their_own_answers[{H}]",
     f"test_s2_fr_bad_input_is_one_sentence_and_a_failure[{H}]",
+    f"test_s2_fr_an_empty_file_has_no_values[{H}]",
     f"test_s2_iolat_counts_reads_for_the_root_cgroup[{H}]",
+    # bpf/snoop: exec and open tracing (the same checks in both stages)
+    *snoop_checks(H),
 }
 MIB = 1 << 20
 
@@ -86,12 +89,13 @@ def test_manifest_lists_what_llvm_built_and_the_audit(built: Stage2) -> None:
     assert all(p["target"] == "aarch64-linux-musl" for p in pkgs.values())
     audit = {row["file"]: row for row in m["audit"]}  # type: ignore[attr-defined]
     for program in ("usr/bin/busybox", "usr/sbin/dropbearmulti", "usr/bin/tuoba-bpf-check",
-                    "usr/bin/tuoba-fr", "usr/bin/tuoba-iolat"):  # fmt: skip
+                    "usr/bin/tuoba-fr", "usr/bin/tuoba-iolat", "usr/bin/tuoba-snoop"):  # fmt: skip
         assert audit[program]["linker"] == "static", program
         assert "clang version" in audit[program]["compiler"], program
-    for obj in ("usr/lib/tuoba/bpf/fr.bpf.o", "usr/lib/tuoba/bpf/iolat.bpf.o"):
+    for obj in ("usr/lib/tuoba/bpf/fr.bpf.o", "usr/lib/tuoba/bpf/iolat.bpf.o",
+                "usr/lib/tuoba/bpf/snoop.bpf.o"):  # fmt: skip
         assert audit[obj]["type"] == "REL", obj  # the kernel's BPF machine's: audited as such
-    assert set(m["bpf"]) == {"fr", "iolat"}  # type: ignore[arg-type]
+    assert set(m["bpf"]) == {"fr", "iolat", "snoop"}  # type: ignore[arg-type]
     assert all("GCC" not in row["compiler"] for row in audit.values())
     modules = [f for f in audit if f.endswith(".ko")]
     assert modules and all(audit[f]["linker"] == "relocatable" for f in modules)

@@ -98,16 +98,26 @@ def test_the_iolat_program_is_read(project: Path) -> None:
     assert {"iolat.bpf.c", "tuoba-iolat.c", "iolat.h"} <= {f.name for f in prog.files()}
 
 
+def test_the_snoop_program_is_read(project: Path) -> None:
+    prog = bpf.load_program(project, "snoop")
+    assert prog.loader == "tuoba-snoop" and prog.kernel_symbols == ()
+    assert prog.kernel_features == ("bpf",) and prog.arch == ("arm64",)
+    assert prog.objects == ("snoop",)
+    files = {f.relative_to(project / "bpf").as_posix() for f in prog.files()}
+    assert {"snoop/snoop.bpf.c", "snoop/tuoba-snoop.c", "snoop/snoop.h",
+            "common/tuoba_ringbuf.h"} <= files  # fmt: skip
+
+
 def test_a_plan_with_bpf_builds_its_programs_and_asserts_their_features(project: Path) -> None:
     plan = resolve(request(project))
-    assert [p.name for p in plan.bpf_programs] == ["fr", "iolat"]
+    assert [p.name for p in plan.bpf_programs] == ["fr", "iolat", "snoop"]
     assert {"readpath", "containers"} <= {f.name for f in plan.features}
-    assert plan.image_inputs()["bpf"] == ["fr", "iolat"]
+    assert plan.image_inputs()["bpf"] == ["fr", "iolat", "snoop"]
 
 
 def test_an_unknown_program_is_located(project: Path) -> None:
     recipe = project / "recipes/bpf/recipe.yaml"
-    recipe.write_text(recipe.read_text().replace("bpf: [fr, iolat]", "bpf: [fr, nope]"))
+    recipe.write_text(recipe.read_text().replace("bpf: [fr, iolat, snoop]", "bpf: [fr, nope]"))
     with pytest.raises(InputError) as e:
         resolve(request(project))
     assert e.value.message.startswith("recipes/bpf/recipe.yaml:")

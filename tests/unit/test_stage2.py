@@ -28,6 +28,7 @@ def test_stage2_plan_builds_from_source_and_installs_no_debian_package(project: 
         "recipes/bpf/checks/test_s2bpf.py",
         "recipes/bpf/checks/test_s2fr.py",
         "recipes/bpf/checks/test_s2iolat.py",
+        "recipes/bpf/checks/test_snoop.py",
         "tests/image/test_kernel.py",
     )
     assert plan.image_name.startswith("tuoba-qemu-aarch64-s2-")
@@ -186,7 +187,7 @@ def test_stage2_bpf_programs_and_libbpfs_headers(project: Path) -> None:
     """Stage 2 builds the bpf recipe's programs (their loaders against musl, libbpf's headers
     from userland/libbpf, whose source the build fetches)."""
     plan = resolve(request(project, stage=2, recipes=("base", "bpf")))
-    assert [p.name for p in plan.bpf_programs] == ["fr", "iolat"]
+    assert [p.name for p in plan.bpf_programs] == ["fr", "iolat", "snoop"]
     assert "libbpf_1.1.2.orig.tar.gz" in {s.name for s in stages.of(plan).sources()}
     pkg = userland.load_package(project, userland.LIBBPF)
     assert pkg.build == "headers" and pkg.options["into"] == "/usr/include/bpf"

@@ -3,15 +3,18 @@ read path, on the running TuobaOS kernel (kernel/patches/0001 keeps copyout out 
 on the error-injection list).
 
 Each check makes its data in the guest with a fixed seed, asks tuoba-fr, and compares with
-Python's answer over the same file; in reduce mode no byte of the data may reach tuoba-fr's
-buffer. Under QEMU TCG each tuoba-fr run (loading and verifying its BPF program) takes a few
-seconds.
+the answer computed outside the guest (the same generator run where the checks run, its file
+the guest's byte for byte); in reduce mode no byte of the data may reach tuoba-fr's buffer.
+Under QEMU TCG each tuoba-fr run (loading and verifying its BPF program) takes a few seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -56,17 +59,32 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def expected(host: Any) -> dict[str, Any]:
-    script = (
+def make_data(text: str, int64: str) -> str:
+    return (
         MAKE_DATA.replace("VALUES", str(VALUES))
-        .replace("TEXT", TEXT)
-        .replace("INT64", INT64)
+        .replace("TEXT", text)
+        .replace("INT64", int64)
         .replace("PAIRS", repr(PAIRS))
     )
-    res = host.run(f"python3 -c {shlex.quote(script)}")
+
+
+@pytest.fixture(scope="module")
+def expected(host: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The answers, computed outside the guest: the same seeded generator run here, on the
+    machine that runs the checks, must make the values the guest's files hold (the guest's
+    own answers over its files are compared with these too)."""
+    res = host.run(f"python3 -c {shlex.quote(make_data(TEXT, INT64))}")
     assert res.rc == 0, res.stderr[-2000:]
-    return dict(json.loads(res.stdout))
+    here = tmp_path_factory.mktemp("fr-data")
+    mine = subprocess.run(
+        [sys.executable, "-c", make_data(str(here / "values.txt"), str(here / "values.i64"))],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    text_sha = host.run(f"sha256sum {TEXT}").stdout.split()[0]
+    assert text_sha == hashlib.sha256((here / "values.txt").read_bytes()).hexdigest()
+    answers = dict(json.loads(mine))
+    assert json.loads(res.stdout) == answers
+    return answers
 
 
 def fr(host: Any, *args: str, check: bool = True) -> Any:
@@ -159,3 +177,43 @@ def test_fr_int64_extremes_and_overflow(host: Any) -> None:
     host.run("printf '9223372036854775808\\n' > /tmp/fr-big.txt")
     res = fr(host, "/tmp/fr-big.txt", "--reduce", "count", check=False)
     assert res.rc == 1 and "outside the int64 range" in res.stderr, res.stdout + res.stderr
+
+
+def test_fr_an_empty_file_has_no_values(host: Any) -> None:
+    """An empty file: a sum of 0, nothing exists, and no mean (null, not a division by 0)."""
+    host.run("rm -f /tmp/fr-empty.txt && touch /tmp/fr-empty.txt")
+    for reduce, want in (("sum", 0), ("exists", False), ("mean", None)):
+        out = json.loads(fr(host, "/tmp/fr-empty.txt", "--reduce", reduce, "--json").stdout)
+        assert (out["result"], out["count"], out["bytes_read"]) == (want, 0, 0), out
+
+
+# seq's integers, FIRST to LAST: 62 MB of text on the root filesystem (not /tmp: a tmpfs)
+BIG = "/var/tmp/fr-big.txt"
+FIRST, LAST, OVER = -1_000_000, 7_000_000, 5_000_000
+SHARE = 24 << 20  # the memory (page cache included) the reader may have
+
+
+def test_fr_a_file_larger_than_its_page_cache_share(host: Any) -> None:
+    """tuoba-fr reads 62 MB from a transient scope limited to 24 MiB of memory (MemoryMax: the
+    page cache it reads through is charged there), the page cache dropped first: the file is
+    read from the disk while it runs, and never all of it stays cached (fincore afterwards).
+    The answer is the arithmetic one computed here, with no byte to the reader."""
+    res = host.run(f"seq {FIRST} {LAST} > {BIG} && sync && echo 3 > /proc/sys/vm/drop_caches")
+    assert res.rc == 0, res.stderr
+    try:
+        size = int(host.run(f"stat -c %s {BIG}").stdout)
+        assert size > 2 * SHARE
+        res = host.run(
+            f"timeout 600 systemd-run --scope --quiet -p MemoryMax={SHARE} "
+            f"tuoba-fr {BIG} --filter 'gt {OVER}' --reduce sum --json"
+        )
+        assert res.rc == 0, f"exit {res.rc}: {res.stderr[-2000:]}"
+        out = json.loads(res.stdout)
+        kept = LAST - OVER  # OVER + 1 .. LAST
+        assert (out["result"], out["count"]) == (kept * (OVER + 1 + LAST) // 2, kept), out
+        assert out["bytes_read"] == out["bytes_seen_in_kernel"] == size, out
+        assert out["bytes_to_user"] == 0, out
+        cached = int(host.run(f"fincore --bytes --noheadings --output RES {BIG}").stdout)
+        assert cached < size, f"{cached} of {size} bytes cached: the limit did not hold"
+    finally:
+        host.run(f"rm -f {BIG}")

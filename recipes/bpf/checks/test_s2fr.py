@@ -109,3 +109,13 @@ def test_s2_fr_bad_input_is_one_sentence_and_a_failure(host: Any, text: str) -> 
     assert res.rc == 2 and "unknown operator 'about'" in res.stderr, res.stderr
     res = fr(host, "/nonexistent/values", "--reduce", "sum")
     assert res.rc == 1 and "cannot read /nonexistent/values" in res.stderr, res.stderr
+
+
+def test_s2_fr_an_empty_file_has_no_values(host: Any) -> None:
+    """An empty file: a sum of 0, and no mean (null, not a division by 0)."""
+    host.run("rm -f /tmp/fr-s2-empty.txt && touch /tmp/fr-s2-empty.txt")
+    for reduce, want in (("sum", 0), ("mean", None)):
+        res = fr(host, "/tmp/fr-s2-empty.txt", "--reduce", reduce, "--json")
+        assert res.rc == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert (out["result"], out["count"], out["bytes_read"]) == (want, 0, 0), out
