@@ -299,8 +299,9 @@ def compress_xz(src: Path, dest: Path) -> None:
         run.run(["xz", "-T0", "--block-size=8MiB", "-1", "-c", str(src)], stdout_file=out)
 
 
-def sha256sums(directory: Path, files: list[Path]) -> None:
-    """Merge entries for `files` into directory/SHA256SUMS (other images' lines are kept)."""
+def sha256sums(directory: Path, files: list[Path], known: dict[str, str] | None = None) -> None:
+    """Merge entries for `files` into directory/SHA256SUMS (other images' lines are kept).
+    `known`: digests by file name already computed (a 4 GiB image is not read twice)."""
 
     sums = directory / "SHA256SUMS"
     entries: dict[str, str] = {}
@@ -310,6 +311,6 @@ def sha256sums(directory: Path, files: list[Path]) -> None:
             if name and (directory / name).exists():  # entries of deleted files go
                 entries[name] = digest
     for f in files:
-        entries[f.name] = sha256_file(f)
+        entries[f.name] = (known or {}).get(f.name) or sha256_file(f)
     with atomic(sums) as tmp:
         tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(entries.items())))

@@ -175,7 +175,7 @@ def _compose(plan: Plan, made: Made, audit: Audit, fstab_line: FstabLine, log: P
     )
     with publish.atomic(manifest_file) as tmp:
         tmp.write_text(manifest.to_json())
-    disk.sha256sums(out, [img, xz, bmap, manifest_file, *boot_files])
+    disk.sha256sums(out, [img, xz, bmap, manifest_file, *boot_files], known=manifest.files)
     return ImageRecord(image=str(img), manifest=str(manifest_file))
 
 

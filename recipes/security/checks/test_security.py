@@ -236,8 +236,8 @@ AIDE = "aide --config /etc/aide/tuoba.conf"
 def test_aide_database_made_on_first_boot_reports_a_changed_file(host: Any) -> None:
     """AIDE's database was made on this machine's first boot (not in the image); once the
     database is brought up to date, an edit this check makes to a file under /etc is reported
-    as that file changed, and no other file (exit status bit 4: changed entries). (Other
-    checks change things before this one: podman networks, for one.)"""
+    as that file changed, and no other file of /etc (exit status bit 4: changed entries).
+    (Other checks change things before this one: podman networks, for one.)"""
     res = host.run("timeout 900 sh -c 'until test -f /var/lib/aide/tuoba.db.gz; do sleep 5; done'")
     assert res.rc == 0, host.run("journalctl -u tuoba-aide-init --no-pager | tail -30").stdout
     assert host.service("tuoba-aide-init").is_enabled
@@ -249,10 +249,12 @@ def test_aide_database_made_on_first_boot_reports_a_changed_file(host: Any) -> N
     host.run(f"echo before > {target}")  # (new since init: also reported, as 'added')
     try:
         # (--update exits non-zero when it found differences: that is expected here)
-        host.run(f"timeout 900 {AIDE} --update; mv /var/lib/aide/tuoba.db.new.gz "
+        # (--limit /etc/: both walk /etc only — each walk of the whole tree is half a minute
+        # under TCG; the update copies the entries outside the limit from the old database)
+        host.run(f"timeout 900 {AIDE} --update --limit /etc/; mv /var/lib/aide/tuoba.db.new.gz "
                  "/var/lib/aide/tuoba.db.gz")  # fmt: skip
         host.run(f"echo after > {target}")
-        res = host.run(f"timeout 900 {AIDE} --check")
+        res = host.run(f"timeout 900 {AIDE} --check --limit /etc/")
         assert res.rc & 4, f"exit {res.rc}, changed entries expected:\n{res.stdout[-3000:]}"
         # (directories' times may move with what other checks do; files must not)
         changed = [ln for ln in res.stdout.splitlines() if ln.startswith("f ")]
