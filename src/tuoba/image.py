@@ -101,7 +101,8 @@ def _compose(plan: Plan, made: Made, audit: Audit, fstab_line: FstabLine, log: P
 
     spec, parts = fit_root(plan, staging, parts, seed)
     with ui.step(f"Writing {img.name} ({spec.size >> 20} MiB, {spec.table})"):
-        filesystems = make_filesystems(plan, staging, parts, loader, kernel, cmdline, log)
+        with ui.step(f"Making its filesystems ({', '.join(p.fs for p in parts)})"):
+            filesystems = make_filesystems(plan, staging, parts, loader, kernel, cmdline, log)
         shutil.rmtree(staging)
         raw = loader.raw_writes(log)
         check_raw_writes(raw, parts, spec.table, plan.board.name)
@@ -120,7 +121,8 @@ def _compose(plan: Plan, made: Made, audit: Audit, fstab_line: FstabLine, log: P
                 disk.copy_sparse(blob, tmp, offset)
             with publish.atomic(bmap) as tmp_bmap:
                 disk.write_bmap(tmp, tmp_bmap)
-            with publish.atomic(xz) as tmp_xz:
+            compressing = ui.step(f"Compressing it: {xz.name} (xz -{disk.XZ_PRESET})")
+            with compressing, publish.atomic(xz) as tmp_xz:
                 disk.compress_xz(tmp, tmp_xz)
 
     boot_files = [out / f for f in (kernel.kernel, kernel.initrd) if f]

@@ -180,21 +180,24 @@ def test_fr_int64_extremes_and_overflow(host: Any) -> None:
 
 
 def test_fr_an_empty_file_has_no_values(host: Any) -> None:
-    """An empty file: a sum of 0, nothing exists, and no mean (null, not a division by 0)."""
+    """An empty file: a sum of 0 and no mean (null, not a division by 0)."""
     host.run("rm -f /tmp/fr-empty.txt && touch /tmp/fr-empty.txt")
-    for reduce, want in (("sum", 0), ("exists", False), ("mean", None)):
+    for reduce, want in (("sum", 0), ("mean", None)):
         out = json.loads(fr(host, "/tmp/fr-empty.txt", "--reduce", reduce, "--json").stdout)
         assert (out["result"], out["count"], out["bytes_read"]) == (want, 0, 0), out
 
 
-# seq's integers, FIRST to LAST: 62 MB of text on the root filesystem (not /tmp: a tmpfs)
+# seq's integers, FIRST to LAST: 39 MB of text on the root filesystem (not /tmp: a tmpfs).
+# Positive: seq has a fast path for them; a negative start sends it through long double
+# arithmetic, emulated in software under TCG (52 s instead of 4.5 s). The random data of the
+# other checks has the negatives.
 BIG = "/var/tmp/fr-big.txt"
-FIRST, LAST, OVER = -1_000_000, 7_000_000, 5_000_000
-SHARE = 24 << 20  # the memory (page cache included) the reader may have
+FIRST, LAST, OVER = 1, 5_000_000, 3_000_000
+SHARE = 16 << 20  # the memory (page cache included) the reader may have
 
 
 def test_fr_a_file_larger_than_its_page_cache_share(host: Any) -> None:
-    """tuoba-fr reads 62 MB from a transient scope limited to 24 MiB of memory (MemoryMax: the
+    """tuoba-fr reads 39 MB from a transient scope limited to 16 MiB of memory (MemoryMax: the
     page cache it reads through is charged there), the page cache dropped first: the file is
     read from the disk while it runs, and never all of it stays cached (fincore afterwards).
     The answer is the arithmetic one computed here, with no byte to the reader."""
