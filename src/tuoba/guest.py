@@ -72,6 +72,7 @@ def boot_spec(
         card_size=card_size,
         cmdline_card=cmdline_fat,
         console_ready=CONSOLE_READY[manifest.stage],
+        ports=tuple(manifest.ports) if spec.network else (),
     )
 
 
@@ -151,6 +152,7 @@ def check_image(
     card_size: int | None = None,
     keep_card: Path | None = None,
     card: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> CheckResult:
     """Boot the image (or the `card` it was flashed to: a block device or an image file) and
     run its guest checks; raises GuestCheckError when one fails."""
@@ -209,10 +211,14 @@ def check_image(
                 "TUOBA_MANIFEST": manifest.to_json(),
                 "TUOBA_GUEST_PORT": str(guest.ssh_port),
                 "TUOBA_PROBE": f"{guest.probe_port}:{qemu.PROBE_GUEST_PORT}",
+                # the recipes' ports: guest:host,… (guestchecks.forwarded)
+                "TUOBA_FORWARDS": ",".join(f"{g}:{h}" for g, h in guest.forwards.items()),
                 "TUOBA_SSH_KEY": str(ssh_key),
                 "TUOBA_CONSOLE_LOG": str(console_log),
                 "TUOBA_CARD_SIZE": str(card_size or ""),
                 "TUOBA_NOT_RUN": json.dumps(not_run),
+                # a check that runs tuoba itself (the ai recipe's run-remote) uses this cache
+                **({"TUOBA_CACHE_DIR": str(cache_dir)} if cache_dir else {}),
             }
             proc = run.run(cmd, env=env, check=False, cwd=data_dir)
             boot_seconds = guest.boot_seconds

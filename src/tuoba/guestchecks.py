@@ -65,6 +65,15 @@ def probe() -> Probe:
 
 
 @pytest.fixture(scope="session")
+def forwarded() -> dict[int, int]:
+    """The recipes' ports (the manifest's `ports`): guest port -> the loopback port of the host
+    that QEMU forwards to it."""
+    raw = os.environ.get("TUOBA_FORWARDS", "")
+    pairs = (item.split(":") for item in raw.split(",") if item)
+    return {int(guest): int(host) for guest, host in pairs}
+
+
+@pytest.fixture(scope="session")
 def console() -> str:
     """The serial console log of the boot (checks for boards without a network read it): of
     the last boot, when the guest rebooted on its way up (tuoba.qemu.REBOOT_MARK)."""

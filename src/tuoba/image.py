@@ -143,6 +143,7 @@ def _compose(plan: Plan, made: Made, audit: Audit, fstab_line: FstabLine, log: P
         recipes=[r.name for r in plan.recipes],
         tests=list(plan.tests),
         not_run=dict(plan.not_run),
+        ports=list(plan.ports),
         hostname=plan.board.hostname,
         inputs_digest=seed,
         kernel=kernel.public(),

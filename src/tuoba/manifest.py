@@ -43,6 +43,8 @@ class Manifest:
     not_run: dict[str, str] = dataclasses.field(default_factory=dict)
     # the recipes' Python venvs: path -> the Python and each wheel (name, version, file, sha256)
     python: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # TCP ports the recipes' services listen on: `tuoba boot` and `tuoba test` forward each
+    ports: list[int] = dataclasses.field(default_factory=list)
     audit: list[dict[str, Any]] | None = None  # stage 2: the ELF audit
     # the time every file in the image is dated (SOURCE_DATE_EPOCH; tuoba.plan)
     source_date_epoch: int | None = None
@@ -75,16 +77,14 @@ class Manifest:
                 hint=REBUILD,
             )
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(
-            n
-            for n in names - raw.keys()
-            if n not in ("audit", "schema", "bpf", "not_run", "source_date_epoch", "python")
-        )
+        missing = sorted(n for n in names - raw.keys() if n not in OPTIONAL)
         if missing:
             raise InputError(f"{where}: manifest lacks {', '.join(missing)}", hint=REBUILD)
         return cls(**{k: v for k, v in raw.items() if k in names})
 
 
+# fields an image built before they came has not written (their defaults stand in)
+OPTIONAL = ("audit", "schema", "bpf", "not_run", "source_date_epoch", "python", "ports")
 REBUILD = "images are used with the manifest their build wrote; rebuild the image"
 
 

@@ -104,6 +104,7 @@ class Plan:
     overlays: tuple[Overlay, ...]
     artifacts: tuple[Artifact, ...]  # pinned files of the recipes' sources.yaml, for this arch
     services: tuple[str, ...]
+    ports: tuple[int, ...]  # what the recipes' services listen on (recipe.PORTS)
     tests: tuple[str, ...]
     # The guest checks of recipes left out for a file that was not supplied: (check file,
     # why not run); `tuoba test` reports them as skipped with that reason, never as passed.
@@ -186,6 +187,7 @@ class Plan:
             "kernel_cmdline": self.board.kernel.cmdline,
             "supplied": {s.file: s.sha256 for s in self.supplied},
             # (absent when there are none: images of unchanged inputs keep their UUIDs)
+            **({"ports": self.ports} if self.ports else {}),
             **(
                 {"artifacts": [[a.install, a.mode, a.source.sha256] for a in self.artifacts]}
                 if self.artifacts
@@ -805,6 +807,7 @@ def resolve(req: Request) -> Plan:
         overlays=tuple(overlays),
         artifacts=artifacts,
         services=tuple(dict.fromkeys(s for _, sec in recipes for s in sec.services)),
+        ports=tuple(sorted({p for _, sec in recipes for p in sec.ports})),
         oci_images=oci_images,
         bpf_programs=programs,
         kernel_files=_check_kernel_files(board, recipes, docs, req.stage),

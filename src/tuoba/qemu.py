@@ -43,6 +43,7 @@ class BootSpec:
     # Without a network the checks read the serial console: it must show every one of these
     # (regular expressions) before they run; the image's stage says what marks a finished boot.
     console_ready: tuple[str, ...] = (r" login: ",)
+    ports: tuple[int, ...] = ()  # the guest's TCP ports its services listen on, to forward
 
 
 def emulated_cmdline(cmdline: str, q: QemuSpec) -> str:
@@ -87,14 +88,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """n different free loopback ports (the kernel may hand the same free port out twice)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 # A second forwarded port, to the guest's PROBE_GUEST_PORT: a check reaches a guest service
 # from the host through it (the firewall's checks: a port the rules drop must not answer).
 PROBE_GUEST_PORT = 7777
 
 
 def qemu_command(
-    spec: BootSpec, ssh_port: int | None, serial: str, writable: bool, probe_port: int | None = None
+    spec: BootSpec,
+    ssh_port: int | None,
+    serial: str,
+    writable: bool,
+    probe_port: int | None = None,
+    forwards: dict[int, int] | None = None,
 ) -> list[str]:
+    """`forwards`: guest port -> the loopback port of the host that reaches it."""
     q = spec.qemu
     snapshot = "off" if writable or spec.scratch_card else "on"
     fmt = "qcow2" if spec.image.suffix == ".qcow2" else "raw"
@@ -119,6 +136,8 @@ def qemu_command(
         fwd = "" if ssh_port is None else f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
         if probe_port is not None:
             fwd += f",hostfwd=tcp:127.0.0.1:{probe_port}-:{PROBE_GUEST_PORT}"
+        for guest_port, host_port in (forwards or {}).items():
+            fwd += f",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"
         if q.nic == "board":  # the machine's own first NIC (e.g. the Zynq's GEM0)
             cmd += ["-nic", f"user{fwd}"]
         else:
@@ -272,6 +291,7 @@ class Guest:
     console_log: Path
     process: subprocess.Popen[bytes]
     boot_seconds: float = 0.0
+    forwards: dict[int, int] = dataclasses.field(default_factory=dict)  # guest port -> host's
 
 
 @contextlib.contextmanager
@@ -306,9 +326,8 @@ REBOOT_MARK = "tuoba: the guest rebooted"  # written to the console log between 
 
 
 def _run_until_up(spec: BootSpec, console_log: Path, timeout: float) -> Iterator[Guest]:
-    port, probe = free_port(), free_port()
-    while probe == port:  # (the kernel may hand the same free port out twice)
-        probe = free_port()
+    port, probe, *others = free_ports(2 + len(spec.ports))
+    forwards = dict(zip(spec.ports, others, strict=True))
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.write_text("")
     previous = signal.getsignal(signal.SIGTERM)
@@ -333,11 +352,14 @@ def _run_until_up(spec: BootSpec, console_log: Path, timeout: float) -> Iterator
                     ui.info(f"emulation: the guest rebooted; booting it again (boot {boot}), "
                             f"the command line read from the card's {file}")  # fmt: skip
                 proc = run.spawn(qemu_command(spec, port, str(console_log), writable=False,
-                                              probe_port=probe))  # fmt: skip
+                                              probe_port=probe, forwards=forwards))  # fmt: skip
                 what, ready = _readiness(spec, port, console_log, offset)
                 if _wait_up(spec, proc, ready, what, console_log, offset, start, timeout):
-                    guest = Guest(port, probe, console_log, proc, time.monotonic() - start)
+                    guest = Guest(port, probe, console_log, proc, time.monotonic() - start,
+                                  forwards)  # fmt: skip
                     ui.info(f"  guest up ({what}) after {guest.boot_seconds:.1f} s")
+                    for guest_port, host_port in forwards.items():
+                        ui.info(f"  the guest's port {guest_port}: 127.0.0.1:{host_port}")
                     yield guest
                     return
             raise GuestCheckError(
@@ -434,11 +456,15 @@ def _console_tail(log: Path, lines: int = 20) -> str:
 def interactive(spec: BootSpec, writable: bool) -> int:
     """Boot with the serial console on this terminal (Ctrl-A X quits QEMU)."""
     with emulated(spec, writable) as run_spec:
-        port = free_port()
+        port, *others = free_ports(1 + len(spec.ports))
+        forwards = dict(zip(spec.ports, others, strict=True))
         if spec.qemu.network:
             ui.info(f"ssh: forwarded on 127.0.0.1:{port}")
+            for guest_port, host_port in forwards.items():
+                ui.info(f"the guest's port {guest_port}: forwarded on 127.0.0.1:{host_port}")
         ui.info("quit QEMU with Ctrl-A X")
-        proc = run.spawn(qemu_command(run_spec, port, "stdio", writable), stdin=None)
+        proc = run.spawn(qemu_command(run_spec, port, "stdio", writable, forwards=forwards),
+                         stdin=None)  # fmt: skip
         try:
             return proc.wait()
         finally:

@@ -29,6 +29,7 @@ from tuoba.config import (
     Field,
     PathPart,
     boolean,
+    integer,
     list_of,
     load_yaml,
     mapping_of,
@@ -53,6 +54,7 @@ class Section:
     builds: tuple[str, ...] = ()  # userland/ packages built by LLVM against musl (stage 2)
     overlays: tuple[str, ...] = ()
     services: tuple[str, ...] = ()  # systemd units (stage 1)
+    ports: tuple[int, ...] = ()  # TCP ports its services listen on (stage 1; see PORTS)
     tests: tuple[str, ...] = ()
     oci_images: tuple[OciImage, ...] = ()  # container images made of its packages (stage 1)
     bpf: tuple[str, ...] = ()  # eBPF programs under bpf/
@@ -212,6 +214,21 @@ def _suites(
 # A recipe's own files: overlay/ for stage 1 (the default stage), overlay-s<N>/ for stage N.
 OWN_OVERLAY_SUFFIX = {1: ""}
 
+
+def _port(doc: Doc, path: tuple[PathPart, ...], value: Any) -> int:
+    port = integer(doc, path, value)
+    if not 0 < port < 65536 or port == 22:
+        raise doc.error(path, f"{port} is not a TCP port a recipe's service can claim "
+                        "(1-65535, and not 22: ssh is forwarded already)")  # fmt: skip
+    return port
+
+
+# The ports a recipe's services listen on: `tuoba boot` and `tuoba test` forward each to a port
+# of the host's loopback (the manifest lists them). Listing one does not open it in the image's
+# firewall: a recipe whose service is for other machines adds its rule in its overlay
+# (etc/nftables.d/<recipe>.nft), and says so.
+PORTS = Field("ports", list_of(_port), (), help="TCP ports its services listen on (forwarded "
+              "by `tuoba boot` and `tuoba test`)")  # fmt: skip
 OVERLAYS = Field("overlays", name_list, (), help="shared overlay trees under overlays/")
 TESTS = Field("tests", name_list, (), help="guest checks: NAME is checks/test_NAME.py beside it")
 # The fields each stage's section takes.
@@ -220,6 +237,7 @@ SECTION_FIELDS: dict[int, list[Field]] = {
         Field("packages", name_list, (), help="Debian packages"),
         OVERLAYS,
         Field("services", name_list, (), help="systemd units to enable"),
+        PORTS,
         TESTS,
         Field("oci_images", list_of(_oci_image), (), help="container images made of packages"),
         Field("bpf", name_list, (), help="eBPF programs under bpf/ built for the image"),

@@ -121,7 +121,7 @@ def _make(venv: Venv, wheels: dict[str, Path], tree: Path, log: Path) -> None:
         destdir=str(tree),
     )
     for w in venv.wheels:
-        _install_wheel(w, wheels[w.file], destination)
+        install_wheel(w, wheels[w.file], destination)
     host = f"{sys.version_info.major}.{sys.version_info.minor}"
     if host != venv.python:
         ui.warn(
@@ -139,7 +139,7 @@ def _make(venv: Venv, wheels: dict[str, Path], tree: Path, log: Path) -> None:
     )  # fmt: skip
 
 
-def _install_wheel(wheel: Wheel, path: Path, destination: SchemeDictionaryDestination) -> None:
+def install_wheel(wheel: Wheel, path: Path, destination: SchemeDictionaryDestination) -> None:
     try:
         with WheelFile.open(path) as source:
             install(source, destination, additional_metadata={"INSTALLER": b"tuoba\n"})

@@ -159,7 +159,18 @@ def load_venv(directory: Path, display: str) -> Venv:
     """A recipe's wheels.yaml."""
     doc = load_yaml(directory / "wheels.yaml", display=f"{display}/wheels.yaml")
     v = parse_mapping(doc, (), doc.data, WHEELS_FIELDS)
-    wheels: tuple[Wheel, ...] = tuple(v["wheels"])
+    return Venv(v["venv"], v["python"], _each_once(doc, v["wheels"]), where=doc.where(()))
+
+
+def load_host_wheels(path: Path, display: str) -> Venv:
+    """Wheels for the build host's own Python (a recipe's host/wheels.yaml): the fields of a
+    venv's but its place, which the cache gives."""
+    doc = load_yaml(path, display=display)
+    v = parse_mapping(doc, (), doc.data, WHEELS_FIELDS[1:])
+    return Venv("", v["python"], _each_once(doc, v["wheels"]), where=doc.where(()))
+
+
+def _each_once(doc: Doc, wheels: tuple[Wheel, ...]) -> tuple[Wheel, ...]:
     seen: dict[str, Wheel] = {}
     for i, w in enumerate(wheels):
         other = seen.get(f"{w.name} {'.'.join(w.arches)}")
@@ -170,7 +181,7 @@ def load_venv(directory: Path, display: str) -> Venv:
                 hint="pin one version of each distribution per architecture",
             )
         seen[f"{w.name} {'.'.join(w.arches)}"] = w
-    return Venv(v["venv"], v["python"], wheels, where=doc.where(()))
+    return wheels
 
 
 def fetch(wheel: Wheel, python: str, store: Store, *, offline: bool = False) -> Path:

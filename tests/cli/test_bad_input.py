@@ -394,3 +394,53 @@ def test_source_date_epoch_that_is_not_a_time(
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     said = refused(project)
     assert "error: SOURCE_DATE_EPOCH='yesterday' in the environment is not a number" in said
+
+
+@pytest.mark.parametrize(
+    ("ports", "said"),
+    [
+        ("[22]", "stage1 -> ports[0]: 22 is not a TCP port a recipe's service can claim"),
+        ("[70000]", "stage1 -> ports[0]: 70000 is not a TCP port"),
+        ("[http]", "stage1 -> ports[0]: expected a whole number"),
+    ],
+    ids=["ssh", "too-large", "a-name"],
+)  # fmt: skip
+def test_recipe_ports_refused(project: Path, ports: str, said: str) -> None:
+    (project / "recipes" / "served").mkdir()
+    (project / "recipes" / "served" / "recipe.yaml").write_text(
+        f"description: a service (test)\nstage1:\n  ports: {ports}\n"
+    )
+    got = refused(project, "--recipe", "served")
+    assert "error: recipes/served/recipe.yaml:3 -> " + said in got, got
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("no-such.onnx", "--rpc", "127.0.0.1:9"), "error: no model at "),
+        (("m.onnx", "--rpc", "h:http"), "error: --rpc h:http: expected HOST[:PORT]"),
+        (("m.onnx", "--input", "x.npy"), "error: --input x.npy: expected NAME=FILE.npy"),
+        (("m.onnx",), "error: no image at "),
+    ],
+    ids=["no-model", "port-not-a-number", "input-without-a-name", "no-image"],
+)  # fmt: skip
+def test_ai_run_remote_refused_before_any_work(
+    project: Path, args: tuple[str, ...], said: str
+) -> None:
+    """Mistakes `tuoba ai run-remote` sees before fetching TVM or booting anything."""
+    (project / "m.onnx").write_bytes(b"not looked at")
+    code, out = invoke(project, "ai", "run-remote", *args)
+    assert code == 2 and "\nhint: " in out and "Traceback" not in out, out
+    assert " ".join(out.split()).startswith(said), out
+
+
+def test_ai_run_remote_on_an_image_without_the_ai_recipe(project: Path) -> None:
+    """An image built without `ai` runs no TVM RPC server: said before it is booted."""
+    from tests.cli.test_release import NAME, fake_build
+
+    fake_build(project / "out")  # (recipes: base)
+    image = project / "out" / f"{NAME}.img"
+    (project / "m.onnx").write_bytes(b"not looked at")
+    code, out = invoke(project, "ai", "run-remote", "m.onnx", "--image", str(image))
+    assert code == 2, out
+    assert f"error: {image.name} was built without the ai recipe" in " ".join(out.split()), out

@@ -11,7 +11,14 @@ import pytest
 
 from tuoba.board import QemuSpec
 from tuoba.errors import GuestCheckError
-from tuoba.qemu import PROBE_GUEST_PORT, BootSpec, card_cmdline, emulated_cmdline, qemu_command
+from tuoba.qemu import (
+    PROBE_GUEST_PORT,
+    BootSpec,
+    card_cmdline,
+    emulated_cmdline,
+    free_ports,
+    qemu_command,
+)
 
 
 def spec(nic: str = "virtio", network: bool = True) -> BootSpec:
@@ -85,3 +92,15 @@ def test_a_card_without_its_cmdline_file_is_refused_naming_it(tmp_path: Path) ->
     with pytest.raises(GuestCheckError) as e:
         card_cmdline(boot, tmp_path)
     assert "its first FAT partition has no cmdline.txt" in e.value.message
+
+
+def test_a_recipes_ports_are_forwarded_on_loopback() -> None:
+    """The manifest's ports (recipe.PORTS): each guest port reached from its own host port."""
+    forwards = {9090: 4444, 8080: 5555}
+    cmd = " ".join(qemu_command(spec(), 2222, "stdio", writable=False, forwards=forwards))
+    assert "hostfwd=tcp:127.0.0.1:4444-:9090" in cmd and "hostfwd=tcp:127.0.0.1:5555-:8080" in cmd
+
+
+def test_free_ports_are_different() -> None:
+    ports = free_ports(5)
+    assert len(set(ports)) == 5

@@ -19,7 +19,7 @@ from tests.conftest import FileServer, serve_files
 from tuoba import venv as venvs
 from tuoba.cache import Store
 from tuoba.errors import BuildError, InputError
-from tuoba.wheels import Venv, Wheel, fetch, load_venv
+from tuoba.wheels import Venv, Wheel, fetch, load_host_wheels, load_venv
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -183,3 +183,15 @@ def test_a_venv_for_another_python_than_the_image_has_is_refused(tmp_path: Path)
     with pytest.raises(InputError, match=r"wheels.yaml:1: the venv is for Python 3.99, and the "
                        r"image has no /usr/bin/python3.99"):  # fmt: skip
         venvs.build_venv(venv, {}, tmp_path / "root", Store(tmp_path / "c"), tmp_path / "log")
+
+
+def test_the_ai_recipes_host_wheels_are_for_this_python_and_pin_each_once() -> None:
+    """recipes/ai/host/wheels.yaml (what `tuoba ai run-remote` runs on the build host): read
+    like a venv's, without a place; the same TVM as the image's."""
+    root = Path(__file__).resolve().parents[2]
+    host = load_host_wheels(root / "recipes/ai/host/wheels.yaml", "recipes/ai/host/wheels.yaml")
+    image = load_venv(root / "recipes/ai", "recipes/ai")
+    assert host.python == image.python and host.arches == ("amd64",)
+    versions = {w.name: w.version for w in host.wheels}
+    assert versions["apache-tvm"] == {w.name: w.version for w in image.wheels}["apache-tvm"]
+    assert {"onnx", "numpy", "apache-tvm-ffi"} <= set(versions)

@@ -11,7 +11,9 @@ reference's answer within its tolerance, and the same class for each image:
 - PyTorch computes the same layers with the same weights;
 - TVM imports the ONNX file (Relax's ONNX frontend), compiles it for this CPU with its LLVM
   (`mtriple` aarch64-linux-gnu, `mcpu` cortex-a72) and runs it on its Relax VM;
-- ARM NN (Debian's pyarmnn 20.08, system Python) is loaded with its CpuRef and CpuAcc backends.
+- ARM NN (Debian's pyarmnn 20.08, system Python) is loaded with its CpuRef and CpuAcc backends;
+- TVM the way its users drive a board: the host compiles the ONNX file for this board and runs
+  it here over RPC (`tuoba ai run-remote` to the tvm-rpc service's forwarded port).
 
 Each prints its inference time; under TCG only their ratios mean anything. Everything runs
 under the venv's Python except ARM NN. Limits are generous: importing TVM and PyTorch under TCG
@@ -22,7 +24,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -243,3 +248,42 @@ def test_armnn_loads_with_its_cpu_backends(host: Any) -> None:
     out = ok(host, f"python3 -c {shlex.quote(ARMNN)}")
     result = json.loads(out.strip().splitlines()[-1])
     assert {"CpuRef", "CpuAcc"} <= set(result["backends"]), result
+
+
+SAVE_FOR_HOST = r"""
+import cnn, json, numpy as np
+w = cnn.weights()
+np.save("/tmp/tuoba-ai/x.npy", w["x"])
+print(json.dumps(cnn.reference(w).tolist()))
+"""
+RPC_PORT = 9090  # the recipe's ports: tvm-rpc's
+
+
+def test_tvm_compiled_on_the_host_runs_here_over_rpc(
+    host: Any, model: str, forwarded: dict[int, int], tmp_path: Path
+) -> None:
+    """TVM's edge workflow: the host (its TVM, its clang and lld) compiles the guest's ONNX file
+    for this board (aarch64, cortex-a72), uploads it to the tvm-rpc service through the port
+    `tuoba test` forwards, runs and times it here. The tool checks the outputs against ONNX's
+    numpy reference on the host; this check against the guest's float64 reference too."""
+    assert host.service("tvm-rpc").is_running
+    out = ok(host, f"cd {WORK} && {VENV}/bin/python -c {shlex.quote(SAVE_FOR_HOST)}")
+    reference = json.loads(out.strip().splitlines()[-1])
+    for name in ("cnn.onnx", "x.npy"):
+        (tmp_path / name).write_bytes(host.file(f"{WORK}/{name}").content)
+    cmd = [sys.executable, "-m", "tuoba", "ai", "run-remote", str(tmp_path / "cnn.onnx"),
+           "--rpc", f"127.0.0.1:{forwarded[RPC_PORT]}", "--input", f"x={tmp_path / 'x.npy'}",
+           "--runs", "5", "--wait", "300", "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    said = f"exit {proc.returncode}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, said
+    report = json.loads(proc.stdout)
+    print(json.dumps({k: v for k, v in report.items() if k != "outputs"}))  # (the latency)
+    assert report["target"]["mtriple"] == "aarch64-linux-gnu" and report["library_bytes"] > 0
+    y = report["outputs"]["y"]
+    assert y["agrees"] and y["shape"] == [2, 10], y
+    err = max(abs(a - b) for got, ref in zip(y["values"], reference, strict=True)
+              for a, b in zip(got, ref, strict=True))  # fmt: skip
+    assert err <= TOLERANCE["tvm"], (err, y["values"], reference)
+    classes = [max(range(10), key=row.__getitem__) for row in (*y["values"], *reference)]
+    assert classes[:2] == classes[2:], classes

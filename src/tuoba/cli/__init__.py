@@ -175,6 +175,7 @@ cli.params[:0] = [o.for_group() for o in GLOBAL_OPTIONS]
 
 def _register() -> None:
     from tuoba.cli import (
+        ai,
         boards,
         boot,
         build,
@@ -190,8 +191,8 @@ def _register() -> None:
     )
 
     for module in (
-        build, test, boot, flash, release, download, export, boards, recipes, kernel, cache,
-        doctor,
+        build, test, boot, flash, release, download, export, ai, boards, recipes, kernel,
+        cache, doctor,
     ):  # fmt: skip
         with_global_options(module.command)
         cli.add_command(module.command)

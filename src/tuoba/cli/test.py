@@ -106,5 +106,6 @@ def command(
         card_size=card_bytes,
         keep_card=keep_card.resolve() if keep_card else None,
         card=card.resolve() if card else None,
+        cache_dir=app.cache_dir,
     )
     ui.info(f"[green]all guest checks passed[/green] (guest up after {result.boot_seconds:.1f} s)")
