@@ -106,6 +106,8 @@ class KernelRecord(Record):
     board_dtbs: list[str] = dataclasses.field(default_factory=list)  # beside the image in out/
     build_seconds: float | None = None
     source_tarball: str | None = None
+    # kernel/patches applied to the source: name, sha256, the files each changes
+    patches: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     requested: dict[str, str] | None = None  # option -> value, every fragment's
     dir: str | None = None  # the cache entry
     modules: str | None = None  # lib/modules/<version> in it

@@ -214,6 +214,9 @@ def kernel_tuoba(plan: Plan) -> None:
             # (entries cached before the linker was read from the config said "0")
             linker=kbuild.linker(parse_config((built / "config").read_text())),
             source_tarball=ks.source.name,
+            patches=[
+                {"name": p.name, "sha256": p.sha256, "files": list(p.files)} for p in ks.patches
+            ],
             requested={o.name: o.value for f in plan.fragments for o in f.options},
             features={f.name: [o.name for o in f.options] for f in plan.features},
             kernel=out_kernel.name,

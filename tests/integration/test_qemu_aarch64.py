@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project, flashed_release, needs_root, snoop_checks
+from tests.conftest import ROOT, copy_project, flashed_release, needs_root, snoop_checks
 
 pytestmark = pytest.mark.integration
 
@@ -192,6 +192,11 @@ def test_manifest_records_what_went_in(built: Project) -> None:
     assert "linux_6.1.170.orig.tar.xz" in m["sources"]  # type: ignore[operator]
     assert len(str(m["inputs_digest"])) == 64
     assert "mkosi_25.3-7_all.deb" in m["sources"]  # type: ignore[operator]
+    # the kernel patches it carries, by name and hash (kernel/patches)
+    patches = [(p["name"], p["sha256"]) for p in kernel["patches"]]  # type: ignore[index]
+    assert patches == [(p.name, hashlib.sha256(p.read_bytes()).hexdigest())
+                       for p in sorted((ROOT / "kernel" / "patches").glob("*.patch"))]  # fmt: skip
+    assert patches and patches[0][0] == "0001-iov_iter-copyout-visible-to-bpf.patch"
 
 
 def test_manifest_holds_no_host_paths(built: Project) -> None:

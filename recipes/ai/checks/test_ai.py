@@ -183,7 +183,72 @@ backends = sorted(str(b) for b in rt.GetDeviceSpec().GetSupportedBackends())
 print(json.dumps({"version": ann.ARMNN_VERSION, "backends": backends}))
 """
 
-TOLERANCE = {"onnxruntime": 1e-5, "pytorch": 1e-5, "tvm": 1e-4}
+# ARM NN (Debian's 20.08: no ONNX parser, only TFLite's) computes the CNN from the same weights
+# through its network API, the layers the ONNX file has, NCHW; on each CPU backend. The system
+# Python runs it (pyarmnn is built for Debian's numpy 1.24): the weights come from the venv's
+# file, so the reference is computed from the same numbers.
+ARMNN_CNN = r"""
+import time; t0 = time.perf_counter()
+import numpy as np, cnn
+import pyarmnn as ann
+import_s = time.perf_counter() - t0
+saved = dict(np.load("/tmp/tuoba-ai/weights.npz"))
+cnn.weights = lambda: saved
+F32 = ann.DataType_Float32
+def info(shape):
+    return ann.TensorInfo(ann.TensorShape(tuple(shape)), F32)
+def const(a):
+    return ann.ConstTensor(info(a.shape), np.ascontiguousarray(a, dtype=np.float32))
+net = ann.INetwork()
+conv_d = ann.Convolution2dDescriptor()
+conv_d.m_PadLeft = conv_d.m_PadRight = conv_d.m_PadTop = conv_d.m_PadBottom = 1
+conv_d.m_StrideX = conv_d.m_StrideY = 1
+conv_d.m_BiasEnabled = True
+conv_d.m_DataLayout = ann.DataLayout_NCHW
+relu_d = ann.ActivationDescriptor()
+relu_d.m_Function = ann.ActivationFunction_ReLu
+pool_d = ann.Pooling2dDescriptor()
+pool_d.m_PoolType = ann.PoolingAlgorithm_Max
+pool_d.m_PoolWidth = pool_d.m_PoolHeight = pool_d.m_StrideX = pool_d.m_StrideY = 2
+pool_d.m_DataLayout = ann.DataLayout_NCHW
+flat_d = ann.ReshapeDescriptor()
+flat_d.m_TargetShape = ann.TensorShape((2, 144))
+fc_d = ann.FullyConnectedDescriptor()
+fc_d.m_BiasEnabled = True
+fc_d.m_TransposeWeightMatrix = True  # weights [out, in], as Gemm's transB
+soft_d = ann.SoftmaxDescriptor()
+soft_d.m_Beta = 1.0
+layers = [
+    (net.AddInputLayer(0, "x"), (2, 1, 12, 12)),
+    (net.AddConvolution2dLayer(conv_d, const(saved["conv_w"]), const(saved["conv_b"]), "conv"),
+     (2, 4, 12, 12)),
+    (net.AddActivationLayer(relu_d, "relu"), (2, 4, 12, 12)),
+    (net.AddPooling2dLayer(pool_d, "pool"), (2, 4, 6, 6)),
+    (net.AddReshapeLayer(flat_d, "flatten"), (2, 144)),
+    (net.AddFullyConnectedLayer(fc_d, const(saved["fc_w"]), const(saved["fc_b"]), "dense"),
+     (2, 10)),
+    (net.AddSoftmaxLayer(soft_d, "softmax"), (2, 10)),
+]
+out = net.AddOutputLayer(0, "y")
+for (layer, shape), following in zip(layers, [l for l, _ in layers[1:]] + [out]):
+    layer.GetOutputSlot(0).SetTensorInfo(info(shape))
+    layer.GetOutputSlot(0).Connect(following.GetInputSlot(0))
+rt = ann.IRuntime(ann.CreationOptions())
+for backend in ("CpuRef", "CpuAcc"):
+    opt, _ = ann.Optimize(net, [ann.BackendId(backend)], rt.GetDeviceSpec(),
+                          ann.OptimizerOptions())
+    net_id, _ = rt.LoadNetwork(opt)
+    inputs = ann.make_input_tensors([(0, rt.GetInputTensorInfo(net_id, 0))], [saved["x"]])
+    outputs = ann.make_output_tensors([(0, rt.GetOutputTensorInfo(net_id, 0))])
+    def run():
+        rt.EnqueueWorkload(net_id, inputs, outputs)
+        return ann.workload_tensors_to_ndarray(outputs)[0]
+    y, times = cnn.timed(run)
+    cnn.report(f"armnn-{backend}", y, times, import_s=import_s, version=ann.ARMNN_VERSION)
+"""
+
+TOLERANCE = {"onnxruntime": 1e-5, "pytorch": 1e-5, "tvm": 1e-4, "armnn-CpuRef": 1e-5,
+             "armnn-CpuAcc": 1e-4}  # fmt: skip
 
 
 def ok(host: Any, command: str, limit: int = 900) -> str:
@@ -202,8 +267,11 @@ def model(host: Any) -> Iterator[str]:
     """The CNN's module and ONNX file in the guest, made by the venv's onnx and numpy."""
     host.run(f"rm -rf {WORK} && mkdir -p {WORK}")
     put(host, f"{WORK}/cnn.py", CNN)
-    ok(host, f"cd {WORK} && {VENV}/bin/python -c 'import cnn; cnn.save_onnx(cnn.weights(), "
-       f'"{WORK}/cnn.onnx")\'')  # fmt: skip
+    save = (
+        f"import cnn, numpy as np; w = cnn.weights(); cnn.save_onnx(w, '{WORK}/cnn.onnx'); "
+        f"np.savez('{WORK}/weights.npz', **w)"
+    )  # (for ARM NN's Python: another numpy)
+    ok(host, f"cd {WORK} && {VENV}/bin/python -c {shlex.quote(save)}")
     yield WORK
     host.run(f"rm -rf {WORK}")
 
@@ -248,6 +316,19 @@ def test_armnn_loads_with_its_cpu_backends(host: Any) -> None:
     out = ok(host, f"python3 -c {shlex.quote(ARMNN)}")
     result = json.loads(out.strip().splitlines()[-1])
     assert {"CpuRef", "CpuAcc"} <= set(result["backends"]), result
+
+
+def test_armnn_computes_the_cnn_on_both_cpu_backends(host: Any, model: str) -> None:
+    """ARM NN gives the reference's answer on its reference backend (CpuRef) and its NEON one
+    (CpuAcc, the Compute Library), the network built with its API from the same weights."""
+    put(host, f"{WORK}/run_armnn.py", ARMNN_CNN)
+    out = ok(host, f"cd {WORK} && python3 run_armnn.py")
+    results = [json.loads(ln) for ln in out.strip().splitlines() if ln.startswith("{")]
+    print(json.dumps(results))  # (the latency)
+    assert [r["framework"] for r in results] == ["armnn-CpuRef", "armnn-CpuAcc"], results
+    for r in results:
+        assert r["shape"] == [2, 10] and r["same_class"], r
+        assert r["max_abs_err"] <= TOLERANCE[r["framework"]], r
 
 
 SAVE_FOR_HOST = r"""
