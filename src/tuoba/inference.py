@@ -128,19 +128,19 @@ def run_on(rpc: str, job: Run, data_dir: Path, store: Store, offline: bool = Fal
     ]  # fmt: skip
     with ui.step(f"TVM: {job.model.name} for {job.mtriple} ({job.mcpu}), run on {rpc}"):
         proc = run.run(cmd, capture=True, capture_stderr=True, check=False, timeout=job.timeout)
-    lines = [ln for ln in (proc.stdout or "").splitlines() if ln.startswith("{")]
-    report: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    if proc.returncode == 0 and "error" not in report:
-        return report
-    if "error" in report:
-        error = ERRORS.get(proc.returncode, BuildError)
-        raise error(report["error"], hint=report.get("hint"))
-    said = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
-    raise BuildError(
-        f"the TVM driver ({DRIVER}) failed with exit code {proc.returncode}: "
-        + (said[-1].strip() if said else "no message"),
-        hint="run with --debug to see its whole output" if said else None,
-    )
+        lines = [ln for ln in (proc.stdout or "").splitlines() if ln.startswith("{")]
+        report: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+        if proc.returncode == 0 and "error" not in report:
+            return report
+        if "error" in report:
+            error = ERRORS.get(proc.returncode, BuildError)
+            raise error(report["error"], hint=report.get("hint"))
+        said = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        raise BuildError(
+            f"the TVM driver ({DRIVER}) failed with exit code {proc.returncode}: "
+            + (said[-1].strip() if said else "no message"),
+            hint="run with --debug to see its whole output" if said else None,
+        )
 
 
 def run_booted(image: Path, job: Run, data_dir: Path, store: Store, timeout: float,
