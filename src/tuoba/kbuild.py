@@ -374,6 +374,18 @@ def make(
     run.run(cmd, env=env, log=log, heartbeat=heartbeat)
 
 
+def kernel_inputs(
+    source_id: str, arch: str, config: str, dtbs: tuple[str, ...], board_dts: tuple[Path, ...]
+) -> dict[str, Any]:
+    """What a kernel is built from, but the compiler: with clang's version, its cache key.
+    Boards whose plans give the same inputs share one kernel (`tuoba matrix` builds it once)."""
+    inputs: dict[str, Any] = {"src": source_id, "arch": arch, "config": config, "dtbs": dtbs,
+                              "entry": ENTRY_LAYOUT}  # fmt: skip
+    if board_dts:  # (absent from the key when there are none: earlier builds stay valid)
+        inputs["board_dts"] = {p.name: sources.sha256_file(p) for p in board_dts}
+    return inputs
+
+
 def build_kernel(
     *,
     unpack: Callable[[], Path],
@@ -395,10 +407,7 @@ def build_kernel(
         run.require(tool)
     _, clang = clang_version()
     text, requested = merged_fragment(fragments)
-    inputs: dict[str, Any] = {"src": source_id, "arch": arch, "config": text, "clang": clang,
-                              "dtbs": dtbs, "entry": ENTRY_LAYOUT}  # fmt: skip
-    if board_dts:  # (absent from the key when there are none: earlier builds stay valid)
-        inputs["board_dts"] = {p.name: sources.sha256_file(p) for p in board_dts}
+    inputs = {**kernel_inputs(source_id, arch, text, dtbs, board_dts), "clang": clang}
     key = digest(inputs)
     with store.making("kernel", key) as entry:
         if entry is not None:

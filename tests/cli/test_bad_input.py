@@ -444,3 +444,24 @@ def test_ai_run_remote_on_an_image_without_the_ai_recipe(project: Path) -> None:
     code, out = invoke(project, "ai", "run-remote", "m.onnx", "--image", str(image))
     assert code == 2, out
     assert f"error: {image.name} was built without the ai recipe" in " ".join(out.split()), out
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--stages", "1,3"), "error: --stages 1,3: 3 is not a stage"),
+        (("--stages", "1,"), "error: --stages 1,: an empty item is not a stage"),
+        (("--boards", "rpi4,rpi5"), "error: --boards: no board 'rpi5'"),
+        (("--address", "127.0.0.1:6379"), "error: --address is the Ray cluster's: it needs "
+                                           "--executor ray"),
+        (("--boards", "pynq-z2", "--stages", "2"), "error: no image of the matrix can be built "
+                                                    "here: pynq-z2-s2: stage 2 is not available "
+                                                    "for armhf boards yet"),
+    ],
+    ids=["stage-3", "empty-stage", "unknown-board", "address-without-ray", "nothing-buildable"],
+)  # fmt: skip
+def test_matrix_refused_before_any_build(project: Path, args: tuple[str, ...], said: str) -> None:
+    code, out = invoke(project, "matrix", *args)
+    assert code == 2 and "\nhint: " in out and "Traceback" not in out, out
+    assert " ".join(out.split()).startswith(said), out
+    assert not (project / "out").exists(), "a refused matrix wrote into out/"

@@ -26,27 +26,20 @@ def invoke(project: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        "build",
-        "test",
-        "boot",
-        "boards",
-        "recipes",
-        "doctor",
-        "kernel",
-        "cache",
-        "release",
-        "download",
-        "export",
-        "flash",
-    ],
-)
+@pytest.mark.parametrize("command", sorted(cli.commands))
 def test_every_command_has_help(project: Path, command: str) -> None:
     code, out = invoke(project, command, "--help")
     assert code == 0
     assert "Usage: " in out
+
+
+def test_matrix_check_plans_without_building(project: Path) -> None:
+    code, out = invoke(project, "matrix", "--boards", "qemu-aarch64,rpi4,pynq-z2", "--check")
+    assert code == 0, out
+    flat = " ".join(out.split())
+    assert "pynq-z2-s1 is not built here: board 'pynq-z2' needs a file tuoba cannot fetch" in flat
+    assert "tuoba-rpi4-s2-0.1.0" in flat and "stage-2 userland arm64" in flat
+    assert not (project / "out").exists(), "--check wrote into out/"
 
 
 def test_boards_lists_one_line_each(project: Path) -> None:

@@ -185,14 +185,15 @@ def _register() -> None:
         export,
         flash,
         kernel,
+        matrix,
         recipes,
         release,
         test,
     )
 
     for module in (
-        build, test, boot, flash, release, download, export, ai, boards, recipes, kernel,
-        cache, doctor,
+        build, test, boot, flash, release, download, export, ai, matrix, boards, recipes,
+        kernel, cache, doctor,
     ):  # fmt: skip
         with_global_options(module.command)
         cli.add_command(module.command)

@@ -7,7 +7,7 @@ import click
 from tuoba import reproducible, ui
 from tuoba.build import build
 from tuoba.cli import App
-from tuoba.cli.options import board_option, stage_option
+from tuoba.cli.options import board_option, parse_supplies, stage_option
 from tuoba.errors import InputError
 from tuoba.host import e2fsprogs_check, require_reproducible_ext4
 from tuoba.plan import DEFAULT_RECIPES, Request, resolve
@@ -103,12 +103,7 @@ def command(
             hint="add --check-reproducible, or drop --reuse",
         )
     check_reuse(reuse)
-    pairs = []
-    for item in supplies:
-        file, sep, path = item.partition("=")
-        if not sep or not file or not path:
-            raise click.BadParameter(f"expected FILE=PATH, got {item!r}", param_hint="--supply")
-        pairs.append((file, path))
+    pairs = parse_supplies(supplies)
     request = Request(
         board=board,
         recipes=(*DEFAULT_RECIPES, *recipes),
@@ -120,7 +115,7 @@ def command(
         ssh_key=str(ssh_key.resolve()) if ssh_key else None,
         offline=offline,
         mirror=mirror,
-        supplies=tuple(pairs),
+        supplies=pairs,
     )
     plan = resolve(request)
     for name, origin, why in plan.left_out:

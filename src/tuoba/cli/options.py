@@ -45,3 +45,15 @@ def image_option(f: F) -> F:
 
 def default_image(out_dir: Path, board: str, stage: int) -> Path:
     return out_dir / f"{image_name(board, stage)}.img"
+
+
+def parse_supplies(items: tuple[str, ...], resolve: bool = False) -> tuple[tuple[str, str], ...]:
+    """--supply FILE=PATH values as (file, path) pairs; `resolve`: the path made absolute (for
+    a build that runs in another directory or on another machine)."""
+    pairs = []
+    for item in items:
+        file, sep, path = item.partition("=")
+        if not sep or not file or not path:
+            raise click.BadParameter(f"expected FILE=PATH, got {item!r}", param_hint="--supply")
+        pairs.append((file, str(Path(path).expanduser().resolve()) if resolve else path))
+    return tuple(pairs)

@@ -1,0 +1,218 @@
+"""Where the matrix's images are made: here, one after the other (local), or on the workers
+of a Ray cluster (ray). Either way a cell is the same two commands, `tuoba build` and, with
+--test, `tuoba test`, run as processes with their output in OUT/matrix/CELL.PHASE.log; cells
+exchange what they share through the cache (the remote cache, between machines)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tuoba import ui
+from tuoba.errors import InputError
+from tuoba.matrix import Cell, Job, Outcome, Planned, not_built
+from tuoba.remote import safe_url
+
+PR_SET_PDEATHSIG = 1
+ATTEMPT = "=== tuoba matrix: attempt on "  # the line each attempt starts its log with
+
+
+def phase_command(cell: Cell, phase: str, job: Job) -> list[str]:
+    """The tuoba command of one phase of a cell, run by this machine's (or worker's) Python."""
+    cmd = [sys.executable, "-m", "tuoba", "--data-dir", job.data_dir, "--out",
+           str(job.cell_out(cell))]  # fmt: skip
+    if job.cache_dir:
+        cmd += ["--cache-dir", job.cache_dir]
+    if job.cache_url:
+        cmd += ["--cache-url", job.cache_url]
+    cmd += [phase, "--board", cell.board, "--stage", str(cell.stage)]
+    if phase == "build":
+        cmd += [a for r in job.recipes for a in ("-r", r)]
+        cmd += [a for f, p in job.supplies for a in ("--supply", f"{f}={p}")]
+        if job.offline:
+            cmd.append("--offline")
+    else:
+        cmd += ["--junit", str(job.log_dir / f"{cell.name}.test.xml")]
+    return cmd
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started it dies (a Ray worker killed
+    mid-build); tuoba ends its own children on SIGTERM and leaves no entry half-made."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def last_line(log: Path) -> str:
+    """The last line a log said (what a failure reports; what progress shows)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    said = [ln for ln in lines if ln and not ln.startswith(ATTEMPT)]
+    return said[-1][:200] if said else ""
+
+
+def run_phase(cell: Cell, phase: str, job: Job) -> Outcome:
+    """Run one phase of a cell to its end; its log gains a line per attempt."""
+    log = job.log_dir / f"{cell.name}.{phase}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = phase_command(cell, phase, job)
+    node = socket.gethostname()
+    start = time.monotonic()
+    with log.open("a") as out:
+        out.write(f"{ATTEMPT}{node}, pid {os.getpid()}: "
+                  f"{' '.join(safe_url(a) if '://' in a else a for a in cmd)}\n")  # fmt: skip
+        out.flush()
+        env = {**os.environ, "NO_COLOR": "1"}
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                              env=env, preexec_fn=_die_with_parent, check=False)  # fmt: skip
+    attempts = sum(1 for ln in log.read_text(errors="replace").splitlines()
+                   if ln.startswith(ATTEMPT))  # fmt: skip
+    ok = proc.returncode == 0
+    message = "" if ok else f"exit {proc.returncode}: {last_line(log)}"
+    return Outcome(cell, phase, ok, time.monotonic() - start, str(log), message, node, attempts)
+
+
+def run_cell(planned: Planned, job: Job, *after: Any) -> list[Outcome]:
+    """Build a cell and, with job.test, boot and check it (not when the build failed, nor a
+    board QEMU cannot boot: reported as not run, with the reason). `after`: the outcomes of the
+    cells it waits for (a Ray executor passes them to order the tasks; a failed one does not
+    stop this cell, which then makes what it shares itself)."""
+    cell = planned.cell
+    built = run_phase(cell, "build", job)
+    if not job.test:
+        return [built]
+    if not built.ok:
+        return [built, Outcome(cell, "test", False, 0.0, "", skipped="its build failed")]
+    if planned.untested:
+        return [built, Outcome(cell, "test", False, 0.0, "", skipped=planned.untested)]
+    return [built, run_phase(cell, "test", job)]
+
+
+class Local:
+    """One cell at a time, in the matrix's order, on this machine."""
+
+    name = "local"
+
+    def run(self, planned: Sequence[Planned], job: Job) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        todo = [p for p in planned if not p.skipped]
+        for n, p in enumerate(todo, 1):
+            ui.info(
+                f"[{n}/{len(todo)}] {p.cell.name}: {p.image}"
+                + (f" (after {', '.join(c.name for c in p.after)})" if p.after else "")
+            )
+            stop = threading.Event()
+            watcher = threading.Thread(
+                target=ui.watch,
+                args=(f"{p.cell.name}", lambda c=p.cell: _progress(job, c), stop), daemon=True,
+            )  # fmt: skip
+            watcher.start()
+            try:
+                done = run_cell(p, job)
+            finally:
+                stop.set()
+                watcher.join()
+            outcomes += done
+        return [*outcomes, *(not_built(p) for p in planned if p.skipped)]
+
+
+def _progress(job: Job, cell: Cell) -> str:
+    logs = sorted(job.log_dir.glob(f"{cell.name}.*.log"), key=lambda p: p.stat().st_mtime)
+    return last_line(logs[-1])[:100] if logs else "starting"
+
+
+class Ray:
+    """Each cell a Ray task on the cluster at `address` (`ray start --head` on one machine,
+    `ray start --address HEAD:6379` on the others): a cell waits for the cells that make what
+    it shares; a task whose worker dies is run again (on another worker when one is free), up
+    to `retries` times. Workers need tuoba installed, the project at the same path, and the
+    same --cache-url to share what they build."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None, retries: int = 2) -> None:
+        self.address = address
+        self.retries = retries
+
+    def run(self, planned: Sequence[Planned], job: Job) -> list[Outcome]:
+        ray = _import_ray()
+        address = self.address or os.environ.get("RAY_ADDRESS") or "auto"
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                     configure_logging=True)  # fmt: skip
+        except (ConnectionError, RuntimeError) as e:
+            raise InputError(
+                f"no Ray cluster answers at {address}: {str(e).splitlines()[0]}",
+                hint="start one (ray start --head) or give its address: --address HOST:6379",
+            ) from e
+        try:
+            return self._run(ray, planned, job)
+        finally:
+            ray.shutdown()
+
+    def _run(self, ray: Any, planned: Sequence[Planned], job: Job) -> list[Outcome]:
+        task = ray.remote(max_retries=self.retries, retry_exceptions=False, num_cpus=1)(run_cell)
+        refs: dict[Cell, Any] = {}
+        cells: dict[Any, Planned] = {}
+        nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        todo = [p for p in planned if not p.skipped]
+        ui.info(f"Ray cluster at {ray.get_runtime_context().gcs_address}: {nodes} node(s); "
+                f"{len(todo)} images")  # fmt: skip
+        for p in todo:
+            ref = task.remote(p, job, *(refs[c] for c in p.after))
+            refs[p.cell] = ref
+            cells[ref] = p
+        outcomes: list[Outcome] = []
+        pending = list(cells)
+        finished = 0
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            p = cells[ready[0]]
+            try:
+                done = ray.get(ready[0])
+            except ray.exceptions.RayError as e:  # its worker died more than `retries` times
+                log = job.log_dir / f"{p.cell.name}.build.log"
+                done = [Outcome(p.cell, "build", False, 0.0, str(log),
+                                f"the Ray task failed: {str(e).splitlines()[0]}",
+                                attempts=self.retries + 1)]  # fmt: skip
+            finished += 1
+            ui.info(f"[{finished}/{len(todo)}] "
+                    f"{p.cell.name}: " + ", ".join(
+                        f"{o.phase} {'ok' if o.ok else 'FAILED'} in {o.seconds:.0f} s"
+                        + (f" on {o.node}" if o.node else "")
+                        + (f" (attempt {o.attempts})" if o.attempts > 1 else "")
+                        for o in done if o.skipped is None))  # fmt: skip
+            outcomes += done
+        return [*outcomes, *(not_built(p) for p in planned if p.skipped)]
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise InputError(
+            "the ray executor needs Ray, which is not installed for this tuoba",
+            hint="pip install 'ray>=2.9' into tuoba's environment (./dev test installs it)",
+        ) from e
+    return ray
+
+
+def executor(name: str, address: str | None, retries: int) -> Local | Ray:
+    if name == "local":
+        if address:
+            raise InputError("--address is the Ray cluster's: it needs --executor ray",
+                             hint="add --executor ray, or drop --address")  # fmt: skip
+        return Local()
+    return Ray(address, retries)
