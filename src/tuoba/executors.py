@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,20 @@ def phase_command(cell: Cell, phase: str, job: Job) -> list[str]:
     return cmd
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the process that started it dies (a Ray worker killed
-    mid-build); tuoba ends its own children on SIGTERM and leaves no entry half-made."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+_LIBC = ctypes.CDLL(None, use_errno=True)  # (loaded here: a forked child must not dlopen)
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """In the child, before exec: SIGTERM when the process that started it dies (a Ray
+    worker killed mid-build; tuoba ends its own children on SIGTERM and leaves no entry
+    half-made), and an exit at once if it died already."""
+
+    def preexec() -> None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(130)
+
+    return preexec
 
 
 def last_line(log: Path) -> str:
@@ -71,24 +81,23 @@ def run_phase(cell: Cell, phase: str, job: Job) -> Outcome:
     node = socket.gethostname()
     start = time.monotonic()
     with log.open("a") as out:
-        out.write(f"{ATTEMPT}{node}, pid {os.getpid()}: "
+        out.write(f"{ATTEMPT}{job.run} on {node}, pid {os.getpid()}: "
                   f"{' '.join(safe_url(a) if '://' in a else a for a in cmd)}\n")  # fmt: skip
         out.flush()
         env = {**os.environ, "NO_COLOR": "1"}
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                              env=env, preexec_fn=_die_with_parent, check=False)  # fmt: skip
+                              env=env, preexec_fn=_die_with(os.getpid()), check=False)  # fmt: skip
+    this_run = f"{ATTEMPT}{job.run} on "
     attempts = sum(1 for ln in log.read_text(errors="replace").splitlines()
-                   if ln.startswith(ATTEMPT))  # fmt: skip
+                   if ln.startswith(this_run))  # fmt: skip
     ok = proc.returncode == 0
     message = "" if ok else f"exit {proc.returncode}: {last_line(log)}"
     return Outcome(cell, phase, ok, time.monotonic() - start, str(log), message, node, attempts)
 
 
-def run_cell(planned: Planned, job: Job, *after: Any) -> list[Outcome]:
+def run_cell(planned: Planned, job: Job) -> list[Outcome]:
     """Build a cell and, with job.test, boot and check it (not when the build failed, nor a
-    board QEMU cannot boot: reported as not run, with the reason). `after`: the outcomes of the
-    cells it waits for (a Ray executor passes them to order the tasks; a failed one does not
-    stop this cell, which then makes what it shares itself)."""
+    board QEMU cannot boot: reported as not run, with the reason)."""
     cell = planned.cell
     built = run_phase(cell, "build", job)
     if not job.test:
@@ -135,10 +144,11 @@ def _progress(job: Job, cell: Cell) -> str:
 
 class Ray:
     """Each cell a Ray task on the cluster at `address` (`ray start --head` on one machine,
-    `ray start --address HEAD:6379` on the others): a cell waits for the cells that make what
-    it shares; a task whose worker dies is run again (on another worker when one is free), up
-    to `retries` times. Workers need tuoba installed, the project at the same path, and the
-    same --cache-url to share what they build."""
+    `ray start --address HEAD:6379` on the others), started once the cells it waits for have
+    finished, however they did (a cell whose kernel's builder failed makes the kernel itself).
+    A task whose worker dies is run again by a new worker (on another machine when one is
+    free), up to `retries` times. Workers need tuoba installed, the project at the same path,
+    and the same --cache-url to share what they build."""
 
     name = "ray"
 
@@ -149,14 +159,16 @@ class Ray:
     def run(self, planned: Sequence[Planned], job: Job) -> list[Outcome]:
         ray = _import_ray()
         address = self.address or os.environ.get("RAY_ADDRESS") or "auto"
+        hint = "start one (ray start --head) or give its address: --address HOST:6379"
+        if address == "local":
+            raise InputError("--address local would start a Ray cluster of this process alone",
+                             hint=hint)  # fmt: skip
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR",
                      configure_logging=True)  # fmt: skip
-        except (ConnectionError, RuntimeError) as e:
-            raise InputError(
-                f"no Ray cluster answers at {address}: {str(e).splitlines()[0]}",
-                hint="start one (ray start --head) or give its address: --address HOST:6379",
-            ) from e
+        except (ConnectionError, RuntimeError, ValueError, OSError) as e:
+            said = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise InputError(f"no Ray cluster answers at {address}: {said}", hint=hint) from e
         try:
             return self._run(ray, planned, job)
         finally:
@@ -164,36 +176,35 @@ class Ray:
 
     def _run(self, ray: Any, planned: Sequence[Planned], job: Job) -> list[Outcome]:
         task = ray.remote(max_retries=self.retries, retry_exceptions=False, num_cpus=1)(run_cell)
-        refs: dict[Cell, Any] = {}
-        cells: dict[Any, Planned] = {}
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
-        todo = [p for p in planned if not p.skipped]
+        waiting = [p for p in planned if not p.skipped]
+        total = len(waiting)
         ui.info(f"Ray cluster at {ray.get_runtime_context().gcs_address}: {nodes} node(s); "
-                f"{len(todo)} images")  # fmt: skip
-        for p in todo:
-            ref = task.remote(p, job, *(refs[c] for c in p.after))
-            refs[p.cell] = ref
-            cells[ref] = p
+                f"{total} images")  # fmt: skip
+        finished: set[Cell] = set()
+        running: dict[Any, Planned] = {}
         outcomes: list[Outcome] = []
-        pending = list(cells)
-        finished = 0
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            p = cells[ready[0]]
+        while waiting or running:
+            for p in [p for p in waiting if all(c in finished for c in p.after)]:
+                waiting.remove(p)
+                running[task.remote(p, job)] = p
+                ui.info(f"  {p.cell.name}: started ({p.image})")
+            (ready,), _ = ray.wait(list(running), num_returns=1)
+            p = running.pop(ready)
             try:
-                done = ray.get(ready[0])
-            except ray.exceptions.RayError as e:  # its worker died more than `retries` times
-                log = job.log_dir / f"{p.cell.name}.build.log"
-                done = [Outcome(p.cell, "build", False, 0.0, str(log),
-                                f"the Ray task failed: {str(e).splitlines()[0]}",
-                                attempts=self.retries + 1)]  # fmt: skip
-            finished += 1
-            ui.info(f"[{finished}/{len(todo)}] "
-                    f"{p.cell.name}: " + ", ".join(
-                        f"{o.phase} {'ok' if o.ok else 'FAILED'} in {o.seconds:.0f} s"
-                        + (f" on {o.node}" if o.node else "")
-                        + (f" (attempt {o.attempts})" if o.attempts > 1 else "")
-                        for o in done if o.skipped is None))  # fmt: skip
+                done = ray.get(ready)
+            except ray.exceptions.RayTaskError as e:  # run_cell itself raised: not retried
+                said = str(e.cause or e).splitlines()[0]
+                done = [Outcome(p.cell, "build", False, 0.0, "", f"the task failed: {said}")]
+            except ray.exceptions.RayError as e:  # its worker (or node) died, every attempt
+                said = f"its worker died {self.retries + 1} times: {str(e).splitlines()[0]}"
+                done = [Outcome(p.cell, "build", False, 0.0, "", said, attempts=self.retries + 1)]
+            finished.add(p.cell)
+            ui.info(f"[{len(finished)}/{total}] {p.cell.name}: " + ", ".join(
+                f"{o.phase} {'ok' if o.ok else 'FAILED'} in {o.seconds:.0f} s"
+                + (f" on {o.node}" if o.node else "")
+                + (f" (attempt {o.attempts})" if o.attempts > 1 else "")
+                for o in done if o.skipped is None))  # fmt: skip
             outcomes += done
         return [*outcomes, *(not_built(p) for p in planned if p.skipped)]
 

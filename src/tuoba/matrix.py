@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tuoba import kbuild
-from tuoba.board import board_names
+from tuoba.board import board_names, load_board
 from tuoba.digest import digest
 from tuoba.errors import InputError, TuobaError
 from tuoba.plan import DEFAULT_BOARD, DEFAULT_RECIPES, Request, image_name, resolve
@@ -54,6 +54,7 @@ class Job:
     supplies: tuple[tuple[str, str], ...]
     test: bool
     offline: bool = False
+    run: str = ""  # this run's id, in each attempt's log line (logs are kept across runs)
 
     @property
     def log_dir(self) -> Path:
@@ -104,27 +105,35 @@ def parse_boards(text: str | None, data_dir: Path) -> tuple[str, ...]:
 
 def plan_cells(job: Job, boards: Sequence[str], stages: Sequence[int]) -> list[Planned]:
     """The cells in the order they are started: each board's stages in turn. A cell that
-    cannot be built here (a file only its vendor has, a stage its kernel cannot carry) is kept,
-    skipped with the reason. What cells share — the kernel of one flavour, the stage-2 userland
-    of one architecture — is made by the first cell that needs it; the others wait for it and
-    take it from the cache (the remote cache, between machines)."""
+    cannot be built here (a file only its vendor has and nobody supplied, a stage the board
+    cannot have) is kept, skipped with the reason; any other mistake (a recipe that does not
+    exist, a supplied file that is wrong) stops the matrix before anything is built. What cells
+    share — the kernel of one flavour, the stage-2 userland of one architecture — is made by
+    the first cell that needs it; the others wait for it and take it from the cache (the remote
+    cache, between machines)."""
     data_dir = Path(job.data_dir)
+    needs = {b: load_board(data_dir, b)[0].boot.needs for b in boards}
+    board_files = {n.file for ns in needs.values() for n in ns if n.file}
     source = None
     out: list[Planned] = []
     leader: dict[str, Cell] = {}
     for board in boards:
+        takes = {n.file for n in needs[board] if n.file}
+        # a board's own files go to it alone; the rest (a recipe's) to every cell
+        supplies = tuple((f, p) for f, p in job.supplies if f in takes or f not in board_files)
+        unmet = [n for n in needs[board] if n.file is None or n.file not in dict(supplies)]
         for stage in stages:
             cell = Cell(board, stage)
             request = Request(
                 board=board, recipes=(*DEFAULT_RECIPES, *job.recipes), stage=stage,
                 data_dir=job.data_dir, out_dir=job.out_dir, cache_dir=job.cache_dir or "",
-                supplies=job.supplies, offline=job.offline,
+                supplies=supplies, offline=job.offline,
             )  # fmt: skip
-            try:
-                plan = resolve(request)
-            except InputError as e:
-                out.append(Planned(cell, image_name(board, stage), (), (), skipped=e.message))
+            why = _not_here(request, bool(unmet))
+            if why is not None:
+                out.append(Planned(cell, image_name(board, stage), (), (), skipped=why))
                 continue
+            plan = resolve(request)
             shares = []
             if plan.board.kernel.source == "tuoba":
                 source = source or kbuild.load_source(data_dir)
@@ -152,6 +161,25 @@ def plan_cells(job: Job, boards: Sequence[str], stages: Sequence[int]) -> list[P
             hint="choose other --boards, or hand over what they need with --supply",
         )
     return out
+
+
+def _not_here(request: Request, unmet: bool) -> str | None:
+    """Why a cell cannot be built here, or None; raises what is a mistake instead. A stage is
+    the board's to refuse when its stage 1 resolves; a missing file when nobody supplied it."""
+    try:
+        resolve(dataclasses.replace(request, check_needs=False))
+    except InputError as e:
+        if request.stage == 1:
+            raise
+        resolve(dataclasses.replace(request, stage=1, check_needs=False))  # (raises a mistake)
+        return e.message
+    try:
+        resolve(request)
+    except InputError as e:
+        if not unmet:
+            raise
+        return e.message
+    return None
 
 
 def not_built(planned: Planned) -> Outcome:

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, zynq_boot_image
 from tuoba import executors, matrix
+from tuoba.errors import InputError
 from tuoba.matrix import Cell, Job
 
 
-def job(tmp_path: Path, test: bool = False) -> Job:
-    return Job(data_dir=str(ROOT), out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "c"),
-               cache_url=None, recipes=(), supplies=(), test=test)  # fmt: skip
+def job(tmp_path: Path, test: bool = False, run: str = "run-1", **kw: object) -> Job:
+    return Job(**{"data_dir": str(ROOT), "out_dir": str(tmp_path / "out"),  # type: ignore[arg-type]
+                  "cache_dir": str(tmp_path / "c"), "cache_url": None, "recipes": (),
+                  "supplies": (), "test": test, "run": run, **kw})  # fmt: skip
 
 
 def test_the_shared_kernel_and_userland_are_made_first_and_waited_for(tmp_path: Path) -> None:
@@ -84,7 +86,10 @@ def test_local_runs_each_cell_and_reports_failures_with_their_last_line(
     assert "no QEMU machine" in (got["jetson-nano-s1", "test"].skipped or "")
     assert "BOOT.BIN" in (got["pynq-z2-s1", "build"].skipped or "")
     log = Path(got["rpi4-s1", "build"].log).read_text()
-    assert log.startswith(executors.ATTEMPT) and "build of rpi4 stage 1: step 1\ndone\n" in log
+    assert (
+        log.startswith(f"{executors.ATTEMPT}run-1 on ")
+        and "build of rpi4 stage 1: step 1\ndone\n" in log
+    )
 
     junit = tmp_path / "m.xml"
     matrix.write_junit(outcomes, junit, 1.0)
@@ -112,6 +117,25 @@ def test_a_retried_cell_counts_its_attempts(tmp_path: Path, monkeypatch: pytest.
     again = executors.run_cell(p, j)
     assert (first[0].attempts, again[0].attempts) == (1, 2)
     assert matrix.table_rows(again)[0][3] == "ok (attempt 2)"
+    # a later run into the same output directory starts counting again
+    later = executors.run_cell(p, job(tmp_path, run="run-2"))
+    assert later[0].attempts == 1 and matrix.table_rows(later)[0][3] == "ok"
+
+
+def test_supplies_go_to_their_board_and_mistakes_stop_the_matrix(tmp_path: Path) -> None:
+    """A vendor file supplied for one board does not make the others refuse it; a recipe that
+    does not exist is a mistake, not a reason to skip every cell."""
+    boot = tmp_path / "BOOT.BIN"
+    zynq_boot_image(boot)
+    given = job(tmp_path, supplies=(("BOOT.BIN", str(boot)),))
+    planned = {p.cell.name: p for p in matrix.plan_cells(given, ("rpi4", "pynq-z2"), (1, 2))}
+    assert planned["rpi4-s1"].skipped is None and planned["pynq-z2-s1"].skipped is None
+    assert "armhf" in (planned["pynq-z2-s2"].skipped or "")
+    with pytest.raises(InputError, match="no-such-stack"):
+        matrix.plan_cells(job(tmp_path, recipes=("no-such-stack",)), ("rpi4", "pynq-z2"), (2,))
+    with pytest.raises(InputError, match=r"BOOT\.BIN"):  # supplied, but not a file
+        matrix.plan_cells(job(tmp_path, supplies=(("BOOT.BIN", str(tmp_path / "nope")),)),
+                          ("pynq-z2",), (1,))  # fmt: skip
 
 
 def test_phase_commands_carry_the_job(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -113,12 +114,13 @@ def command(
     job = matrix.Job(
         data_dir=str(app.data_dir),
         out_dir=str(app.out_dir),
-        cache_dir=str(app.cache_dir) if executor_name == "local" else None,
+        cache_dir=str(app.cache_dir),
         cache_url=app.cache_url,
         recipes=recipes,
         supplies=pairs,
         test=with_test,
         offline=offline,
+        run=f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}",
     )
     planned = matrix.plan_cells(
         job, matrix.parse_boards(boards, app.data_dir), matrix.parse_stages(stages)
