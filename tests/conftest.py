@@ -8,9 +8,13 @@ import json
 import mimetypes
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -308,3 +312,52 @@ def snoop_checks(h: str) -> set[str]:
         f"test_snoop_sees_every_process_without_a_command[{h}]",
         *(f"test_snoop_bad_arguments_are_one_sentence[{h}-{case}]" for case in bad),
     }
+
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+@contextlib.contextmanager
+def ray_cluster(nodes: int = 2) -> Iterator[str]:
+    """A Ray cluster on loopback, its address: a head node and `nodes - 1` more, one CPU each
+    (one image at a time each), each `ray start --block` in a process group of its own, ended
+    with what it started when the block ends (`ray stop` would end every Ray node here)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    address = f"127.0.0.1:{port}"
+    temp = tempfile.mkdtemp(prefix="tuoba-ray-", dir="/tmp")  # (Ray's socket paths are short)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+              "--object-store-memory", str(100 << 20), "--block"]  # fmt: skip
+    started: list[subprocess.Popen[bytes]] = []
+
+    def alive() -> int:
+        r = subprocess.run([RAY, "status", "--address", address], capture_output=True,
+                           text=True, env=env, check=False, timeout=120)  # fmt: skip
+        return r.stdout.count(" node_") if r.returncode == 0 else 0
+
+    def start(*args: str) -> None:
+        started.append(subprocess.Popen([RAY, "start", *args, *common], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True))  # fmt: skip
+        deadline = time.monotonic() + 300
+        while alive() < len(started):
+            assert started[-1].poll() is None, f"ray start {' '.join(args)} ended"
+            assert time.monotonic() < deadline, f"the Ray cluster never had {len(started)} nodes"
+            time.sleep(1)
+
+    try:
+        start("--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", temp,
+              "--disable-usage-stats")  # fmt: skip
+        for _ in range(nodes - 1):
+            start("--address", address)
+        yield address
+    finally:
+        for node in reversed(started):
+            node.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.wait(timeout=60)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)

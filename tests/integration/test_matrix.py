@@ -8,16 +8,12 @@ those test_qemu_aarch64_stage2 and test_rpi build): what runs here is the image 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -25,61 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project
+from tests.conftest import copy_project, ray_cluster
 from tuoba.executors import ATTEMPT
 
 pytestmark = pytest.mark.integration
 
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture
-def ray_cluster() -> Iterator[str]:
-    """A head node and a worker node, one CPU each (one image at a time each), each `ray start
-    --block` in a process group of its own: ended, with what it started, by this fixture alone
-    (`ray stop` would end every Ray node of the machine)."""
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    temp = tempfile.mkdtemp(prefix="tuoba-ray-", dir="/tmp")  # (Ray's socket paths are short)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-              "--object-store-memory", str(100 << 20), "--block"]  # fmt: skip
-    nodes: list[subprocess.Popen[bytes]] = []
-
-    def alive() -> int:
-        r = subprocess.run([RAY, "status", "--address", address], capture_output=True,
-                           text=True, env=env, check=False, timeout=120)  # fmt: skip
-        return r.stdout.count(" node_") if r.returncode == 0 else 0
-
-    def start(*args: str, count: int) -> None:
-        nodes.append(subprocess.Popen([RAY, "start", *args, *common], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True))  # fmt: skip
-        deadline = time.monotonic() + 300
-        while alive() < count:
-            assert nodes[-1].poll() is None, f"ray start {' '.join(args)} ended"
-            assert time.monotonic() < deadline, f"the Ray cluster never had {count} node(s)"
-            time.sleep(1)
-
-    try:
-        start("--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", temp,
-              "--disable-usage-stats", count=1)  # fmt: skip
-        start("--address", address, count=2)
+def ray_cluster_2() -> Iterator[str]:
+    with ray_cluster(nodes=2) as address:
         yield address
-    finally:
-        for node in reversed(nodes):
-            node.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.wait(timeout=60)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def building(out: Path) -> int | None:
@@ -108,12 +59,12 @@ def gone(pid: int, within: float) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
 
-def test_matrix_on_ray_survives_a_killed_worker(ray_cluster: str, tmp_path: Path) -> None:
+def test_matrix_on_ray_survives_a_killed_worker(ray_cluster_2: str, tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuoba", "--data-dir", str(project), "--out", str(out), "matrix",
-         "--executor", "ray", "--address", ray_cluster, "--boards", "qemu-aarch64,rpi3",
+         "--executor", "ray", "--address", ray_cluster_2, "--boards", "qemu-aarch64,rpi3",
          "--stages", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "COLUMNS": "200"},
