@@ -83,7 +83,7 @@ def save(nodes, out, inits, path):
     onnx.checker.check_model(m)
     onnx.save(m, path)
 w = numpy_helper.from_array((rng.standard_normal((2, 1, 3, 3)) * 0.5).astype(np.float32), "w")
-fc = numpy_helper.from_array((rng.standard_normal((5, 32)) * 0.1).astype(np.float32), "fc")
+fc = numpy_helper.from_array((rng.standard_normal((32, 5)) * 0.1).astype(np.float32), "fc")
 save([helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
       helper.make_node("Relu", ["c"], ["r"]),
       helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),

@@ -44,12 +44,18 @@ def read_model(path: Path) -> Any:
 
     try:
         model = onnx.load(str(path))
-        onnx.checker.check_model(model)
     except OSError as e:
         fail(2, f"cannot read {path}: {e.strerror}", "give the path of an .onnx file")
-    except Exception as e:  # a DecodeError, or a ModelProto that is no model (checker)
+    except Exception as e:  # a DecodeError: not a ModelProto at all
         fail(2, f"{path} is not an ONNX model: {first_line(e)}",
              "give a model ONNX wrote (onnx.save, torch.onnx.export)")  # fmt: skip
+    try:
+        # full_check: also ONNX's strict shape inference, so a graph whose shapes do not fit
+        # (a MatMul of (1, 32) by (5, 32)) is refused here, not half-way through compiling it
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # ValidationError, InferenceError
+        fail(2, f"{path} is not a valid ONNX model: {first_line(e)}",
+             "check it with onnx.checker.check_model(model, full_check=True)")  # fmt: skip
     return model
 
 
@@ -195,7 +201,12 @@ def main() -> None:
     model = read_model(args.model)
     inputs = make_inputs(model, given, args.seed)
     names = [o.name for o in model.graph.output]
-    reference = dict(zip(names, ReferenceEvaluator(model).run(None, inputs), strict=True))
+    try:
+        reference = dict(zip(names, ReferenceEvaluator(model).run(None, inputs), strict=True))
+    except Exception as e:  # (shapes inference could not see: the inputs', data-dependent ones)
+        said = first_line(e.__cause__ or e)
+        fail(2, f"ONNX's reference implementation cannot run {args.model.name} on these inputs: "
+             f"{said}", "check the inputs' shapes and types against the model's")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="tuoba-ai-") as tmp:
         library = Path(tmp) / "tuoba_model.so"
         compile_s = compile_for_board(model, args.mtriple, args.mcpu, args.cc, library)
