@@ -93,6 +93,9 @@ save([helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 
      helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5]), [w, fc], sys.argv[1])
 save([helper.make_node("Celu", ["x"], ["y"])],
      helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8]), [], sys.argv[2])
+bad = numpy_helper.from_array(np.zeros((5, 32), np.float32), "fc")  # (1, 32) @ (5, 32)
+save([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "fc"], ["y"])],
+     helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5]), [bad], sys.argv[3])
 """
 
 
@@ -103,9 +106,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     site = host_packages(Path(__file__).resolve().parents[2], Store(default_cache_dir()))
     code = f"import sys; sys.path[:1] = [{str(site)!r}]\n" + MAKE_MODELS
     subprocess.run([sys.executable, "-S", "-c", code, str(d / "cnn.onnx"),
-                    str(d / "celu.onnx")], check=True)  # fmt: skip
+                    str(d / "celu.onnx"), str(d / "shapes.onnx")], check=True)  # fmt: skip
     (d / "notes.onnx").write_text("a text file, named like a model\n")
-    return {"cnn": d / "cnn.onnx", "celu": d / "celu.onnx", "text": d / "notes.onnx"}
+    return {"cnn": d / "cnn.onnx", "celu": d / "celu.onnx", "text": d / "notes.onnx",
+            "shapes": d / "shapes.onnx"}  # fmt: skip
 
 
 @pytest.fixture
@@ -142,13 +146,15 @@ def run_remote(built: Project, *args: str) -> subprocess.CompletedProcess[str]:
     ("model", "rpc", "code", "said"),
     [
         ("text", "127.0.0.1:9", 2, "notes.onnx is not an ONNX model: Error parsing message"),
+        ("shapes", "127.0.0.1:9", 2, "shapes.onnx is not a valid ONNX model: "),
         ("celu", "127.0.0.1:9", 2, "TVM's ONNX frontend cannot import the model: The following "
          "operators are not supported for frontend ONNX: Celu"),
         ("cnn", "127.0.0.1:9", 5, "no TVM RPC server answered at 127.0.0.1:9 within 3 s "
          "(Connection refused)"),
         ("cnn", "silent", 5, "within 3 s (timed out)"),
     ],
-    ids=["not-onnx", "unsupported-operator", "nobody-listening", "no-answer"],
+    ids=["not-onnx", "shapes-that-do-not-fit", "unsupported-operator", "nobody-listening",
+         "no-answer"],
 )  # fmt: skip
 def test_run_remote_refusals_are_one_sentence(
     built: Project, models: dict[str, Path], silent_port: int, model: str, rpc: str, code: int,
