@@ -6,6 +6,7 @@ exchange what they share through the cache (the remote cache, between machines).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import signal
 import socket
@@ -109,6 +110,16 @@ def run_cell(planned: Planned, job: Job) -> list[Outcome]:
     return [built, run_phase(cell, "test", job)]
 
 
+def ray_cell(planned: Planned, job: Job) -> list[Outcome]:
+    """run_cell as a Ray task: each outcome names the Ray node too (machines may share a name;
+    on one machine, every node does)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[:8]
+    return [dataclasses.replace(o, node=f"{o.node}/{node}") if o.node else o
+            for o in run_cell(planned, job)]  # fmt: skip
+
+
 class Local:
     """One cell at a time, in the matrix's order, on this machine."""
 
@@ -175,7 +186,7 @@ class Ray:
             ray.shutdown()
 
     def _run(self, ray: Any, planned: Sequence[Planned], job: Job) -> list[Outcome]:
-        task = ray.remote(max_retries=self.retries, retry_exceptions=False, num_cpus=1)(run_cell)
+        task = ray.remote(max_retries=self.retries, retry_exceptions=False, num_cpus=1)(ray_cell)
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         waiting = [p for p in planned if not p.skipped]
         total = len(waiting)
