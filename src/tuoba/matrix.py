@@ -13,7 +13,7 @@ from tuoba import kbuild
 from tuoba.board import board_names, load_board
 from tuoba.digest import digest
 from tuoba.errors import InputError, TuobaError
-from tuoba.plan import DEFAULT_BOARD, DEFAULT_RECIPES, Request, image_name, resolve
+from tuoba.plan import DEFAULT_BOARD, DEFAULT_RECIPES, Plan, Request, image_name, resolve
 
 PHASES = ("build", "test")
 
@@ -129,11 +129,10 @@ def plan_cells(job: Job, boards: Sequence[str], stages: Sequence[int]) -> list[P
                 data_dir=job.data_dir, out_dir=job.out_dir, cache_dir=job.cache_dir or "",
                 supplies=supplies, offline=job.offline,
             )  # fmt: skip
-            why = _not_here(request, bool(unmet))
-            if why is not None:
-                out.append(Planned(cell, image_name(board, stage), (), (), skipped=why))
+            plan = _resolve_cell(request, bool(unmet))
+            if isinstance(plan, str):
+                out.append(Planned(cell, image_name(board, stage), (), (), skipped=plan))
                 continue
-            plan = resolve(request)
             shares = []
             if plan.board.kernel.source == "tuoba":
                 source = source or kbuild.load_source(data_dir)
@@ -163,9 +162,10 @@ def plan_cells(job: Job, boards: Sequence[str], stages: Sequence[int]) -> list[P
     return out
 
 
-def _not_here(request: Request, unmet: bool) -> str | None:
-    """Why a cell cannot be built here, or None; raises what is a mistake instead. A stage is
-    the board's to refuse when its stage 1 resolves; a missing file when nobody supplied it."""
+def _resolve_cell(request: Request, unmet: bool) -> Plan | str:
+    """The cell's plan, or why it cannot be built here; raises what is a mistake instead. A
+    stage is the board's to refuse when its stage 1 resolves; a missing file when nobody
+    supplied it."""
     try:
         resolve(dataclasses.replace(request, check_needs=False))
     except InputError as e:
@@ -174,12 +174,11 @@ def _not_here(request: Request, unmet: bool) -> str | None:
         resolve(dataclasses.replace(request, stage=1, check_needs=False))  # (raises a mistake)
         return e.message
     try:
-        resolve(request)
+        return resolve(request)
     except InputError as e:
         if not unmet:
             raise
         return e.message
-    return None
 
 
 def not_built(planned: Planned) -> Outcome:
