@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import http.server
 import json
@@ -43,9 +44,14 @@ FIRST = (
 )  # fmt: skip
 
 
+# ... and the joined release's module last: it waits for the modules that add to it (below)
+LAST = ("test_joined_release.py",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable: file order kept)
+    rank.update({name: 1000 + i for i, name in enumerate(LAST)})
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # (stable: file order kept)
 
 
 def plan_request(project: Path, **kw: object) -> Request:
@@ -187,10 +193,10 @@ def serve_files(server: FileServer) -> Iterator[str]:
             if not path.is_file():
                 self.send_error(404)
                 return
-            data = bytearray(path.read_bytes())
-            if name in server.tamper:
-                data[len(data) // 2] ^= 0xFF
-            etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+            size = path.stat().st_size
+            tampered = name in server.tamper
+            # (the ETag names the file's state, as web servers' do; a tampered copy is another)
+            etag = f'"{size:x}-{path.stat().st_mtime_ns:x}{"-t" if tampered else ""}"'
             start = 0
             rng = self.headers.get("Range")
             if rng and self.headers.get("If-Range") in (None, etag):
@@ -199,18 +205,27 @@ def serve_files(server: FileServer) -> Iterator[str]:
             self.send_header("ETag", etag)
             kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data) - start))
+            self.send_header("Content-Length", str(size - start))
             if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
             self.end_headers()
-            body = bytes(data[start:])
-            if name in server.cut_first:
-                server.cut_first.discard(name)
-                self.wfile.write(body[: len(body) // 2])
+            # streamed a MiB at a time (released images are GiBs); a cut transfer ends after
+            # half of what it would have sent, a tampered one has its middle byte flipped
+            end = start + (size - start) // 2 if name in server.cut_first else size
+            server.cut_first.discard(name)
+            flip = size // 2 if tampered else -1
+            with path.open("rb") as f:
+                f.seek(start)
+                pos = start
+                while pos < end:
+                    chunk = bytearray(f.read(min(1 << 20, end - pos)))
+                    if pos <= flip < pos + len(chunk):
+                        chunk[flip - pos] ^= 0xFF
+                    self.wfile.write(chunk)
+                    pos += len(chunk)
+            if end < size:
                 self.wfile.flush()
                 self.connection.shutdown(2)  # the connection drops midway
-                return
-            self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
             pass
@@ -232,6 +247,72 @@ def keypair(path: Path) -> Path:
     return path
 
 
+# The joined release: the modules that build a board's release image (PRODUCERS) each add it
+# with `tuoba release --add` to one release directory the whole run shares (xdist workers
+# included), then download their own image from it, flash and boot it; the last module,
+# test_joined_release.py, waits for them and checks the release they made together: its
+# signature, SBOMs, Imager catalog and download page (in Chromium).
+PRODUCERS = ("test_qemu_aarch64.py", "test_qemu_aarch64_stage2.py", "test_rpi.py")
+# where it would be published: Imager's catalog and the page need absolute addresses (.test
+# never resolves); the tests serve it on loopback and map this prefix to their server
+JOINED_BASE_URL = "https://downloads.tuoba.test/tuoba/0.1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    """The run's shared release directory and what its writers coordinate with."""
+
+    root: Path  # public/ (served), key, trusted_signers, lock, announced/, done/
+
+    @property
+    def public(self) -> Path:
+        return self.root / "public"
+
+    @property
+    def key(self) -> Path:
+        return self.root / "release-key"
+
+    @property
+    def trusted(self) -> Path:
+        return self.root / "trusted_signers"
+
+    @contextlib.contextmanager
+    def locked(self, shared: bool = False) -> Iterator[None]:
+        """Adding to the release (exclusive) rewrites its catalog, sums and signature, which a
+        download reading them (shared) must not see half-way."""
+        with (self.root / "lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+
+
+@pytest.fixture(scope="session")
+def joined(tmp_path_factory: pytest.TempPathFactory) -> Joined:
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # (each worker's is popen-gwN, in the run's)
+        base = base.parent / f"joined-{os.environ['PYTEST_XDIST_TESTRUNUID'][:12]}"
+    else:
+        base = base / "joined"
+    for sub in ("announced", "done"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    j = Joined(base)
+    with j.locked():
+        if not j.key.exists():
+            keypair(j.key)
+    return j
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _producer_done(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module that adds to the joined release says when it has ended (passed or not)."""
+    name = Path(str(request.module.__file__)).name
+    if name not in PRODUCERS:
+        yield
+        return
+    shared: Joined = request.getfixturevalue("joined")
+    yield
+    (shared.root / "done" / name).touch()
+
+
 @dataclasses.dataclass(frozen=True)
 class Flashed:
     """What a user has after downloading a release and flashing it."""
@@ -240,16 +321,18 @@ class Flashed:
     card: Path  # the loop device it was flashed to
     key: Path  # the user's private key, whose public half the flash put in root's keys
     server: FileServer  # what the release's server was asked
+    release: Path  # the release directory it came from
 
 
 @contextlib.contextmanager
 def flashed_release(
-    project: Path, out: Path, board: str, stage: int, work: Path, card_size: int
+    project: Path, out: Path, board: str, stage: int, work: Path, card_size: int, joined: Joined
 ) -> Iterator[Flashed]:
-    """The board's image from OUT as a user gets it: released (signed), served on loopback,
-    downloaded with the first transfer of its largest file cut midway (resumed) and the signature
-    checked against the signer the user trusts, then flashed with the user's own ssh key to a
-    loop device of `card_size` bytes (a sparse file), which is detached afterwards."""
+    """The board's image from OUT as a user gets it: added to the run's joined release (signed;
+    `tuoba release --add`), served on loopback, downloaded with the first transfer of its
+    largest file cut midway (resumed) and the signature checked against the signer the user
+    trusts, then flashed with the user's own ssh key to a loop device of `card_size` bytes (a
+    sparse file), which is detached afterwards."""
     from tuoba.plan import image_name
 
     def tuoba(*args: str) -> subprocess.CompletedProcess[str]:
@@ -259,20 +342,22 @@ def flashed_release(
         return proc
 
     name = image_name(board, stage)
-    public, dl = work / "public", work / "dl"
-    release_key = keypair(work / "release-key")
-    tuoba("--out", str(out), "release", str(public), "--sign-key", str(release_key),
-          "--board", board, "--stage", str(stage))  # fmt: skip
-    trusted = work / "trusted_signers"
-    trusted.write_text((public / "allowed_signers").read_text())
+    public, dl = joined.public, work / "dl"
+    (joined.root / "announced" / name).touch()
+    with joined.locked():
+        tuoba("--out", str(out), "release", str(public), "--add", "--sign-key", str(joined.key),
+              "--board", board, "--stage", str(stage), "--base-url", JOINED_BASE_URL)  # fmt: skip
+        if not joined.trusted.exists():  # (the user's copy, taken once, as users do)
+            joined.trusted.write_text((public / "allowed_signers").read_text())
     server = FileServer(public)
     # the image's largest file is cut midway (stage 2's .img.xz is 2 MB: the downloader's 1 MiB
     # reads may keep nothing of its first half, and then it rightly starts over, not resumes)
     cut = max(public.glob(f"{name}.*"), key=lambda f: f.stat().st_size).name
     server.cut_first = {cut}
-    with serve_files(server) as base:
+    with joined.locked(shared=True), serve_files(server) as base:
         tuoba("--out", str(dl), "download", "--board", board, "--stage", str(stage),
-              "--catalog", f"{base}/catalog.json", "--allowed-signers", str(trusted))  # fmt: skip
+              "--catalog", f"{base}/catalog.json", "--allowed-signers",
+              str(joined.trusted))  # fmt: skip
     cut_requests = [rng for n, rng in server.requests if n == cut]
     assert len(cut_requests) == 2 and cut_requests[1], f"the cut transfer of {cut} was resumed"
     backing = work / "card"
@@ -285,7 +370,7 @@ def flashed_release(
         flashed = tuoba("--out", str(dl), "flash", str(dl / f"{name}.img.xz"), "--device", dev,
                         "--yes", "--force", "--ssh-key", f"{user_key}.pub")  # fmt: skip
         assert "verified" in flashed.stdout + flashed.stderr, flashed.stderr
-        yield Flashed(dl / f"{name}.img.xz", Path(dev), user_key, server)
+        yield Flashed(dl / f"{name}.img.xz", Path(dev), user_key, server, public)
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
 

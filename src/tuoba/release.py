@@ -20,19 +20,32 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tuoba import catalog, imager, manifest, page, publish, sbom, ui
+from tuoba import catalog, imager, lock, manifest, page, publish, sbom, ui
 from tuoba.catalog import Catalog, CatalogFile, CatalogImage
 from tuoba.errors import InputError
 from tuoba.sources import sha256_file
 
 
-def built_images(out_dir: Path, boards: tuple[str, ...], stages: tuple[int, ...]) -> list[Path]:
-    """The images in out/ (their manifests), those of the given boards and stages. The raw
-    .img need not be there: a release ships its .xz."""
+def built_images(
+    out_dirs: list[Path], boards: tuple[str, ...], stages: tuple[int, ...]
+) -> list[Path]:
+    """The images in the output directories (their manifests), those of the given boards and
+    stages. The raw .img need not be there: a release ships its .xz. Several directories: what
+    `tuoba matrix` leaves (OUT/BOARD-sSTAGE) or builds made apart; an image (board and stage)
+    found in two of them is refused, as the release could hold only one."""
     found: list[tuple[Path, manifest.Manifest]] = []
-    for m_file in sorted(out_dir.glob("tuoba-*.manifest.json")):
-        m = manifest.Manifest.from_json(m_file.read_text(), str(m_file))
-        if (not boards or m.board in boards) and (not stages or m.stage in stages):
+    for out_dir in out_dirs:
+        for m_file in sorted(out_dir.glob("tuoba-*.manifest.json")):
+            m = manifest.Manifest.from_json(m_file.read_text(), str(m_file))
+            if (boards and m.board not in boards) or (stages and m.stage not in stages):
+                continue
+            twin = next((f for f, o in found if (o.board, o.stage) == (m.board, m.stage)), None)
+            if twin is not None:
+                raise InputError(
+                    f"board '{m.board}' stage {m.stage} was built in both {twin.parent} and "
+                    f"{out_dir}: a release holds one image of each",
+                    hint="name one of the directories (--from), or narrow with --board/--stage",
+                )
             found.append((m_file, m))
     missing = [
         (b, s)
@@ -40,12 +53,13 @@ def built_images(out_dir: Path, boards: tuple[str, ...], stages: tuple[int, ...]
         for s in stages or (1,)
         if not any((m.board, m.stage) == (b, s) for _, m in found)
     ]
+    where = ", ".join(str(d) for d in out_dirs)
     if missing or not found:
         board, stage = missing[0] if missing else ("BOARD", 1)
         raise InputError(
-            f"no built image of board '{board}' stage {stage} in {out_dir}"
+            f"no built image of board '{board}' stage {stage} in {where}"
             if missing
-            else f"no built image in {out_dir}",
+            else f"no built image in {where}",
             hint=f"build it first: tuoba build --board {board} --stage {stage}",
         )
     return [m_file for m_file, _ in found]
@@ -68,10 +82,31 @@ def make_release(
     sign_key: Path,
     signer: str = "release@tuoba",
     site: Site | None = None,
+    add: bool = False,
 ) -> Catalog:
-    """Copy, list, checksum and sign; returns the catalog written."""
+    """Copy, list, checksum and sign; returns the catalog written. With `add`, the images
+    already released in DEST stay in it beside these (an image of the same board and stage is
+    replaced), their notes as they were: boards released one at a time, from builders of their
+    own, make one release. Two releases into one DEST take turns (its lock)."""
     pub = catalog.public_key(sign_key)  # (checked before anything is written)
     dest.mkdir(parents=True, exist_ok=True)
+    with lock.exclusive(dest, "the release", "tuoba release"):
+        return _release(manifests, dest, sign_key, pub, signer, site, add)
+
+
+def _release(
+    manifests: list[Path],
+    dest: Path,
+    sign_key: Path,
+    pub: str,
+    signer: str,
+    site: Site | None,
+    add: bool,
+) -> Catalog:
+    kept: list[CatalogImage] = []
+    kept_notes: dict[str, str] = {}
+    if add:
+        kept, kept_notes = _released(dest)
     (dest / catalog.SIGNATURE).unlink(missing_ok=True)  # unfinished until signed again
     released = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     before = previous_manifests(dest)  # (read before this release's files replace them)
@@ -115,20 +150,30 @@ def make_release(
                 files=tuple(files),
             )
         )
+    now = {(e.board, e.stage) for e in entries}
+    kept = [k for k in kept if (k.board, k.stage) not in now]
+    for k in kept:
+        ui.info(f"kept in the release: {k.name} (board {k.board}, stage {k.stage})")
     cat = Catalog(
         version=entries[0].version,
         released=released,
-        images=tuple(entries),
+        images=tuple(sorted((*entries, *kept), key=lambda i: (i.board, i.stage))),
     )
     with publish.atomic(dest / catalog.CATALOG) as tmp:
         tmp.write_text(cat.to_json())
+    notes = release_notes(before, current, released)
+    notes += "".join(f"\n{kept_notes[k.name]}" for k in kept if k.name in kept_notes)
     with publish.atomic(dest / catalog.NOTES) as tmp:
-        tmp.write_text(release_notes(before, current, released))
+        tmp.write_text(notes)
     with publish.atomic(dest / catalog.SIGNERS) as tmp:
         tmp.write_text(catalog.signer_line(signer, pub))
     if site is not None:
-        site_files = write_site(site, cat, {m.name: m for m in current}, dest)
-    names = [f.name for e in entries for f in e.files]
+        every = {m.name: m for m in current}
+        for k in kept:
+            m_file = dest / k.file("manifest").name
+            every[k.name] = manifest.Manifest.from_json(m_file.read_text(), str(m_file))
+        site_files = write_site(site, cat, every, dest)
+    names = [f.name for e in cat.images for f in e.files]
     names += [catalog.CATALOG, catalog.SIGNERS, catalog.NOTES, *site_files]
     sums = dest / catalog.SUMS
     with publish.atomic(sums) as tmp:
@@ -166,6 +211,49 @@ def write_site(
         tmp.write_text(html)
     written.append(page.PAGE)
     return written
+
+
+def _released(dest: Path) -> tuple[list[CatalogImage], dict[str, str]]:
+    """The images of the release in DEST that can stay in it (every file still there, as its
+    catalog recorded: its sha256 over what SHA256SUMS lists) and each one's section of the
+    notes, by image name."""
+    cat_file = dest / catalog.CATALOG
+    if not cat_file.is_file():
+        return [], {}
+    try:
+        old = Catalog.from_json(cat_file.read_text(), str(cat_file))
+    except catalog.DownloadError as e:
+        raise InputError(
+            f"{cat_file} is not a release catalog ({e}): there is no release to add to",
+            hint="release into an empty directory, or without --add",
+        ) from e
+    listed = {}
+    if (dest / catalog.SUMS).is_file():
+        listed = catalog.parse_sums((dest / catalog.SUMS).read_text())
+    kept = []
+    for image in old.images:
+        gone = [
+            f.name
+            for f in image.files
+            if listed.get(f.name) != f.sha256
+            or not (dest / f.name).is_file()
+            or (dest / f.name).stat().st_size != f.size
+        ]
+        if gone:
+            raise InputError(
+                f"{dest}: {image.name} of its release is not as its catalog lists it "
+                f"({gone[0]} missing or changed), so it cannot be kept",
+                hint="release its board again beside the others, or into an empty directory",
+            )
+        kept.append(image)
+    notes_file = dest / catalog.NOTES
+    sections: dict[str, str] = {}
+    if notes_file.is_file():
+        for part in re.split(r"(?m)^(?=## )", notes_file.read_text())[1:]:
+            title = part.splitlines()[0]
+            name = title.rsplit(": ", 1)[-1].strip()
+            sections[name] = part.rstrip() + "\n"
+    return kept, sections
 
 
 def previous_manifests(dest: Path) -> dict[tuple[str, int], manifest.Manifest]:

@@ -451,3 +451,73 @@ def test_a_base_url_that_is_not_http_is_refused(project: Path, tmp_path: Path) -
                        str(keypair(tmp_path / "k")), "--base-url", "dl.example.org")  # fmt: skip
     assert code == 2 and "'dl.example.org' is not an http(s) URL" in out, out
     assert not (tmp_path / "p").exists()
+
+
+def test_release_from_several_output_directories(project: Path, tmp_path: Path) -> None:
+    """`--from` takes images from directories of their own (what `tuoba matrix` leaves); the
+    same board and stage in two of them is refused before anything is written."""
+    fake_build(project / "cells" / "qemu-aarch64-s1")
+    fake_build(project / "cells" / "rpi4-s1", RPI4, "rpi4")
+    key = keypair(tmp_path / "k")
+    dest = tmp_path / "public"
+    code, out = invoke(project, "release", str(dest), "--sign-key", str(key),
+                       "--from", str(project / "cells" / "qemu-aarch64-s1"),
+                       "--from", str(project / "cells" / "rpi4-s1"))  # fmt: skip
+    assert code == 0, out
+    catalog = json.loads((dest / "catalog.json").read_text())
+    assert [i["board"] for i in catalog["images"]] == ["qemu-aarch64", "rpi4"]
+
+    fake_build(project / "cells" / "again")
+    code, out = invoke(project, "release", str(tmp_path / "other"), "--sign-key", str(key),
+                       "--from", str(project / "cells" / "qemu-aarch64-s1"),
+                       "--from", str(project / "cells" / "again"))  # fmt: skip
+    assert code == 2, out
+    assert "board 'qemu-aarch64' stage 1 was built in both" in out
+    assert not (tmp_path / "other").exists()
+
+
+def test_release_add_keeps_what_was_released_before(project: Path, tmp_path: Path) -> None:
+    """Boards released one after another with --add make one release: the catalog, checksums,
+    signature, page and notes hold both; without --add a release replaces the catalog."""
+    fake_build(project / "a")
+    fake_build(project / "b", RPI4, "rpi4")
+    key = keypair(tmp_path / "k")
+    dest = tmp_path / "public"
+    code, out = invoke(project, "release", str(dest), "--sign-key", str(key),
+                       "--from", str(project / "a"))  # fmt: skip
+    assert code == 0, out
+    first_notes = (dest / "RELEASE-NOTES.md").read_text()
+    code, out = invoke(project, "release", str(dest), "--sign-key", str(key), "--add",
+                       "--from", str(project / "b"))  # fmt: skip
+    assert code == 0, out
+    assert f"kept in the release: {NAME}" in out
+    catalog = json.loads((dest / "catalog.json").read_text())
+    assert {i["name"] for i in catalog["images"]} == {NAME, RPI4}
+    sums = (dest / "SHA256SUMS").read_text()
+    for image in catalog["images"]:
+        for f in image["files"]:
+            assert f"{f['sha256']}  {f['name']}\n" in sums
+    signer = (dest / "allowed_signers").read_text()
+    (tmp_path / "signers").write_text(signer)
+    subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(tmp_path / "signers"), "-I",
+                    signer.split()[0], "-n", "tuoba-release", "-s", str(dest / "SHA256SUMS.sig")],
+                   input=sums.encode(), check=True, capture_output=True)  # fmt: skip
+    notes = (dest / "RELEASE-NOTES.md").read_text()
+    kept_section = first_notes[first_notes.index("## ") :]
+    assert kept_section in notes and f"## rpi4, stage 1 (arm64): {RPI4}" in notes
+    page = (dest / "index.html").read_text()
+    assert f"{NAME}.img.xz" in page and f"{RPI4}.img.xz" in page
+
+    # a kept image whose file changed is refused, and the release stays as it was (signed)
+    (dest / f"{NAME}.img.bmap").write_bytes(b"changed")
+    code, out = invoke(project, "release", str(dest), "--sign-key", str(key), "--add",
+                       "--from", str(project / "b"))  # fmt: skip
+    assert code == 2, out
+    assert f"{NAME} of its release is not as its catalog lists it" in out
+    assert (dest / "SHA256SUMS.sig").is_file()
+
+    # without --add the catalog holds what this release names
+    code, out = invoke(project, "release", str(dest), "--sign-key", str(key),
+                       "--from", str(project / "b"))  # fmt: skip
+    assert code == 0, out
+    assert [i["name"] for i in json.loads((dest / "catalog.json").read_text())["images"]] == [RPI4]

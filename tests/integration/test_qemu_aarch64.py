@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, copy_project, flashed_release, needs_root, snoop_checks
+from tests.conftest import (
+    ROOT,
+    Joined,
+    copy_project,
+    flashed_release,
+    needs_root,
+    snoop_checks,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -227,16 +234,16 @@ def test_partition_table(built: Project) -> None:
 
 @needs_root
 def test_guest_checks_pass_on_the_released_image_flashed_to_a_card(
-    built: Project, tmp_path: Path
+    built: Project, tmp_path: Path, joined: Joined
 ) -> None:
     """The developer image as a user gets it: released (signed, with SBOMs), served on
     loopback, downloaded with a transfer cut midway (resumed), flashed to a loop device with the
     user's own ssh key; QEMU boots that card (the kernel from the download) and every guest
     check the image's recipes select passes over ssh with the user's key."""
     img = built.artifact(".img")
-    with flashed_release(built.root, built.out, BOARD, 1, tmp_path,
-                         card_size=img.stat().st_size + (64 << 20)) as card:  # fmt: skip
-        spdx = json.loads((tmp_path / "public" / built.artifact(".spdx.json").name).read_text())
+    card_size = img.stat().st_size + (64 << 20)
+    with flashed_release(built.root, built.out, BOARD, 1, tmp_path, card_size, joined) as card:
+        spdx = json.loads((card.release / built.artifact(".spdx.json").name).read_text())
         licensed = [
             p for p in spdx["packages"] if p.get("licenseDeclared", "NOASSERTION") != "NOASSERTION"
         ]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project, flashed_release, needs_root, snoop_checks
+from tests.conftest import Joined, copy_project, flashed_release, needs_root, snoop_checks
 from tests.integration.test_qemu_aarch64 import BOARD, KERNEL_CHECKS, H, Project
 from tuoba.disk import data_ranges
 
@@ -110,14 +110,14 @@ def test_compressed_image_is_small(built: Stage2) -> None:
 
 @needs_root
 def test_guest_checks_pass_on_the_released_image_flashed_to_a_card(
-    built: Stage2, tmp_path: Path
+    built: Stage2, tmp_path: Path, joined: Joined
 ) -> None:
     """Stage 2 as a user gets it: released, downloaded with a resume, flashed to a loop device
     with the user's key (dropbear takes it); QEMU boots the card and every check passes."""
     junit = built.out / "report-s2.xml"
     img = built.artifact(".img")
-    with flashed_release(built.root, built.out, BOARD, 2, tmp_path,
-                         card_size=img.stat().st_size + (64 << 20)) as card:  # fmt: skip
+    card_size = img.stat().st_size + (64 << 20)
+    with flashed_release(built.root, built.out, BOARD, 2, tmp_path, card_size, joined) as card:
         proc = built.tuoba("test", "--board", BOARD, "--stage", "2", "--image", str(card.xz),
                            "--card", str(card.card), "--ssh-key", str(card.key), "--junit",
                            str(junit), check=False)  # fmt: skip

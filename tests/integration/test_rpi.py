@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
+    Joined,
     copy_project,
     ext4_file,
     flashed_release,
@@ -141,7 +142,7 @@ def test_one_kernel_serves_all_arm64_boards(built: tuple[str, Path]) -> None:
 @needs_root
 @pytest.mark.parametrize(("board", "machine"), [("rpi3", "raspi3b"), ("rpi4", "raspi4b")])
 def test_stage2_boots_in_qemu_raspi(
-    project: Path, board: str, machine: str, tmp_path: Path
+    project: Path, board: str, machine: str, tmp_path: Path, joined: Joined
 ) -> None:
     """The stage-2 image as a user gets it (released, downloaded with a resume, flashed to a
     card twice its size: a loop device) boots in QEMU's raspi3b/raspi4b with the kernel and
@@ -154,7 +155,7 @@ def test_stage2_boots_in_qemu_raspi(
     _, img = build(project, board, stage)
     card = 2 * img.stat().st_size
     junit = img.parent / f"{board}-s{stage}-report.xml"
-    with flashed_release(project, img.parent, board, stage, tmp_path, card_size=card) as flashed:
+    with flashed_release(project, img.parent, board, stage, tmp_path, card, joined) as flashed:
         proc = tuoba_test(img, board, "--stage", str(stage), "--junit", str(junit), "--timeout",
                           "400", "--image", str(flashed.xz), "--card", str(flashed.card),
                           "--ssh-key", str(flashed.key))  # fmt: skip
@@ -302,7 +303,9 @@ def imager_writes(card: Path, fat_start: int, script: str, work: Path) -> str:
 
 
 @needs_root
-def test_imager_customisation_takes_effect_on_raspi4b(project: Path, tmp_path: Path) -> None:
+def test_imager_customisation_takes_effect_on_raspi4b(
+    project: Path, tmp_path: Path, joined: Joined
+) -> None:
     """rpi4's release image (stage 1, the developer image: `-r tuoba`) as a user of Raspberry
     Pi Imager gets it: released, downloaded with a resume and flashed to a card (a loop device
     of 8 GiB), then customised as Imager does it after writing (the catalog declares
@@ -325,7 +328,7 @@ def test_imager_customisation_takes_effect_on_raspi4b(project: Path, tmp_path: P
                               4096, 32).hex()  # fmt: skip
     junit = tmp_path / "rpi4-s1-report.xml"
     kept = tmp_path / "card-after.qcow2"
-    with flashed_release(project, img.parent, "rpi4", 1, tmp_path, card_size=8 << 30) as card:
+    with flashed_release(project, img.parent, "rpi4", 1, tmp_path, 8 << 30, joined) as card:
         original = imager_writes(card.card, boot_part["start"],
                                  firstrun_sh(key, password_hash, psk), tmp_path)  # fmt: skip
         proc = tuoba_test(img, "rpi4", "--image", str(card.xz), "--card", str(card.card),

@@ -29,6 +29,21 @@ from tuoba.cli import App
     "os_list.json needs absolute addresses, so it is written only with this.",
 )
 @click.option(
+    "--from",
+    "out_dirs",
+    multiple=True,
+    metavar="DIR",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Take the built images from DIR (repeatable: e.g. the OUT/BOARD-sSTAGE directories "
+    "`tuoba matrix` leaves). Default: --out.",
+)
+@click.option(
+    "--add",
+    is_flag=True,
+    help="Keep the images already released in DEST (one of the same board and stage is "
+    "replaced): boards built apart, released one after another into one release.",
+)
+@click.option(
     "--signer",
     default="release@tuoba",
     show_default=True,
@@ -43,6 +58,8 @@ def command(
     stages: tuple[int, ...],
     signer: str,
     base_url: str | None,
+    out_dirs: tuple[Path, ...],
+    add: bool,
 ) -> None:
     """Make a signed release of built images in DEST, for `tuoba download` and web servers.
 
@@ -57,9 +74,11 @@ def command(
       ssh-keygen -t ed25519 -N '' -f release-key
       tuoba release public/ --sign-key release-key --board rpi4 --board qemu-aarch64
       tuoba release public/ --sign-key release-key --base-url https://dl.example.org/tuoba
+      tuoba release public/ --sign-key release-key --from out/rpi4-s1 --from out/rpi4-s2
+      tuoba release public/ --sign-key release-key --add --board vim3
       rpi-imager --repo https://dl.example.org/tuoba/os_list.json
     """
-    manifests = core.built_images(app.out_dir, boards, stages)
+    manifests = core.built_images(list(out_dirs) or [app.out_dir], boards, stages)
     if base_url is not None and not base_url.startswith(("https://", "http://")):
         raise click.BadParameter(f"{base_url!r} is not an http(s) URL", param_hint="--base-url")
     site = core.Site(
@@ -67,7 +86,7 @@ def command(
         base_url,
         lambda board: load_board(app.data_dir, board)[0].imager_devices,
     )
-    cat = core.make_release(manifests, dest.resolve(), sign_key, signer, site)
+    cat = core.make_release(manifests, dest.resolve(), sign_key, signer, site, add=add)
     for image in cat.images:
         xz = image.file("image")
         ui.info(
