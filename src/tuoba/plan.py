@@ -100,6 +100,8 @@ class Plan:
     packages: tuple[str, ...]  # stage 1: Debian packages
     # those of them installed from another suite of the release: package -> suite
     suites: tuple[tuple[str, str], ...]
+    # archive components besides main the packages come from (recipe.COMPONENTS)
+    components: tuple[str, ...]
     builds: tuple[str, ...]  # stage 2: userland/ packages built by LLVM against musl
     overlays: tuple[Overlay, ...]
     artifacts: tuple[Artifact, ...]  # pinned files of the recipes' sources.yaml, for this arch
@@ -763,6 +765,7 @@ def resolve(req: Request) -> Plan:
     packages += [p for _, sec in recipes for p in sec.packages]
     suites = _check_suites(recipes, docs, req.stage)
     packages += [p for p, _ in suites]
+    components = tuple(sorted({c for _, sec in recipes for c in sec.components}))
     oci_images = _check_oci_images(recipes, docs, packages, req.stage)
     overlays = overlay_trees(data_dir, board, recipes, req.stage)
 
@@ -803,6 +806,7 @@ def resolve(req: Request) -> Plan:
         supplied=supplied,
         packages=tuple(dict.fromkeys(packages)),
         suites=suites,
+        components=components,
         builds=tuple(dict.fromkeys(b for _, sec in recipes for b in sec.builds)),
         overlays=tuple(overlays),
         artifacts=artifacts,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class Section:
     suites: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # Files of the kernel tuoba builds that the image keeps (stage 1): KERNEL_FILES' names
     kernel_files: tuple[str, ...] = ()
+    # Debian archive components beyond main its packages come from (stage 1): COMPONENTS
+    components: tuple[str, ...] = ()
     # Per-arch replacements of the fields above (`arch: {armhf: {packages: [...]}}`), for what
     # Debian does not build for every architecture.
     arch: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = ()
@@ -188,16 +190,38 @@ KERNEL_FILES = {
 }
 
 
-def _kernel_files(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ...]:
-    names = name_list(doc, path, value)
-    for i, n in enumerate(names):
-        if n not in KERNEL_FILES:
-            raise doc.error(
-                (*path, i),
-                f"unknown kernel file '{n}'",
-                hint=f"known: {', '.join(KERNEL_FILES)}",
-            )
-    return names
+def _names_of(
+    known: Iterable[str], unknown: str, hint: str
+) -> Callable[[Doc, tuple[PathPart, ...], Any], tuple[str, ...]]:
+    """A parser of a list of names each of which must be one of `known`; `unknown` (with
+    {name}) is the error at the first that is not."""
+    allowed = tuple(known)
+
+    def parse(doc: Doc, path: tuple[PathPart, ...], value: Any) -> tuple[str, ...]:
+        names = name_list(doc, path, value)
+        for i, name in enumerate(names):
+            if name not in allowed:
+                raise doc.error((*path, i), unknown.format(name=name), hint=hint)
+        return names
+
+    return parse
+
+
+_kernel_files = _names_of(
+    KERNEL_FILES, "unknown kernel file '{name}'", f"known: {', '.join(KERNEL_FILES)}"
+)
+
+
+# The components of Debian's archive besides main that a recipe may take packages from (the
+# image's apt sources then list them, for every suite): firmware, and what is not free.
+COMPONENTS = ("contrib", "non-free", "non-free-firmware")
+
+
+_components = _names_of(
+    COMPONENTS,
+    "'{name}' is no component of Debian's archive a recipe can add",
+    f"main is always there; the others: {', '.join(COMPONENTS)}",
+)
 
 
 def _suites(
@@ -243,6 +267,7 @@ SECTION_FIELDS: dict[int, list[Field]] = {
         Field("bpf", name_list, (), help="eBPF programs under bpf/ built for the image"),
         Field("suites", _suites, (), help="packages from another suite: {SUITE: [packages]}"),
         Field("kernel_files", _kernel_files, (), help="the kernel's files the image keeps"),
+        Field("components", _components, (), help="archive components besides main"),
     ],
     2: [
         Field("builds", name_list, (), help="packages under userland/ built by LLVM against musl"),

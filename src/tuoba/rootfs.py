@@ -41,6 +41,7 @@ def inputs(plan: Plan) -> dict[str, Any]:
         "packages": sorted(plan.packages),
         # (absent when none: earlier root filesystems stay valid)
         **({"suites": sorted(plan.suites)} if plan.suites else {}),
+        **({"components": list(plan.components)} if plan.components else {}),
         "mirrors": plan.mirrors,
         "security_mirrors": plan.security_mirrors,
     }
@@ -95,23 +96,25 @@ def mkosi_conf(plan: Plan, output_dir: Path, workspace: Path) -> str:
 
 
 def apt_sources(plan: Plan) -> str:
-    """Our own apt sources for mkosi: mkosi's defaults add a debug suite not served here."""
+    """Our own apt sources for mkosi: mkosi's defaults add a debug suite not served here. The
+    components: main and those the recipes add (recipe.COMPONENTS), for every suite."""
+    components = " ".join(("main", *plan.components))
     stanzas = [
         f"Types: deb\nURIs: {' '.join(plan.mirrors)}\n"
-        f"Suites: {plan.release} {plan.release}-updates\nComponents: main\n"
+        f"Suites: {plan.release} {plan.release}-updates\nComponents: {components}\n"
         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
     ]
     extra = sorted({s for _, s in plan.suites})
     if extra:  # packages asked for from these suites (named per package: apt's pkg/suite)
         stanzas.append(
             f"Types: deb\nURIs: {' '.join(plan.mirrors)}\n"
-            f"Suites: {' '.join(extra)}\nComponents: main\n"
+            f"Suites: {' '.join(extra)}\nComponents: {components}\n"
             "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
         )
     if plan.security_mirrors:
         stanzas.append(
             f"Types: deb\nURIs: {' '.join(plan.security_mirrors)}\n"
-            f"Suites: {plan.release}-security\nComponents: main\n"
+            f"Suites: {plan.release}-security\nComponents: {components}\n"
             "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
         )
     return "\n".join(stanzas)

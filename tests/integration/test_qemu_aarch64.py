@@ -111,6 +111,14 @@ DEVTOOLS_CHECKS = {
         "git_commits_and_reads_back",
     )
 }  # fmt: skip
+WIFI_CHECKS = {
+    f"test_{name}[{H}]"
+    for name in (
+        "brcmfmac_firmware_for_each_pi", "brcmfmac_loads",
+        "regulatory_database_is_the_one_the_kernel_trusts", "country_from_imagers_kernel_parameter",
+        "wpa2_network_as_imager_configures_it_associates",
+    )
+}  # fmt: skip
 # k3s's release files are not supplied in the suite (no archive it reaches has them): the image
 # is built without k3s, and its checks are reported as skipped, naming why
 K3S_NOT_RUN = {
@@ -126,7 +134,7 @@ def expected_checks(manifest: dict[str, object]) -> set[str]:
     options = {f"test_option_in_running_kernel[{name}-{H}]" for name in requested}
     assert len(options) > 200  # the HCI fragments, not an empty list
     return (BASE_CHECKS | KERNEL_CHECKS | BPF_CHECKS | CONTAINER_CHECKS | SECURITY_CHECKS
-            | VIRT_CHECKS | DEVTOOLS_CHECKS | options | K3S_NOT_RUN)  # fmt: skip
+            | VIRT_CHECKS | DEVTOOLS_CHECKS | WIFI_CHECKS | options | K3S_NOT_RUN)  # fmt: skip
 
 
 class Project:

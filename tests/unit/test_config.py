@@ -20,7 +20,7 @@ def test_default_board_resolves(project: Path) -> None:
     assert "bpftrace" in plan.packages  # the board's default recipes come in
     assert "linux-image-arm64" not in plan.packages  # the kernel is built here
     assert [r.name for r in plan.recipes] == [
-        "base", "tuoba", "bpf", "containers", "security", "virt", "devtools"
+        "base", "tuoba", "bpf", "containers", "security", "virt", "devtools", "wifi"
     ]  # fmt: skip
     assert [i.name for i in plan.oci_images] == ["localhost/tuoba/busybox:latest"]
     assert [f.name for f in plan.features][:3] == ["bpf", "readpath", "kvm"]

@@ -38,7 +38,7 @@ def test_stage1_plan_keeps_its_own_sections(project: Path) -> None:
     plan = resolve(request(project, stage=1))
     assert plan.builds == ()
     assert [o.name for o in plan.overlays] == [
-        "common", "base", "containers", "security", "virt", "devtools"
+        "common", "base", "containers", "security", "virt", "devtools", "wifi"
     ]  # fmt: skip
     assert "ssh" in plan.services
 
@@ -65,6 +65,7 @@ def test_board_default_without_stage2_form_is_left_out_and_named(project: Path) 
         ("virt", "included by recipe 'tuoba'", "has no stage-2 form"),
         ("devtools", "included by recipe 'tuoba'", "has no stage-2 form"),
         ("k3s", "included by recipe 'tuoba'", "has no stage-2 form"),
+        ("wifi", "included by recipe 'tuoba'", "has no stage-2 form"),
     )
     assert "containers" not in [r.name for r in plan.recipes]
     assert plan.oci_images == ()
@@ -212,7 +213,7 @@ def test_headers_are_copied_into_their_directory(tmp_path: Path, project: Path) 
 def test_an_umbrella_recipe_brings_in_its_includes(project: Path) -> None:
     plan = resolve(request(project, recipes=("base", "tuoba")))
     assert [r.name for r in plan.recipes] == [
-        "base", "tuoba", "bpf", "containers", "security", "virt", "devtools"
+        "base", "tuoba", "bpf", "containers", "security", "virt", "devtools", "wifi"
     ]  # fmt: skip
     # k3s's release files are supplied by the user: without them the image has no k3s
     assert [n for n, _, _ in plan.left_out] == ["k3s"]

@@ -56,3 +56,28 @@ def test_a_bad_suite_is_located(project: Path, edit: str, message: str) -> None:
         resolve(request(project))
     assert e.value.message.startswith("recipes/security/recipe.yaml:")
     assert message in e.value.message
+
+
+def test_a_recipes_component_is_in_every_suites_sources(project: Path) -> None:
+    """recipes/wifi takes firmware from non-free-firmware: the image's apt sources list that
+    component for each suite, and it is in the root's inputs (a root without it stays valid)."""
+    plan = resolve(request(project, board="rpi4", recipes=("wifi",)))
+    assert plan.components == ("non-free-firmware",)
+    assert "firmware-brcm80211" in plan.packages
+    sources = rootfs.apt_sources(plan)
+    assert sources.count("Components: main non-free-firmware\n") == sources.count("Types: deb")
+    assert rootfs.inputs(plan)["components"] == ["non-free-firmware"]
+    board = project / "boards/qemu-aarch64/board.yaml"
+    board.write_text(board.read_text().replace("recipes: [tuoba]", "recipes: []"))
+    plain = resolve(request(project, recipes=("base",)))
+    assert "components" not in rootfs.inputs(plain)
+    assert "Components: main\n" in rootfs.apt_sources(plain)
+
+
+def test_an_unknown_component_is_located(project: Path) -> None:
+    recipe = project / "recipes/wifi/recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("[non-free-firmware]", "[non-free-firmwre]"))
+    with pytest.raises(InputError) as e:
+        resolve(request(project, board="rpi4", recipes=("wifi",)))
+    assert e.value.message.startswith("recipes/wifi/recipe.yaml:")
+    assert "'non-free-firmwre' is no component of Debian's archive" in e.value.message
