@@ -196,7 +196,9 @@ def test_artifacts_and_checksums(built: Project) -> None:
 def test_manifest_records_what_went_in(built: Project) -> None:
     m = built.manifest()
     assert m["board"] == BOARD and m["stage"] == 1
-    assert m["recipes"] == ["base", "tuoba", "bpf", "containers", "security", "virt", "devtools"]
+    assert m["recipes"] == [
+        "base", "tuoba", "bpf", "containers", "security", "virt", "devtools", "wifi"
+    ]  # fmt: skip
     packages = {p["name"]: p["version"] for p in m["packages"]}  # type: ignore[attr-defined]
     assert packages["openssh-server"]
     assert packages["systemd"]
