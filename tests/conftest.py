@@ -179,6 +179,25 @@ class FileServer:
         self.cut_first: set[str] = set()
         self.tamper: set[str] = set()
         self.requests: list[tuple[str, str | None]] = []
+        self.statuses: list[tuple[str, int]] = []  # (name, HTTP status answered)
+        self._etags: dict[tuple[Path, int, int, bool], str] = {}
+
+    def etag(self, path: Path, tampered: bool = False) -> str:
+        """The strong validator served for the file: its bytes' sha256 (as served: with the
+        tampered byte), hashed once per state of the file."""
+        st = path.stat()
+        key = (path, st.st_size, st.st_mtime_ns, tampered)
+        if key not in self._etags:
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                pos = 0
+                while chunk := bytearray(f.read(1 << 20)):
+                    if tampered and pos <= st.st_size // 2 < pos + len(chunk):
+                        chunk[st.st_size // 2 - pos] ^= 0xFF
+                    h.update(chunk)
+                    pos += len(chunk)
+            self._etags[key] = f'"{h.hexdigest()[:16]}"'
+        return self._etags[key]
 
 
 @contextlib.contextmanager
@@ -195,12 +214,12 @@ def serve_files(server: FileServer) -> Iterator[str]:
                 return
             size = path.stat().st_size
             tampered = name in server.tamper
-            # (the ETag names the file's state, as web servers' do; a tampered copy is another)
-            etag = f'"{size:x}-{path.stat().st_mtime_ns:x}{"-t" if tampered else ""}"'
+            etag = server.etag(path, tampered)
             start = 0
             rng = self.headers.get("Range")
             if rng and self.headers.get("If-Range") in (None, etag):
                 start = int(rng.removeprefix("bytes=").split("-")[0])
+            server.statuses.append((name, 206 if start else 200))
             self.send_response(206 if start else 200)
             self.send_header("ETag", etag)
             kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -262,7 +281,7 @@ JOINED_BASE_URL = "https://downloads.tuoba.test/tuoba/0.1"
 class Joined:
     """The run's shared release directory and what its writers coordinate with."""
 
-    root: Path  # public/ (served), key, trusted_signers, lock, announced/, done/
+    root: Path  # public/ (served), key, trusted_signers, lock, done/
 
     @property
     def public(self) -> Path:
@@ -285,15 +304,19 @@ class Joined:
             yield
 
 
+def _joined_root(factory: pytest.TempPathFactory) -> Path:
+    """The joined release's directory: in the run's base directory, which every xdist worker's
+    own (popen-gwN) is in."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return base.parent / f"joined-{os.environ['PYTEST_XDIST_TESTRUNUID'][:12]}"
+    return base / "joined"
+
+
 @pytest.fixture(scope="session")
 def joined(tmp_path_factory: pytest.TempPathFactory) -> Joined:
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # (each worker's is popen-gwN, in the run's)
-        base = base.parent / f"joined-{os.environ['PYTEST_XDIST_TESTRUNUID'][:12]}"
-    else:
-        base = base / "joined"
-    for sub in ("announced", "done"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
+    base = _joined_root(tmp_path_factory)
+    (base / "done").mkdir(parents=True, exist_ok=True)
     j = Joined(base)
     with j.locked():
         if not j.key.exists():
@@ -301,16 +324,14 @@ def joined(tmp_path_factory: pytest.TempPathFactory) -> Joined:
     return j
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _producer_done(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A module that adds to the joined release says when it has ended (passed or not)."""
-    name = Path(str(request.module.__file__)).name
-    if name not in PRODUCERS:
-        yield
-        return
-    shared: Joined = request.getfixturevalue("joined")
-    yield
-    (shared.root / "done" / name).touch()
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """A module that adds to the joined release says when it has ended — after its last test,
+    whether that passed, failed or was skipped (xdist's workers run a module's tests in a row
+    and know the next one)."""
+    if item.path.name in PRODUCERS and (nextitem is None or nextitem.path != item.path):
+        done = _joined_root(item.config._tmp_path_factory) / "done"  # type: ignore[attr-defined]
+        done.mkdir(parents=True, exist_ok=True)
+        (done / item.path.name).touch()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,7 +364,6 @@ def flashed_release(
 
     name = image_name(board, stage)
     public, dl = joined.public, work / "dl"
-    (joined.root / "announced" / name).touch()
     with joined.locked():
         tuoba("--out", str(out), "release", str(public), "--add", "--sign-key", str(joined.key),
               "--board", board, "--stage", str(stage), "--base-url", JOINED_BASE_URL)  # fmt: skip

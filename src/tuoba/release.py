@@ -40,6 +40,12 @@ def built_images(
             if (boards and m.board not in boards) or (stages and m.stage not in stages):
                 continue
             twin = next((f for f, o in found if (o.board, o.stage) == (m.board, m.stage)), None)
+            if twin is not None and twin.parent == out_dir:
+                raise InputError(
+                    f"{out_dir} holds two builds of board '{m.board}' stage {m.stage} "
+                    f"({twin.name} and {m_file.name}): a release holds one image of each",
+                    hint="remove the manifest of the one not to release, or build it again",
+                )
             if twin is not None:
                 raise InputError(
                     f"board '{m.board}' stage {m.stage} was built in both {twin.parent} and "
@@ -90,7 +96,9 @@ def make_release(
     own, make one release. Two releases into one DEST take turns (its lock)."""
     pub = catalog.public_key(sign_key)  # (checked before anything is written)
     dest.mkdir(parents=True, exist_ok=True)
-    with lock.exclusive(dest, "the release", "tuoba release"):
+    # (the lock file beside DEST, not in it: DEST is served as it is)
+    beside = dest.parent / f".{dest.name}.tuoba-release.lock"
+    with lock.held(beside, f"the release {dest}", "tuoba release"):
         return _release(manifests, dest, sign_key, pub, signer, site, add)
 
 
@@ -103,30 +111,26 @@ def _release(
     site: Site | None,
     add: bool,
 ) -> Catalog:
+    mans = [(f, manifest.Manifest.from_json(f.read_text(), str(f))) for f in manifests]
+    for m_file, m in mans:  # (all of them before DEST changes at all)
+        _check_built(m_file, m)
     kept: list[CatalogImage] = []
     kept_notes: dict[str, str] = {}
     if add:
-        kept, kept_notes = _released(dest)
+        kept, kept_notes = _released(dest, {(m.board, m.stage) for _, m in mans})
     (dest / catalog.SIGNATURE).unlink(missing_ok=True)  # unfinished until signed again
     released = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     before = previous_manifests(dest)  # (read before this release's files replace them)
     entries = []
     current = []
     site_files: list[str] = []
-    for m_file in manifests:
-        m = manifest.Manifest.from_json(m_file.read_text(), str(m_file))
+    for m_file, m in mans:
         current.append(m)
         files = []
         for role, name in _files_of(m):
             src = m_file.parent / name
             # (the manifest lists the others' hashes; its own is what it is)
             recorded = m.files[name] if role != "manifest" else sha256_file(src)
-            if not src.is_file() or sha256_file(src) != recorded:
-                raise InputError(
-                    f"{src} is not the file its manifest recorded (missing or changed since "
-                    "it was built)",
-                    hint=f"build it again: tuoba build --board {m.board} --stage {m.stage}",
-                )
             with ui.step(f"Adding {name}"):
                 _copy(src, dest / name)
             files.append(CatalogFile(name, role, src.stat().st_size, recorded))
@@ -150,8 +154,6 @@ def _release(
                 files=tuple(files),
             )
         )
-    now = {(e.board, e.stage) for e in entries}
-    kept = [k for k in kept if (k.board, k.stage) not in now]
     for k in kept:
         ui.info(f"kept in the release: {k.name} (board {k.board}, stage {k.stage})")
     cat = Catalog(
@@ -181,6 +183,18 @@ def _release(
     with publish.atomic(dest / catalog.SIGNATURE) as tmp:
         catalog.sign(sums, sign_key, tmp)
     return cat
+
+
+def _check_built(m_file: Path, m: manifest.Manifest) -> None:
+    """Every file of the image is the one its manifest recorded."""
+    for role, name in _files_of(m):
+        src = m_file.parent / name
+        if role != "manifest" and (not src.is_file() or sha256_file(src) != m.files[name]):
+            raise InputError(
+                f"{src} is not the file its manifest recorded (missing or changed since "
+                "it was built)",
+                hint=f"build it again: tuoba build --board {m.board} --stage {m.stage}",
+            )
 
 
 def write_site(
@@ -213,10 +227,12 @@ def write_site(
     return written
 
 
-def _released(dest: Path) -> tuple[list[CatalogImage], dict[str, str]]:
-    """The images of the release in DEST that can stay in it (every file still there, as its
-    catalog recorded: its sha256 over what SHA256SUMS lists) and each one's section of the
-    notes, by image name."""
+def _released(
+    dest: Path, replaced: set[tuple[str, int]]
+) -> tuple[list[CatalogImage], dict[str, str]]:
+    """The images of the release in DEST that stay in it — all but those of the `replaced`
+    boards and stages, each with every file still there as its catalog and SHA256SUMS recorded
+    it (hashed again) — and each one's section of the notes, by image name."""
     cat_file = dest / catalog.CATALOG
     if not cat_file.is_file():
         return [], {}
@@ -232,12 +248,15 @@ def _released(dest: Path) -> tuple[list[CatalogImage], dict[str, str]]:
         listed = catalog.parse_sums((dest / catalog.SUMS).read_text())
     kept = []
     for image in old.images:
+        if (image.board, image.stage) in replaced:
+            continue
         gone = [
             f.name
             for f in image.files
             if listed.get(f.name) != f.sha256
             or not (dest / f.name).is_file()
             or (dest / f.name).stat().st_size != f.size
+            or sha256_file(dest / f.name) != f.sha256
         ]
         if gone:
             raise InputError(

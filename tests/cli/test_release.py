@@ -145,7 +145,8 @@ def test_a_partial_file_of_an_earlier_run_is_resumed(
     (dl / f".{NAME}.img.xz.part").write_bytes(data[:1000])
     server = FileServer(dest)
     with serve(server) as url:
-        etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+        etag = server.etag(dest / f"{NAME}.img.xz")
+        assert etag == f'"{hashlib.sha256(data).hexdigest()[:16]}"'
         sha = hashlib.sha256(data).hexdigest()
         (dl / f".{NAME}.img.xz.part.json").write_text(json.dumps(
             {"url": url.replace("catalog.json", f"{NAME}.img.xz"), "sha256": sha,
@@ -153,6 +154,8 @@ def test_a_partial_file_of_an_earlier_run_is_resumed(
         code, out = download(project, url, trusted)
     assert code == 0, out
     assert (f"{NAME}.img.xz", "bytes=1000-") in server.requests
+    # resumed, not started over
+    assert [st for n, st in server.statuses if n == f"{NAME}.img.xz"] == [206]
     assert (dl / f"{NAME}.img.xz").read_bytes() == data
 
 
@@ -508,13 +511,21 @@ def test_release_add_keeps_what_was_released_before(project: Path, tmp_path: Pat
     page = (dest / "index.html").read_text()
     assert f"{NAME}.img.xz" in page and f"{RPI4}.img.xz" in page
 
-    # a kept image whose file changed is refused, and the release stays as it was (signed)
-    (dest / f"{NAME}.img.bmap").write_bytes(b"changed")
+    # a kept image whose file changed (even keeping its size) is refused, and the release
+    # stays as it was (signed); releasing that board again replaces it
+    bmap = dest / f"{NAME}.img.bmap"
+    bmap.write_bytes(bmap.read_bytes().replace(b"bmap", b"BMAP"))
     code, out = invoke(project, "release", str(dest), "--sign-key", str(key), "--add",
                        "--from", str(project / "b"))  # fmt: skip
     assert code == 2, out
     assert f"{NAME} of its release is not as its catalog lists it" in out
     assert (dest / "SHA256SUMS.sig").is_file()
+    code, out = invoke(project, "release", str(dest), "--sign-key", str(key), "--add",
+                       "--from", str(project / "a"))  # fmt: skip
+    assert code == 0, out
+    assert f"kept in the release: {RPI4}" in out
+    assert bmap.read_bytes() == (project / "a" / bmap.name).read_bytes()
+    assert not list(tmp_path.glob("public/.*lock"))  # (its lock is beside it: not served)
 
     # without --add the catalog holds what this release names
     code, out = invoke(project, "release", str(dest), "--sign-key", str(key),

@@ -62,6 +62,7 @@ def unloaded(host: Any) -> Iterator[None]:
     started end first: they write their pids into its directory)."""
     stop = f"cat {WORK}/*.pid 2>/dev/null | xargs -r kill; sleep 1; modprobe -r {MODULES}"
     host.run(stop)
+    assert not host.file("/sys/module/cfg80211").exists, "cfg80211 could not be unloaded"
     host.run(f"rm -rf {WORK} && mkdir -p {WORK}")
     yield
     host.run(stop)
@@ -90,9 +91,10 @@ def test_regulatory_database_is_the_one_the_kernel_trusts(host: Any) -> None:
 
 
 def test_country_from_imagers_kernel_parameter(host: Any, unloaded: None) -> None:
-    """cfg80211.ieee80211_regdom=GB (Imager's cmdline.txt word) is cfg80211's parameter: the
-    module asks for GB's rules from regulatory.db as it loads, and the kernel takes them only
-    when the database's signature verifies."""
+    """cfg80211.ieee80211_regdom=GB (Imager's cmdline.txt word) is cfg80211's parameter,
+    which the kernel hands the module as it loads; given to modprobe here (the same parameter:
+    this image's command line has no such word), the module asks for GB's rules from
+    regulatory.db, and the kernel takes them only when the database's signature verifies."""
     ok(host, f"modprobe cfg80211 ieee80211_regdom={COUNTRY}")
     until(host, "iw reg get", rf"(?m)^country {COUNTRY}: ")
     ok(host, "iw reg set DE")
