@@ -213,7 +213,8 @@ def test_dtb_edits_are_read_in_order(project: Path) -> None:
     board, _ = load_board(project, "rpi4")
     assert board.qemu is not None and board.qemu.machine == "raspi4b"
     assert board.qemu.dtb_edits[0] == "delete-node /soc/mmc@7e300000/wifi@1"
-    assert len(board.qemu.dtb_edits) == 3
+    assert board.qemu.dtb_edits[-1] == "delete-node /wifi-pwrseq"
+    assert len(board.qemu.dtb_edits) == 8
 
 
 def test_armhf_board_gets_its_arch_everywhere(project: Path, tmp_path: Path) -> None:
