@@ -55,7 +55,8 @@ def cells(out: Path) -> dict[str, object]:
     found: dict[str, object] = {}
     for case in ET.parse(out / "matrix" / "junit.xml").getroot().iter("testcase"):
         skipped = case.find("skipped")
-        found[str(case.get("name"))] = (
+        board = str(case.get("classname")).removeprefix("tuoba.matrix.")
+        found[f"{board} {case.get('name')}"] = (
             f"skipped: {skipped.get('message')}" if skipped is not None
             else round(float(case.get("time", "0")), 1)
         )  # fmt: skip
