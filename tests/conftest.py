@@ -38,7 +38,7 @@ DATA_PARTS = (
 # armhf kernel and root while the first module builds the arm64 ones, which rpi's would wait for.
 FIRST = (
     "test_qemu_aarch64.py", "test_zynq_board.py", "test_rpi.py", "test_rebuilds.py",
-    "test_qemu_aarch64_stage2.py",
+    "test_qemu_aarch64_stage2.py", "test_ai.py",
     "test_uboot_board.py", "test_vendor_boot_boards.py", "test_flash.py",
     "test_download_page.py", "test_recipe_sources.py", "test_fr_without_the_hook.py",
 )  # fmt: skip

@@ -26,6 +26,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,24 @@ np.save("/tmp/tuoba-ai/x.npy", w["x"])
 print(json.dumps(cnn.reference(w).tolist()))
 """
 RPC_PORT = 9090  # the recipe's ports: tvm-rpc's
+
+
+def test_the_rpc_server_runs_tvms_runtime_without_torch(host: Any) -> None:
+    """The tvm-rpc service loads TVM's runtime library, not its compiler (LLVM, 240 MB), and no
+    PyTorch (tvm_ffi imports it when installed): what lets it listen in seconds, not minutes,
+    and keeps a board's memory for the models it runs."""
+    libs: set[str] = set()
+    for _ in range(60):  # (while it starts: its imports take ~15 s under TCG)
+        pid = host.check_output("systemctl show -P MainPID tvm-rpc")
+        assert pid.isdigit() and int(pid) > 0, f"tvm-rpc is not running (MainPID {pid!r})"
+        maps = host.run(f"cat /proc/{pid}/maps").stdout
+        libs = {line.split("/")[-1] for line in maps.splitlines() if ".so" in line}
+        if "libtvm_runtime.so" in libs and host.socket("tcp://0.0.0.0:9090").is_listening:
+            break
+        time.sleep(5)
+    assert "libtvm_runtime.so" in libs, sorted(libs)
+    unwanted = {lib for lib in libs if lib.startswith(("libtvm_compiler", "libtorch"))}
+    assert not unwanted, sorted(libs)
 
 
 def test_tvm_compiled_on_the_host_runs_here_over_rpc(
