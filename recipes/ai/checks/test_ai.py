@@ -345,15 +345,16 @@ def test_the_rpc_server_runs_tvms_runtime_without_torch(host: Any) -> None:
     """The tvm-rpc service loads TVM's runtime library, not its compiler (LLVM, 240 MB), and no
     PyTorch (tvm_ffi imports it when installed): what lets it listen in seconds, not minutes,
     and keeps a board's memory for the models it runs."""
-    libs: set[str] = set()
-    for _ in range(60):  # (while it starts: its imports take ~15 s under TCG)
-        pid = host.check_output("systemctl show -P MainPID tvm-rpc")
-        assert pid.isdigit() and int(pid) > 0, f"tvm-rpc is not running (MainPID {pid!r})"
-        maps = host.run(f"cat /proc/{pid}/maps").stdout
-        libs = {line.split("/")[-1] for line in maps.splitlines() if ".so" in line}
-        if "libtvm_runtime.so" in libs and host.socket("tcp://0.0.0.0:9090").is_listening:
+    listening = host.socket(f"tcp://0.0.0.0:{RPC_PORT}")
+    for _ in range(60):  # (while it starts: it listens once its imports are done, ~15 s)
+        if listening.is_listening:
             break
         time.sleep(5)
+    assert listening.is_listening, f"tvm-rpc does not listen on {RPC_PORT} after 5 minutes"
+    pid = host.check_output("systemctl show -P MainPID tvm-rpc")
+    assert pid.isdigit() and int(pid) > 0, f"tvm-rpc is not running (MainPID {pid!r})"
+    maps = host.check_output(f"cat /proc/{pid}/maps")
+    libs = {line.split("/")[-1] for line in maps.splitlines() if ".so" in line}
     assert "libtvm_runtime.so" in libs, sorted(libs)
     unwanted = {lib for lib in libs if lib.startswith(("libtvm_compiler", "libtorch"))}
     assert not unwanted, sorted(libs)
