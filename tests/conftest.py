@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.schedule import JustInTime, Timeline
 from tuoba.plan import Request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +38,28 @@ DATA_PARTS = (
 # rest beside it, then the quick tier. zynq's comes second: with a cold cache it builds the
 # armhf kernel and root while the first module builds the arm64 ones, which rpi's would wait for.
 FIRST = (
-    "test_qemu_aarch64.py", "test_zynq_board.py", "test_rpi.py", "test_rebuilds.py",
-    "test_qemu_aarch64_stage2.py", "test_ai.py",
+    "test_qemu_aarch64.py", "test_zynq_board.py", "test_rpi.py", "test_ai.py",
+    "test_qemu_aarch64_stage2.py", "test_rebuilds.py",
     "test_uboot_board.py", "test_vendor_boot_boards.py", "test_flash.py",
     "test_download_page.py", "test_recipe_sources.py", "test_fr_without_the_hook.py",
 )  # fmt: skip
+
+
+# (a worker takes the next module when it has run out: tests/schedule.py)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> JustInTime | None:
+    return JustInTime(config, log) if config.getvalue("dist") == "loadfile" else None
+
+
+TIMELINE = Timeline()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    TIMELINE.add(report)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not hasattr(terminalreporter.config, "workerinput"):  # (the controller, or no xdist)
+        TIMELINE.report(terminalreporter.write, ROOT / "out" / "test-artifacts" / "timeline.json")
 
 
 # ... and the joined release's module last: it waits for the modules that add to it (below)
