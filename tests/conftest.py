@@ -46,6 +46,7 @@ FIRST = (
 
 
 # (a worker takes the next module when it has run out: tests/schedule.py)
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> JustInTime | None:
     return JustInTime(config, log) if config.getvalue("dist") == "loadfile" else None
 

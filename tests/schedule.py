@@ -24,10 +24,12 @@ class JustInTime(LoadFileScheduling):
     def _reschedule(self, node: Any) -> None:
         if node.shutting_down:
             return
+        # (a loop: a module may have nothing left to run, e.g. one handed back by a worker
+        # that crashed after running it, and gives the worker no test to start)
+        while self.workqueue and self._pending_of(self.assigned_work[node]) <= 1:
+            self._assign_work_unit(node)
         if not self.workqueue:
             node.shutdown()
-        elif self._pending_of(self.assigned_work[node]) <= 1:
-            self._assign_work_unit(node)
 
 
 class Timeline:
