@@ -5,6 +5,7 @@ exchange what they share through the cache (the remote cache, between machines).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tuoba import ui
+from tuoba import publish, ui
 from tuoba.errors import InputError
 from tuoba.matrix import Cell, Job, Outcome, Planned, not_built
 from tuoba.remote import safe_url
@@ -110,14 +111,40 @@ def run_cell(planned: Planned, job: Job) -> list[Outcome]:
     return [built, run_phase(cell, "test", job)]
 
 
-def ray_cell(planned: Planned, job: Job) -> list[Outcome]:
+def ray_cell(planned: Planned, job: Job) -> tuple[list[Outcome], dict[str, bytes]]:
     """run_cell as a Ray task: each outcome names the Ray node too (machines may share a name;
-    on one machine, every node does)."""
+    on one machine, every node does); with them, the logs and JUnit file the cell wrote on the
+    worker's disk, for the machine that runs the matrix (keep_files)."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()[:8]
-    return [dataclasses.replace(o, node=f"{o.node}/{node}") if o.node else o
-            for o in run_cell(planned, job)]  # fmt: skip
+    outcomes = [dataclasses.replace(o, node=f"{o.node}/{node}") if o.node else o
+                for o in run_cell(planned, job)]  # fmt: skip
+    return outcomes, cell_files(planned.cell, job)
+
+
+def cell_files(cell: Cell, job: Job) -> dict[str, bytes]:
+    """What a cell leaves in the matrix's log directory: its phases' logs, its JUnit file."""
+    found = {}
+    for name in (f"{cell.name}.build.log", f"{cell.name}.test.log", f"{cell.name}.test.xml"):
+        with contextlib.suppress(FileNotFoundError):
+            found[name] = (job.log_dir / name).read_bytes()
+    return found
+
+
+def keep_files(job: Job, files: dict[str, bytes]) -> None:
+    """On the machine that runs the matrix: a cell's logs and JUnit file as its worker wrote
+    them, where they are not already (a worker on another machine wrote them to its own
+    disk), so that the table and junit.xml name files here. (The images stay on the worker
+    that built them; what they are made of is in the shared cache.)"""
+    for name, data in files.items():
+        dest = job.log_dir / name
+        with contextlib.suppress(FileNotFoundError):
+            if dest.stat().st_size == len(data) and dest.read_bytes() == data:
+                continue  # (the same machine, or a shared disk)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with publish.atomic(dest) as tmp:
+            tmp.write_bytes(data)
 
 
 class Local:
@@ -203,7 +230,8 @@ class Ray:
             (ready,), _ = ray.wait(list(running), num_returns=1)
             p = running.pop(ready)
             try:
-                done = ray.get(ready)
+                done, files = ray.get(ready)
+                keep_files(job, files)
             except ray.exceptions.RayTaskError as e:  # run_cell itself raised: not retried
                 said = str(e.cause or e).splitlines()[0]
                 done = [Outcome(p.cell, "build", False, 0.0, "", f"the task failed: {said}")]

@@ -147,3 +147,27 @@ def test_phase_commands_carry_the_job(tmp_path: Path) -> None:
                          "--supply", "BOOT.BIN=/s/BOOT.BIN", "--offline"]  # fmt: skip
     test = executors.phase_command(Cell("rpi4", 2), "test", j)
     assert test[-2:] == ["--junit", "/o/matrix/rpi4-s2.test.xml"]
+
+
+def test_a_workers_logs_and_junit_file_are_kept_where_the_matrix_runs(tmp_path: Path) -> None:
+    """A Ray worker on another machine writes a cell's logs and JUnit file to its own disk;
+    its task returns them, and the matrix's machine keeps them under the same names (not
+    rewritten where they are already: one machine, or a shared disk)."""
+    cell = Cell("rpi4", 1)
+    on_worker = job(tmp_path / "worker", test=True)
+    on_worker.log_dir.mkdir(parents=True)
+    (on_worker.log_dir / "rpi4-s1.build.log").write_text("=== attempt\nbuilt\n")
+    (on_worker.log_dir / "rpi4-s1.test.xml").write_text("<testsuites/>\n")
+    (on_worker.log_dir / "rpi3-s1.build.log").write_text("another cell's\n")
+    files = executors.cell_files(cell, on_worker)
+    assert sorted(files) == ["rpi4-s1.build.log", "rpi4-s1.test.xml"]
+
+    here = job(tmp_path / "head", test=True)
+    executors.keep_files(here, files)
+    assert (here.log_dir / "rpi4-s1.build.log").read_text() == "=== attempt\nbuilt\n"
+    assert (here.log_dir / "rpi4-s1.test.xml").read_text() == "<testsuites/>\n"
+    assert not (here.log_dir / "rpi3-s1.build.log").exists()
+    kept = (here.log_dir / "rpi4-s1.build.log").stat().st_mtime_ns
+    executors.keep_files(here, files)  # (already here, the same bytes: left alone)
+    assert (here.log_dir / "rpi4-s1.build.log").stat().st_mtime_ns == kept
+    assert sorted(p.name for p in here.log_dir.iterdir()) == sorted(files)  # (no temp left)
