@@ -43,7 +43,7 @@ def phase_command(cell: Cell, phase: str, job: Job) -> list[str]:
         if job.offline:
             cmd.append("--offline")
     else:
-        cmd += ["--junit", str(job.log_dir / f"{cell.name}.test.xml")]
+        cmd += ["--junit", str(job.junit_of(cell))]
     return cmd
 
 
@@ -77,7 +77,7 @@ def last_line(log: Path) -> str:
 
 def run_phase(cell: Cell, phase: str, job: Job) -> Outcome:
     """Run one phase of a cell to its end; its log gains a line per attempt."""
-    log = job.log_dir / f"{cell.name}.{phase}.log"
+    log = job.log_of(cell, phase)
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = phase_command(cell, phase, job)
     node = socket.gethostname()
@@ -126,9 +126,9 @@ def ray_cell(planned: Planned, job: Job) -> tuple[list[Outcome], dict[str, bytes
 def cell_files(cell: Cell, job: Job) -> dict[str, bytes]:
     """What a cell leaves in the matrix's log directory: its phases' logs, its JUnit file."""
     found = {}
-    for name in (f"{cell.name}.build.log", f"{cell.name}.test.log", f"{cell.name}.test.xml"):
+    for path in (job.log_of(cell, "build"), job.log_of(cell, "test"), job.junit_of(cell)):
         with contextlib.suppress(FileNotFoundError):
-            found[name] = (job.log_dir / name).read_bytes()
+            found[path.name] = path.read_bytes()
     return found
 
 

@@ -60,6 +60,14 @@ class Job:
     def log_dir(self) -> Path:
         return Path(self.out_dir) / "matrix"
 
+    def log_of(self, cell: Cell, phase: str) -> Path:
+        """A phase's log (build, test): a line per attempt, then what the command said."""
+        return self.log_dir / f"{cell.name}.{phase}.log"
+
+    def junit_of(self, cell: Cell) -> Path:
+        """The JUnit file of the cell's `tuoba test`."""
+        return self.log_dir / f"{cell.name}.test.xml"
+
     def cell_out(self, cell: Cell) -> Path:
         """Each image its own output directory: tuoba builds one image at a time per output
         directory, and a worker may build two cells at once."""
